@@ -1,0 +1,319 @@
+"""The ``kdbench`` command line. Thin: parse, call one library function, print.
+
+Heavy libraries (torch, timm, ray, mlflow) are imported inside the commands, so ``kdbench
+--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+DEFAULT_TEACHER = "resnet56"
+DEFAULT_STUDENT = "resnet20"
+
+
+class CliError(Exception):
+    """Bad input found by the CLI itself."""
+
+
+def _bad_input_types() -> tuple[type[BaseException], ...]:
+    from bench.config import ConfigError
+    from bench.data import DataError
+    from bench.method import ParamError
+    from bench.registry import RegistryError
+
+    return (RegistryError, ParamError, ConfigError, DataError, CliError, FileNotFoundError)
+
+
+def parse_param(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise CliError(f"--param {text!r}: expected NAME=VALUE, e.g. --param temperature=4")
+    name, value = text.split("=", 1)
+    return name.strip(), value.strip()
+
+
+def _load_plugins(paths: Sequence[str] | None) -> None:
+    from bench.plugins import load_methods, load_plugin_file
+
+    load_methods()
+    for path in paths or ():
+        load_plugin_file(path)
+
+
+# --------------------------------------------------------------------------------------------
+# ls
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    if args.what == "models":
+        from bench.models import MODELS, list_models
+
+        if args.timm:
+            print("\n".join(list_models(args.pattern, include_timm=True)))
+            return 0
+        rows = [
+            (e.name, e.family, e.timm_name, "test" if e.test_only else "", e.description)
+            for _, e in MODELS.items(args.pattern)
+        ]
+        _print_table(("model", "family", "timm name", "", "description"), rows)
+        print("\nAny timm model works too (`kdbench ls models --timm` lists them).")
+    elif args.what == "datasets":
+        from bench.data import DATASETS
+
+        rows = [
+            (name, getattr(e, "description", "") or "") for name, e in DATASETS.items(args.pattern)
+        ]
+        _print_table(("dataset", "description"), rows)
+    else:
+        from bench.method import METHODS
+
+        _load_plugins(args.plugins)
+        rows = [
+            (name, cls.knowledge, cls.mode, str(cls.version), _first_line(cls.__doc__))
+            for name, cls in METHODS.items(args.pattern)
+        ]
+        _print_table(("method", "knowledge", "mode", "version", "description"), rows)
+        for broken in METHODS.broken():
+            print(f"BROKEN {broken.name} ({broken.origin}): {broken.error}")
+    return 0
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().splitlines()[0] if doc and doc.strip() else ""
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip())
+
+
+# --------------------------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------------------------
+
+
+def build_trial_config(args: argparse.Namespace) -> Any:
+    from bench.config import Recipe, TeacherSpec, TrialConfig
+
+    recipe = Recipe(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        schedule=args.schedule,
+        augment=not args.no_augment,
+    )
+    teacher = None
+    if args.teacher:
+        teacher_recipe = Recipe(
+            epochs=args.teacher_epochs or args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            optimizer=args.optimizer,
+            schedule=args.schedule,
+            augment=not args.no_augment,
+        )
+        teacher = TeacherSpec(
+            arch=args.teacher,
+            recipe=teacher_recipe,
+            seed=args.teacher_seed,
+            stop_epoch=args.teacher_stop_epoch,
+            checkpoint=args.teacher_checkpoint,
+        )
+    return TrialConfig(
+        dataset=args.dataset,
+        student=args.student,
+        method=args.method,
+        params=tuple(parse_param(p) for p in args.param),
+        seed=args.seed,
+        recipe=recipe,
+        teacher=teacher,
+        phase=args.phase,
+        data_root=args.data_root,
+        download=args.download,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from bench.train import run_trial
+
+    _load_plugins(args.plugins)
+    config = build_trial_config(args)
+    tracker = None if args.no_track else _tracker(args)
+
+    def progress(record: Any) -> None:
+        if not args.quiet:
+            print(
+                f"epoch {record.epoch + 1}/{config.recipe.epochs} "
+                f"loss {record.terms.get('loss', float('nan')):.4f} "
+                f"val_acc {record.val_acc:.4f} ({record.seconds:.1f}s)",
+                file=sys.stderr,
+            )
+
+    result = run_trial(config, tracker=tracker, on_epoch=progress)
+    summary = result.summary()
+    if args.json:
+        print(json.dumps(summary, default=str))
+    else:
+        _print_result(config, result)
+    return 0 if result.status == "FINISHED" else EXIT_FAILED
+
+
+def _print_result(config: Any, result: Any) -> None:
+    print(f"{config.describe()}  run_key={result.run_key}  status={result.status}")
+    if result.status == "FINISHED":
+        print(
+            f"test_acc {result.test_acc:.4f}  top5 {result.test_top5:.4f}  "
+            f"val_acc {result.val_acc:.4f}  teacher_test_acc {result.teacher_test_acc:.4f}  "
+            f"({result.train_seconds:.1f}s)"
+        )
+    else:
+        print(f"{result.outcome}: {result.error}")
+    if result.mlflow_run_id:
+        print(f"mlflow run {result.mlflow_run_id}")
+
+
+def _tracker(args: argparse.Namespace) -> Any:
+    from bench.tracking import Tracker
+
+    return Tracker(args.tracking_uri, experiment=args.experiment)
+
+
+# --------------------------------------------------------------------------------------------
+# demo: the main job until sweeps exist
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bench.demo import run_demo
+
+    return run_demo(
+        epochs=args.epochs,
+        teacher_epochs=args.teacher_epochs,
+        seed=args.seed,
+        tracking_uri=args.tracking_uri,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# parser
+# --------------------------------------------------------------------------------------------
+
+
+def _add_tracking(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or "
+        "sqlite under $KDBENCH_HOME, ~/.kdbench)",
+    )
+    p.add_argument("--experiment", default="kdbench", help="MLflow experiment name")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kdbench",
+        description="Benchmark knowledge-distillation methods over timm teacher/student pairs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ls = sub.add_parser("ls", help="list models, datasets or methods")
+    ls.add_argument("what", choices=["models", "datasets", "methods"])
+    ls.add_argument("pattern", nargs="?", default=None, help="glob filter, e.g. 'resnet*'")
+    ls.add_argument("--timm", action="store_true", help="with models: every timm model too")
+    ls.add_argument("--plugins", nargs="*", default=[], help="method files to load")
+    ls.set_defaults(func=cmd_ls)
+
+    tr = sub.add_parser("train", help="run one trial and record it in MLflow")
+    tr.add_argument("--dataset", default="digits")
+    tr.add_argument("--student", default=DEFAULT_STUDENT)
+    tr.add_argument(
+        "--teacher",
+        default=DEFAULT_TEACHER,
+        help="teacher model (ignored by methods that use none)",
+    )
+    tr.add_argument("--method", default="kd")
+    tr.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="method hyperparameter; repeat for several",
+    )
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--epochs", type=int, default=10)
+    tr.add_argument("--batch-size", type=int, default=64)
+    tr.add_argument("--lr", type=float, default=0.05)
+    tr.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
+    tr.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
+    tr.add_argument("--no-augment", action="store_true")
+    tr.add_argument(
+        "--teacher-epochs",
+        type=int,
+        default=None,
+        help="epochs of the teacher's training (default: --epochs)",
+    )
+    tr.add_argument(
+        "--teacher-stop-epoch",
+        type=int,
+        default=None,
+        help="use the teacher's checkpoint after this many epochs (early-stopped)",
+    )
+    tr.add_argument("--teacher-seed", type=int, default=0)
+    tr.add_argument(
+        "--teacher-checkpoint",
+        default=None,
+        help="load the teacher from this state-dict file instead of training it",
+    )
+    tr.add_argument("--phase", default="final", choices=["tune", "final"])
+    tr.add_argument("--data-root", default=None, help="folder holding on-disk datasets")
+    tr.add_argument("--download", action="store_true", help="download a missing dataset")
+    tr.add_argument("--plugins", nargs="*", default=[], help="method files to load")
+    tr.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (run_key, status, accuracies…) as the last line",
+    )
+    tr.add_argument("--no-track", action="store_true", help="do not record the run in MLflow")
+    tr.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    _add_tracking(tr)
+    tr.set_defaults(func=cmd_train)
+
+    demo = sub.add_parser("demo", help="teacher, student alone and KD student on digits")
+    demo.add_argument("--epochs", type=int, default=15)
+    demo.add_argument("--teacher-epochs", type=int, default=15)
+    demo.add_argument("--seed", type=int, default=0)
+    _add_tracking(demo)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("kdbench: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if isinstance(exc, _bad_input_types()):
+            print(f"kdbench: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Typed, frozen configuration of one trial and its training recipe, and the run key.
+
+A trial is a pure function of its :class:`TrialConfig`: the run key is a hash of every field
+that defines the result (plus the method's version), so the same key means the same trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+#: Bump when the meaning of a trial changes in the harness itself (data path, loop, metrics),
+#: so that old run keys are not mistaken for new ones.
+HARNESS_VERSION = 1
+
+Optimizer = Literal["sgd", "adam", "adamw"]
+Schedule = Literal["cosine", "step", "constant"]
+Phase = Literal["tune", "final"]
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; the message names the key and the fix."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a model is trained.
+
+    Attributes:
+        epochs: Passes over the training split.
+        batch_size: Samples per optimizer step.
+        optimizer: ``sgd`` (with Nesterov-free momentum), ``adam`` or ``adamw``.
+        lr: Peak learning rate.
+        momentum: SGD momentum.
+        weight_decay: L2 penalty (decoupled for adamw).
+        schedule: ``cosine`` (to zero), ``step`` (×gamma at the milestones) or ``constant``.
+        milestones: Step-schedule milestones as fractions of training (the literature's
+            150/180/210 of 240 epochs is 0.625/0.75/0.875).
+        gamma: Step-schedule decay factor.
+        warmup_epochs: Linear learning-rate warm-up.
+        augment: Random crop (+ flip where the dataset allows it) on the training split.
+    """
+
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: Optimizer = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: Schedule = "cosine"
+    milestones: tuple[float, ...] = (0.625, 0.75, 0.875)
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    augment: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"recipe.epochs must be ≥ 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"recipe.batch_size must be ≥ 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise ConfigError(f"recipe.lr must be > 0, got {self.lr}")
+        if self.optimizer not in ("sgd", "adam", "adamw"):
+            raise ConfigError(
+                f"recipe.optimizer {self.optimizer!r} is not one of 'sgd', 'adam', 'adamw'"
+            )
+        if self.schedule not in ("cosine", "step", "constant"):
+            raise ConfigError(
+                f"recipe.schedule {self.schedule!r} is not one of 'cosine', 'step', 'constant'"
+            )
+        if any(not 0 < m < 1 for m in self.milestones):
+            raise ConfigError(f"recipe.milestones must be fractions in (0, 1): {self.milestones}")
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """Which teacher a trial distils from.
+
+    Attributes:
+        arch: Model name.
+        recipe: How it is (or was) trained; part of its cache key.
+        seed: Its training seed.
+        stop_epoch: Use the checkpoint after this many epochs of that training (an
+            early-stopped teacher); ``None`` means the end of training.
+        checkpoint: A checkpoint file to load instead of training (``weights_only``).
+        classes: Train it on these classes only (their labels remapped to 0..k-1).
+    """
+
+    arch: str
+    recipe: Recipe = field(default_factory=Recipe)
+    seed: int = 0
+    stop_epoch: int | None = None
+    checkpoint: str | None = None
+    classes: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.stop_epoch is not None and not 1 <= self.stop_epoch <= self.recipe.epochs:
+            raise ConfigError(
+                f"teacher.stop_epoch must be in 1..{self.recipe.epochs} (the teacher's epochs), "
+                f"got {self.stop_epoch}"
+            )
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """Everything that defines one trial.
+
+    Attributes:
+        dataset: Dataset name.
+        student: Student model name.
+        method: Method name.
+        params: Method hyperparameters as (name, value) pairs, sorted by name.
+        seed: The student's seed (initialisation, data order, augmentation).
+        recipe: The student's training recipe.
+        teacher: The teacher, or ``None`` for methods that use none.
+        phase: ``tune`` (selection on the validation split) or ``final``.
+        val_fraction: Share of the training split held out for validation.
+        data_root: Where on-disk datasets live (not part of the run key).
+        download: Whether a missing dataset may be downloaded (not part of the run key).
+    """
+
+    dataset: str
+    student: str
+    method: str
+    params: tuple[tuple[str, Any], ...] = ()
+    seed: int = 0
+    recipe: Recipe = field(default_factory=Recipe)
+    teacher: TeacherSpec | None = None
+    phase: Phase = "final"
+    val_fraction: float = 0.1
+    data_root: str | None = field(default=None, compare=False)
+    download: bool = field(default=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", tuple(sorted(_freeze(dict(self.params)).items())))
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.phase not in ("tune", "final"):
+            raise ConfigError(f"phase {self.phase!r} is not 'tune' or 'final'")
+
+    @property
+    def params_dict(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    def with_changes(self, **changes: Any) -> TrialConfig:
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> str:
+        pair = f"{self.student}<-{self.teacher.arch}" if self.teacher else self.student
+        return f"{self.method}:{self.dataset}:{pair}:seed{self.seed}"
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _freeze(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON structure of a config object (dataclasses → dicts, tuples → lists)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """Hex digest of the canonical JSON of ``obj``."""
+    text = json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def key_fields(config: TrialConfig, method_version: int) -> dict[str, Any]:
+    """The fields a run key is made of: every field that defines the result."""
+    fields = {
+        f.name: to_jsonable(getattr(config, f.name))
+        for f in dataclasses.fields(config)
+        if f.compare
+    }
+    fields["method_version"] = method_version
+    fields["harness_version"] = HARNESS_VERSION
+    return fields
+
+
+def run_key(config: TrialConfig, method_version: int) -> str:
+    """Deterministic identity of a trial: the same key means the same trial and result."""
+    return stable_hash(key_fields(config, method_version))

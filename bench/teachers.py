@@ -1,0 +1,242 @@
+"""Obtain a teacher: train it once per (dataset, architecture, recipe, seed, classes) and cache
+it by a content hash, or load a checkpoint file.
+
+The cache lives under ``<kdbench home>/teachers/<key>/``: ``epoch_<k>.pt`` state dicts (loaded
+with ``weights_only=True``) and ``meta.json`` (the spec, per-checkpoint test accuracy). An
+early-stopped teacher is the checkpoint after ``stop_epoch`` epochs of the same training run;
+asking for an epoch that was not kept retrains deterministically and keeps it too. Concurrent
+processes asking for the same teacher wait on a file lock, so it is trained once.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench.config import TeacherSpec, stable_hash, to_jsonable
+from bench.data import DataBundle, load_dataset
+from bench.method import ModelInfo
+from bench.paths import kdbench_home
+
+#: Bump when the way teachers are trained changes, to invalidate cached teachers.
+TEACHER_FORMAT = 1
+
+
+@dataclass
+class Teacher:
+    """A trained teacher ready for distillation."""
+
+    model: nn.Module
+    info: ModelInfo
+    test_acc: float
+    key: str
+    path: Path
+
+
+def teacher_key(dataset: str, spec: TeacherSpec) -> str:
+    """Content hash of everything that defines a teacher's training run (not the stop epoch:
+    early-stopped checkpoints of one run share the key)."""
+    return stable_hash(
+        {
+            "dataset": dataset,
+            "arch": spec.arch,
+            "recipe": spec.recipe,
+            "seed": spec.seed,
+            "classes": spec.classes,
+            "format": TEACHER_FORMAT,
+        }
+    )
+
+
+def cache_dir() -> Path:
+    return kdbench_home() / "teachers"
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _read_meta(folder: Path) -> dict:
+    meta = folder / "meta.json"
+    return json.loads(meta.read_text()) if meta.exists() else {}
+
+
+def load_checkpoint(path: str | Path, model: nn.Module) -> None:
+    """Load a state dict saved by kdbench (or a plain state dict) with ``weights_only=True``.
+
+    Raises:
+        FileNotFoundError: naming the path.
+        ValueError: the checkpoint does not fit the architecture (missing/unexpected keys).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher checkpoint {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"teacher checkpoint {path} does not fit {type(model).__name__}: {exc}"
+        ) from exc
+
+
+def obtain_teacher(
+    dataset: str,
+    spec: TeacherSpec,
+    *,
+    data_root: str | None = None,
+    device: torch.device | None = None,
+    data: DataBundle | None = None,
+    progress: bool = False,
+) -> Teacher:
+    """A trained, frozen teacher for ``dataset`` (trained and cached on first use)."""
+    from bench.models import create_model, model_info
+    from bench.train import freeze, labels_of, pick_device, predict, topk_accuracy
+
+    device = device or pick_device()
+    if data is None or spec.classes is not None:
+        data = load_dataset(
+            dataset,
+            root=data_root,
+            classes=spec.classes,
+            device=device,
+        )
+    image = data.info.input_size
+    model = create_model(spec.arch, data.info.num_classes, image_size=image[1]).to(device)
+    if spec.checkpoint is not None:
+        load_checkpoint(spec.checkpoint, model)
+        model.to(device)
+        acc = topk_accuracy(predict(model, data.test, device), labels_of(data.test, device))
+        key = "file-" + stable_hash(str(Path(spec.checkpoint).resolve()))
+        return Teacher(
+            freeze(model), model_info(model, spec.arch, image), acc, key, Path(spec.checkpoint)
+        )
+    key = teacher_key(dataset, spec)
+    folder = cache_dir() / key
+    epoch = spec.stop_epoch or spec.recipe.epochs
+    ckpt = folder / f"epoch_{epoch}.pt"
+    with _locked(folder / ".lock"):
+        meta = _read_meta(folder)
+        if not ckpt.exists() or str(epoch) not in meta.get("test_acc", {}):
+            meta = _train_and_cache(
+                dataset, spec, data, folder, device, keep={epoch}, meta=meta, progress=progress
+            )
+    load_checkpoint(ckpt, model)
+    model.to(device)
+    return Teacher(
+        freeze(model),
+        model_info(model, spec.arch, image),
+        float(meta["test_acc"][str(epoch)]),
+        key,
+        ckpt,
+    )
+
+
+def _train_and_cache(
+    dataset: str,
+    spec: TeacherSpec,
+    data: DataBundle,
+    folder: Path,
+    device: torch.device,
+    *,
+    keep: set[int],
+    meta: dict,
+    progress: bool,
+) -> dict:
+    """Train the teacher from scratch (deterministically) and keep the asked-for epochs."""
+    import sys
+
+    from bench.config import TrialConfig
+    from bench.method import TaskInfo, build_method
+    from bench.models import create_model, model_info
+    from bench.train import (
+        TrainContext,
+        labels_of,
+        predict,
+        seed_everything,
+        topk_accuracy,
+        train_loop,
+    )
+
+    folder.mkdir(parents=True, exist_ok=True)
+    keep = set(keep) | {spec.recipe.epochs} | {int(e) for e in meta.get("test_acc", {})}
+    seed_everything(spec.seed)
+    image = data.info.input_size
+    model = create_model(spec.arch, data.info.num_classes, image_size=image[1]).to(device)
+    info = model_info(model, spec.arch, image)
+    batch = spec.recipe.batch_size
+    task = TaskInfo(
+        dataset=dataset,
+        num_classes=data.info.num_classes,
+        input_size=image,
+        num_train=len(data.train),
+        epochs=spec.recipe.epochs,
+        steps_per_epoch=len(data.train) // batch if len(data.train) > batch else 1,
+    )
+    config = TrialConfig(
+        dataset=dataset, student=spec.arch, method="ce", seed=spec.seed, recipe=spec.recipe
+    )
+    ctx = TrainContext(
+        student=model,
+        student_info=info,
+        teacher=None,
+        teacher_info=None,
+        task=task,
+        recipe=spec.recipe,
+        device=device,
+        data=data,
+        seed=spec.seed,
+        config=config,
+    )
+    method = build_method("ce").to(device)
+    labels = labels_of(data.test, device)
+    accs: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def on_epoch(record) -> None:
+        done = record.epoch + 1
+        if progress:
+            print(
+                f"  teacher {spec.arch} epoch {done}/{spec.recipe.epochs} "
+                f"loss {record.terms['loss']:.3f} val {record.val_acc:.3f}",
+                file=sys.stderr,
+            )
+        if done in keep:
+            accs[str(done)] = topk_accuracy(predict(model, data.test, device), labels)
+            _atomic_save(model.state_dict(), folder / f"epoch_{done}.pt")
+
+    history = train_loop(ctx, method, on_epoch=on_epoch)
+    meta = {
+        "dataset": dataset,
+        "spec": to_jsonable(spec),
+        "test_acc": accs,
+        "val_acc": history[-1]["val_acc"],
+        "train_seconds": time.perf_counter() - started,
+        "history": history,
+    }
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+    return meta

@@ -1,0 +1,228 @@
+"""MLflow tracking: one run per trial, tagged with its run key.
+
+The default store is SQLite under the kdbench home (``<home>/mlflow.db``, artifacts in
+``<home>/mlartifacts``); ``MLFLOW_TRACKING_URI`` (or ``--tracking-uri``) selects another, such
+as a cluster's ``mlflow server``. Parameters go in one ``log_batch`` per call and respect
+MLflow's length limits; the full config is an artifact (``config.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from bench.config import TrialConfig, key_fields, to_jsonable
+from bench.paths import kdbench_home
+
+TAG_PREFIX = "kdbench."
+RUN_KEY_TAG = "kdbench.run_key"
+#: MLflow accepts longer values, but short ones keep the UI and search usable.
+MAX_PARAM_CHARS = 500
+DEFAULT_EXPERIMENT = "kdbench"
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else SQLite in the kdbench home."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{kdbench_home() / 'mlflow.db'}"
+
+
+def flatten(prefix: str, value: Any) -> dict[str, Any]:
+    """Nested dicts → ``a.b.c`` keys."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(flatten(f"{prefix}.{k}" if prefix else str(k), v))
+        return out
+    return {prefix: value}
+
+
+def trial_params(config: TrialConfig) -> dict[str, str]:
+    """MLflow params of a trial: the flattened config, each value within the length limit."""
+    data = to_jsonable(config)
+    data["params"] = dict(config.params)
+    flat = flatten("", data)
+    out = {}
+    for k, v in flat.items():
+        text = json.dumps(v) if isinstance(v, list | dict) else str(v)
+        out[k[:250]] = text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 1] + "…"
+    return out
+
+
+def _quiet_mlflow() -> None:
+    warnings.filterwarnings("ignore", module=r"mlflow\..*")
+    warnings.filterwarnings("ignore", message=r".*noload.*")
+
+
+class Tracker:
+    """Records trials as MLflow runs in one experiment.
+
+    Args:
+        uri: Tracking URI (default :func:`default_tracking_uri`).
+        experiment: Experiment name.
+    """
+
+    def __init__(self, uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT) -> None:
+        _quiet_mlflow()
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri or default_tracking_uri()
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.experiment_name = experiment
+        self.experiment_id = self._ensure_experiment(experiment)
+
+    def _ensure_experiment(self, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:"):
+            location = (kdbench_home() / "mlartifacts" / name).as_uri()
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # created concurrently by another process
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    @contextmanager
+    def trial_run(
+        self,
+        config: TrialConfig,
+        key: str,
+        method_cls: type,
+        *,
+        parent_run_id: str | None = None,
+        extra_tags: dict[str, str] | None = None,
+    ) -> Iterator[RunHandle]:
+        """A RUNNING MLflow run for one trial; ended FAILED if the block raises."""
+        from mlflow.entities import Param, RunTag
+
+        pair = f"{config.student}<-{config.teacher.arch}" if config.teacher else config.student
+        tags = {
+            RUN_KEY_TAG: key,
+            "kdbench.method": config.method,
+            "kdbench.method_version": str(method_cls.version),
+            "kdbench.dataset": config.dataset,
+            "kdbench.student": config.student,
+            "kdbench.teacher": config.teacher.arch if config.teacher else "",
+            "kdbench.seed": str(config.seed),
+            "kdbench.phase": config.phase,
+            "kdbench.knowledge": method_cls.knowledge,
+            "mlflow.runName": f"{config.method} {config.dataset} {pair} s{config.seed}",
+            **(extra_tags or {}),
+        }
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(self.experiment_id, tags=tags)
+        handle = RunHandle(self.client, run.info.run_id)
+        try:
+            params = [Param(k, v) for k, v in trial_params(config).items()]
+            for i in range(0, len(params), 100):  # MLflow's per-batch param limit
+                self.client.log_batch(handle.run_id, params=params[i : i + 100])
+            self.client.log_dict(
+                handle.run_id,
+                {
+                    "config": to_jsonable(config),
+                    "key_fields": key_fields(config, method_cls.version),
+                    "run_key": key,
+                },
+                "config.json",
+            )
+            yield handle
+        except BaseException as exc:
+            if not handle.ended:
+                self.client.log_batch(
+                    handle.run_id,
+                    tags=[RunTag("kdbench.error", f"{type(exc).__name__}: {exc}"[:5000])],
+                )
+                self.client.set_terminated(handle.run_id, "FAILED")
+            raise
+        if not handle.ended:
+            self.client.set_terminated(handle.run_id, "FAILED")
+
+    def finished_runs(self, filter_string: str = "") -> dict[str, str]:
+        """run key → run id of every FINISHED run in the experiment."""
+        query = "attributes.status = 'FINISHED'"
+        if filter_string:
+            query += f" and {filter_string}"
+        out = {}
+        for run in self.search(query):
+            key = run.data.tags.get(RUN_KEY_TAG)
+            if key:
+                out[key] = run.info.run_id
+        return out
+
+    def search(self, filter_string: str = "") -> list:
+        """Every run of the experiment matching ``filter_string`` (all pages)."""
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=filter_string,
+                max_results=5000,
+                page_token=token,
+            )
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+
+class RunHandle:
+    """Logging into one MLflow run."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.ended = False
+        self._extra_step = 0
+
+    def _log(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for i in range(0, len(batch), 1000):
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+
+    def log_epoch(self, record: Any) -> None:
+        """Per-epoch metrics (train loss terms, val accuracy, lr, time) at step = epoch."""
+        self._log(record.metrics(), step=record.epoch)
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        """Extra metrics a method reports; stepped by call."""
+        self._log(metrics, step=self._extra_step)
+        self._extra_step += 1
+
+    def finish(self, result: Any) -> None:
+        """Final metrics and the run's end status (FINISHED, or FAILED with the reason)."""
+        from mlflow.entities import RunTag
+
+        final = {
+            "test_acc": result.test_acc,
+            "test_top5": result.test_top5,
+            "final_val_acc": result.val_acc,
+            "teacher_test_acc": result.teacher_test_acc,
+            "agreement": result.agreement,
+            "train_seconds": result.train_seconds,
+            "student_params": result.student_params,
+            "extra_params": result.extra_params,
+        }
+        self._log({k: v for k, v in final.items() if v == v}, step=0)
+        tags = [RunTag("kdbench.outcome", result.outcome)]
+        if result.error:
+            tags.append(RunTag("kdbench.error", result.error[-5000:]))
+        self.client.log_batch(self.run_id, tags=tags)
+        self.client.set_terminated(self.run_id, result.status)
+        self.ended = True

@@ -1,0 +1,569 @@
+"""One trial: build everything from a :class:`~bench.config.TrialConfig`, train, evaluate,
+report. Small composable steps; nothing here is specific to a method.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from bench.config import Recipe, TeacherSpec, TrialConfig, run_key
+from bench.data import DataBundle, Split, load_dataset
+from bench.method import Batch, Method, ModelInfo, Outputs, TaskInfo, build_method, get_method
+from bench.models import create_model, forward_outputs, model_info
+
+
+class TrialFailed(RuntimeError):
+    """A trial that started but could not finish (diverged, refused); carries the reason."""
+
+    def __init__(self, reason: str, *, outcome: str = "failed") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.outcome = outcome
+
+
+def pick_device() -> torch.device:
+    """CUDA when present, else CPU (never from Ray's GPU ids: they may be fake)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; full precision on CPU (where bf16 is slower than fp32)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def make_optimizer(params: list[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
+    """The recipe's optimizer over ``params`` (BatchNorm and biases are decayed too, as in
+    the reference KD codebases)."""
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+        )
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+def lr_factor(recipe: Recipe, progress: float) -> float:
+    """Learning-rate multiplier at ``progress`` ∈ [0, 1] of training."""
+    warm = recipe.warmup_epochs / recipe.epochs
+    if progress < warm:
+        return (progress + 1e-12) / warm
+    if recipe.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if recipe.schedule == "step":
+        return recipe.gamma ** sum(progress >= m for m in recipe.milestones)
+    return 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict(model: nn.Module, split: Split, device: torch.device, batch_size: int = 256) -> Tensor:
+    """Logits of ``model`` on every sample of ``split`` in order (eval mode), on the CPU."""
+    was_training = model.training
+    model.eval()
+    chunks = []
+    with autocast_for(device):
+        for x, _, _ in split.batches(
+            batch_size, shuffle=False, generator=None, augment=False, device=device
+        ):
+            chunks.append(model(x).float().cpu())
+    model.train(was_training)
+    return torch.cat(chunks)
+
+
+def labels_of(split: Split, device: torch.device) -> Tensor:
+    return torch.cat(
+        [
+            y.cpu()
+            for _, y, _ in split.batches(
+                1024, shuffle=False, generator=None, augment=False, device=device
+            )
+        ]
+    )
+
+
+def topk_accuracy(logits: Tensor, labels: Tensor, k: int = 1) -> float:
+    """Fraction of samples whose label is among the ``k`` highest logits (N×K, N)."""
+    k = min(k, logits.shape[1])
+    top = logits.topk(k, dim=1).indices
+    return (top == labels[:, None]).any(dim=1).float().mean().item()
+
+
+# --------------------------------------------------------------------------------------------
+# The training context methods see
+# --------------------------------------------------------------------------------------------
+
+
+class TrainContext:
+    """What a method's hooks can use during a trial (see ``bench/method.py``).
+
+    Attributes:
+        student: The model being trained.
+        teacher: The frozen teacher (eval mode, no grad), or None.
+        student_info: Shapes of the student.
+        teacher_info: Shapes of the teacher, or None.
+        task: The task.
+        recipe: The student's recipe.
+        device: The training device.
+        generator: A seeded CPU generator for any randomness a method draws.
+        data: The dataset bundle (methods read ``data.train`` through :meth:`train_batches`).
+    """
+
+    def __init__(
+        self,
+        *,
+        student: nn.Module,
+        student_info: ModelInfo,
+        teacher: nn.Module | None,
+        teacher_info: ModelInfo | None,
+        task: TaskInfo,
+        recipe: Recipe,
+        device: torch.device,
+        data: DataBundle,
+        seed: int,
+        config: TrialConfig | None = None,
+        log: Callable[[dict[str, float]], None] | None = None,
+    ) -> None:
+        self.student = student
+        self.student_info = student_info
+        self.teacher = teacher
+        self.teacher_info = teacher_info
+        self.task = task
+        self.recipe = recipe
+        self.device = device
+        self.data = data
+        self.seed = seed
+        self.config = config
+        self.generator = torch.Generator().manual_seed(seed + 1)
+        self._data_generator = torch.Generator().manual_seed(seed)
+        self._log = log
+        self._models_created = 0
+
+    # -- forward passes ----------------------------------------------------------------------
+
+    def forward(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        needs: frozenset[str] | set[str] = frozenset(),
+        *,
+        grad: bool = True,
+    ) -> Outputs:
+        """One forward pass of any model, computing only ``needs`` besides logits."""
+        grad_mode = contextlib.nullcontext() if grad else torch.no_grad()
+        with grad_mode, autocast_for(self.device):
+            return forward_outputs(model, x, needs)
+
+    def forward_student(self, x: Tensor, needs: frozenset[str] = frozenset()) -> Outputs:
+        return self.forward(self.student, x, needs)
+
+    def forward_teacher(self, x: Tensor, needs: frozenset[str] = frozenset()) -> Outputs:
+        if self.teacher is None:
+            raise RuntimeError("this trial has no teacher (the method declares uses_teacher)")
+        return self.forward(self.teacher, x, needs, grad=False)
+
+    # -- building blocks for methods that change the step ------------------------------------
+
+    def create_model(
+        self, name: str, num_classes: int | None = None
+    ) -> tuple[nn.Module, ModelInfo]:
+        """A fresh model on the device, initialised from this trial's seed."""
+        self._models_created += 1
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1000 + self._models_created)
+            model = create_model(
+                name, num_classes or self.task.num_classes, image_size=self.task.input_size[1]
+            )
+        model.to(self.device)
+        return model, model_info(model, name, self.task.input_size)
+
+    def obtain_teacher(
+        self,
+        arch: str,
+        *,
+        classes: tuple[int, ...] | list[int] | None = None,
+        epochs: int | None = None,
+    ) -> tuple[nn.Module, ModelInfo]:
+        """A trained, frozen teacher from the cache (trained on this dataset; optionally on a
+        class subset, or early-stopped at ``epochs``)."""
+        from bench.teachers import obtain_teacher
+
+        base = self.config.teacher if self.config and self.config.teacher else None
+        recipe = base.recipe if base else self.recipe
+        spec = TeacherSpec(
+            arch=arch,
+            recipe=recipe,
+            seed=base.seed if base else 0,
+            stop_epoch=epochs,
+            classes=tuple(classes) if classes is not None else None,
+        )
+        dataset = self.config.dataset if self.config else self.task.dataset
+        root = self.config.data_root if self.config else None
+        teacher = obtain_teacher(dataset, spec, data_root=root, device=self.device)
+        return teacher.model, teacher.info
+
+    def train_batches(self, augment: bool = True, *, epoch: int = 0) -> Iterator[Batch]:
+        """One epoch over the training split as :class:`Batch` objects."""
+        steps = max(1, self.task.steps_per_epoch)
+        for i, (x, y, index) in enumerate(
+            self.data.train.batches(
+                self.recipe.batch_size,
+                shuffle=True,
+                generator=self._data_generator,
+                augment=augment and self.recipe.augment,
+                device=self.device,
+                drop_last=len(self.data.train) > self.recipe.batch_size,
+            )
+        ):
+            step = epoch * steps + i
+            yield Batch(
+                x=x,
+                y=y,
+                index=index,
+                epoch=epoch,
+                step=step,
+                progress=min(step / max(1, self.task.total_steps), 1.0 - 1e-9),
+            )
+
+    def make_optimizer(self, params: Any) -> torch.optim.Optimizer:
+        return make_optimizer(list(params), self.recipe)
+
+    def fit(
+        self,
+        model: nn.Module,
+        method: Method,
+        *,
+        teacher: nn.Module | None = None,
+        epochs: int | None = None,
+        name: str = "sub-model",
+    ) -> list[dict[str, float]]:
+        """Run the standard training loop on another (model, method, teacher) triple, as a
+        chain step (a teacher assistant trained before the student)."""
+        recipe = self.recipe if epochs is None else _replace(self.recipe, epochs=epochs)
+        info = model_info(model, name, self.task.input_size)
+        teacher_info = (
+            model_info(teacher, name + "-teacher", self.task.input_size) if teacher else None
+        )
+        task = _replace(self.task, epochs=recipe.epochs)
+        sub = TrainContext(
+            student=model,
+            student_info=info,
+            teacher=teacher,
+            teacher_info=teacher_info,
+            task=task,
+            recipe=recipe,
+            device=self.device,
+            data=self.data,
+            seed=self.seed + 7919,
+            config=self.config,
+            log=None,
+        )
+        method.setup(info, teacher_info, task)
+        method.to(self.device)
+        return train_loop(sub, method)
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        if self._log is not None:
+            self._log(metrics)
+
+
+def _replace(obj: Any, **changes: Any) -> Any:
+    import dataclasses
+
+    return dataclasses.replace(obj, **changes)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and no gradients: a frozen teacher's weights and BatchNorm statistics stay
+    bit-identical however it is used."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EpochRecord:
+    """What one epoch produced."""
+
+    epoch: int
+    terms: dict[str, float]
+    val_acc: float
+    lr: float
+    seconds: float
+
+    def metrics(self) -> dict[str, float]:
+        out = {f"train/{k}": v for k, v in self.terms.items()}
+        out.update({"val_acc": self.val_acc, "lr": self.lr, "epoch_seconds": self.seconds})
+        return out
+
+
+def check_finite(total: Tensor, terms: dict[str, Tensor], batch: Batch) -> None:
+    if not torch.isfinite(total):
+        values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+        raise TrialFailed(
+            f"non-finite loss at epoch {batch.epoch}, step {batch.step}: {values}. "
+            "The trial diverged; try a smaller learning rate or loss weight."
+        )
+
+
+def train_loop(
+    ctx: TrainContext,
+    method: Method,
+    *,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    start_epoch: int = 0,
+    evaluate_val: bool = True,
+) -> list[dict[str, float]]:
+    """Train ``ctx.student`` with ``method`` for ``ctx.recipe.epochs``; returns per-epoch
+    metrics. Raises :class:`TrialFailed` on a non-finite loss."""
+    recipe = ctx.recipe
+    params = list(ctx.student.parameters())
+    seen = {id(p) for p in params}
+    params += [p for p in method.trainable_parameters() if id(p) not in seen and p.requires_grad]
+    optimizer = make_optimizer(params, recipe)
+    total_steps = max(1, ctx.task.total_steps)
+    history: list[dict[str, float]] = []
+    for epoch in range(start_epoch, recipe.epochs):
+        started = time.perf_counter()
+        ctx.student.train()
+        method.train()
+        sums: dict[str, Tensor] = {}
+        n = 0
+        lr = recipe.lr
+        for batch in ctx.train_batches(epoch=epoch):
+            lr = recipe.lr * lr_factor(recipe, batch.step / total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            terms = method.train_step(ctx, batch)
+            total = sum(terms.values())
+            check_finite(total, terms, batch)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            method.after_step(ctx, batch)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v.detach().float()
+            sums["loss"] = sums.get("loss", 0.0) + total.detach().float()
+            n += 1
+        val_acc = float("nan")
+        if evaluate_val and len(ctx.data.val):
+            val_acc = topk_accuracy(
+                predict(ctx.student, ctx.data.val, ctx.device), labels_of(ctx.data.val, ctx.device)
+            )
+        record = EpochRecord(
+            epoch=epoch,
+            terms={k: (v / max(n, 1)).item() for k, v in sums.items()},
+            val_acc=val_acc,
+            lr=lr,
+            seconds=time.perf_counter() - started,
+        )
+        history.append(record.metrics())
+        if on_epoch is not None:
+            on_epoch(record)
+    return history
+
+
+# --------------------------------------------------------------------------------------------
+# One trial, end to end
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrialResult:
+    """The outcome of one trial."""
+
+    run_key: str
+    status: str  # FINISHED | FAILED
+    outcome: str  # ok | failed | refused
+    test_acc: float = float("nan")
+    test_top5: float = float("nan")
+    val_acc: float = float("nan")
+    teacher_test_acc: float = float("nan")
+    agreement: float = float("nan")
+    final_loss: float = float("nan")
+    train_seconds: float = float("nan")
+    student_params: int = 0
+    extra_params: int = 0
+    error: str | None = None
+    mlflow_run_id: str | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON the CLI prints (no per-epoch history)."""
+        return {k: v for k, v in self.__dict__.items() if k != "history"}
+
+
+@dataclass
+class Prepared:
+    """A trial whose inputs are all validated and built, ready to train."""
+
+    config: TrialConfig
+    key: str
+    method_cls: type[Method]
+    data: DataBundle
+    teacher: Any  # bench.teachers.Teacher | None
+    device: torch.device
+
+
+def prepare_trial(config: TrialConfig, device: torch.device | None = None) -> Prepared:
+    """Validate every name and parameter, load the data, obtain the teacher. Raises before
+    anything is recorded when an input is wrong."""
+    from bench.models import resolve
+    from bench.teachers import obtain_teacher
+
+    device = device or pick_device()
+    method_cls = get_method(config.method)
+    method_cls.Params.from_mapping(config.params_dict, where=f"{config.method} params")
+    resolve(config.student)
+    if config.teacher is not None:
+        resolve(config.teacher.arch)
+    data = load_dataset(
+        config.dataset,
+        root=config.data_root,
+        download=config.download,
+        val_fraction=config.val_fraction,
+        device=device,
+    )
+    teacher = None
+    if method_cls.uses_teacher:
+        if config.teacher is None:
+            raise TrialFailed(
+                f"method {config.method!r} distils from a teacher; give one (--teacher NAME)",
+                outcome="refused",
+            )
+        teacher = obtain_teacher(
+            config.dataset, config.teacher, data_root=config.data_root, device=device, data=data
+        )
+    key = run_key(config, method_cls.version)
+    return Prepared(config, key, method_cls, data, teacher, device)
+
+
+def execute(
+    prepared: Prepared,
+    *,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    log: Callable[[dict[str, float]], None] | None = None,
+) -> TrialResult:
+    """Train and evaluate a prepared trial. Failures are returned, not raised."""
+    config, data, device = prepared.config, prepared.data, prepared.device
+    result = TrialResult(run_key=prepared.key, status="RUNNING", outcome="ok")
+    started = time.perf_counter()
+    try:
+        seed_everything(config.seed)
+        image = data.info.input_size
+        student = create_model(config.student, data.info.num_classes, image_size=image[1])
+        student.to(device)
+        s_info = model_info(student, config.student, image)
+        teacher_model = teacher_info = None
+        if prepared.teacher is not None:
+            teacher_model = freeze(prepared.teacher.model)
+            teacher_info = prepared.teacher.info
+            result.teacher_test_acc = prepared.teacher.test_acc
+        batch = config.recipe.batch_size
+        steps = len(data.train) // batch if len(data.train) > batch else 1
+        task = TaskInfo(
+            dataset=config.dataset,
+            num_classes=data.info.num_classes,
+            input_size=image,
+            num_train=len(data.train),
+            epochs=config.recipe.epochs,
+            steps_per_epoch=steps,
+        )
+        method = build_method(config.method, config.params_dict)
+        ok, reason = method.supports(s_info, teacher_info, task)
+        if not ok:
+            raise TrialFailed(
+                f"{config.method} does not support this pair: {reason}", outcome="refused"
+            )
+        method.setup(s_info, teacher_info, task)
+        method.to(device)
+        result.student_params = s_info.num_params
+        ctx = TrainContext(
+            student=student,
+            student_info=s_info,
+            teacher=teacher_model,
+            teacher_info=teacher_info,
+            task=task,
+            recipe=config.recipe,
+            device=device,
+            data=data,
+            seed=config.seed,
+            config=config,
+            log=log,
+        )
+        method.before_training(ctx)
+        result.extra_params = method.extra_parameters()
+        result.history = train_loop(ctx, method, on_epoch=on_epoch)
+        result.final_loss = result.history[-1]["train/loss"]
+        result.val_acc = result.history[-1]["val_acc"]
+        test_logits = predict(student, data.test, device)
+        test_labels = labels_of(data.test, device)
+        result.test_acc = topk_accuracy(test_logits, test_labels, 1)
+        result.test_top5 = topk_accuracy(test_logits, test_labels, 5)
+        if teacher_model is not None and teacher_info.num_classes == s_info.num_classes:
+            teacher_pred = predict(teacher_model, data.test, device).argmax(1)
+            result.agreement = (test_logits.argmax(1) == teacher_pred).float().mean().item()
+        result.status = "FINISHED"
+    except TrialFailed as exc:
+        result.status, result.outcome, result.error = "FAILED", exc.outcome, exc.reason
+    except Exception as exc:  # a broken method must not stop a sweep; record why
+        import traceback
+
+        tail = "".join(traceback.format_exception(exc)[-6:])
+        result.status, result.outcome = "FAILED", "failed"
+        result.error = f"{type(exc).__name__}: {exc}\n{tail}"
+    result.train_seconds = time.perf_counter() - started
+    return result
+
+
+def run_trial(
+    config: TrialConfig,
+    *,
+    tracker: Any | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    device: torch.device | None = None,
+) -> TrialResult:
+    """Prepare (validating inputs: raises on bad input, recording nothing), then train and
+    record the trial as one MLflow run through ``tracker`` when given."""
+    prepared = prepare_trial(config, device)
+    if tracker is None:
+        return execute(prepared, on_epoch=on_epoch)
+    with tracker.trial_run(prepared.config, prepared.key, prepared.method_cls) as run:
+
+        def epoch_done(record: EpochRecord) -> None:
+            run.log_epoch(record)
+            if on_epoch is not None:
+                on_epoch(record)
+
+        result = execute(prepared, on_epoch=epoch_done, log=run.log_metrics)
+        result.mlflow_run_id = run.run_id
+        run.finish(result)
+    return result

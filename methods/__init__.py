@@ -1,0 +1,1 @@
+"""kdbench's distillation methods, one file each. ``bench.plugins.load_methods`` imports them."""
