@@ -1,0 +1,1 @@
+"""Leaderboards: per-cell summaries, significance tests and aggregate rankings of KD methods."""
