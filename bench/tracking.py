@@ -57,6 +57,10 @@ def trial_params(config: TrialConfig) -> dict[str, str]:
 
 
 def _quiet_mlflow() -> None:
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", module=r"mlflow\..*")
     warnings.filterwarnings("ignore", message=r".*noload.*")
 

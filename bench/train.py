@@ -417,8 +417,12 @@ class TrialResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        """The JSON the CLI prints (no per-epoch history)."""
-        return {k: v for k, v in self.__dict__.items() if k != "history"}
+        """The JSON the CLI prints (no per-epoch history; NaN → None so it is valid JSON)."""
+        return {
+            k: (None if isinstance(v, float) and v != v else v)
+            for k, v in self.__dict__.items()
+            if k != "history"
+        }
 
 
 @dataclass
