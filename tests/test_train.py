@@ -1,0 +1,134 @@
+"""One trial end to end: determinism, results, MLflow records, bad input, divergence."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench.cli import main
+from bench.config import Recipe, TeacherSpec, TrialConfig, run_key
+from bench.tracking import RUN_KEY_TAG, Tracker
+from bench.train import run_trial
+
+TINY = Recipe(epochs=2, batch_size=64)
+TEACHER = TeacherSpec(arch="test_resnet_wide", recipe=Recipe(epochs=2, batch_size=64), seed=0)
+
+
+def kd_config(**changes) -> TrialConfig:
+    base = TrialConfig(
+        dataset="digits", student="test_resnet_narrow", method="kd", seed=3, recipe=TINY,
+        teacher=TEACHER,
+    )
+    return base.with_changes(**changes)
+
+
+@pytest.fixture(scope="module")
+def tracker(tmp_path_factory) -> Tracker:
+    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    return Tracker(f"sqlite:///{db}", experiment="test-train")
+
+
+def test_same_trial_same_seed_gives_identical_accuracy_and_loss():
+    first = run_trial(kd_config())
+    second = run_trial(kd_config())
+    assert first.status == second.status == "FINISHED", (first.error, second.error)
+    assert first.run_key == second.run_key
+    assert first.test_acc == second.test_acc
+    assert first.final_loss == second.final_loss
+    assert [h["train/loss"] for h in first.history] == [h["train/loss"] for h in second.history]
+    other = run_trial(kd_config(seed=4))
+    assert other.run_key != first.run_key
+    assert other.final_loss != first.final_loss
+
+
+def test_kd_trial_reports_teacher_and_student_metrics():
+    result = run_trial(kd_config())
+    assert result.status == "FINISHED"
+    assert 0.0 <= result.test_acc <= 1.0 and result.test_acc <= result.test_top5
+    assert 0.0 < result.teacher_test_acc <= 1.0
+    assert 0.0 <= result.agreement <= 1.0
+    assert {"train/ce", "train/kd", "train/loss", "val_acc", "lr"} <= set(result.history[0])
+    assert math.isfinite(result.final_loss)
+    assert result.student_params == 22_924 - 33 * 90  # 32-d embedding: 10 instead of 100 classes
+
+
+def test_run_key_covers_what_defines_a_trial_and_nothing_else():
+    config = kd_config()
+    assert run_key(config, 1) == run_key(kd_config(data_root="/somewhere/else"), 1)
+    assert run_key(config, 1) != run_key(config, 2)  # method version
+    assert run_key(config, 1) != run_key(kd_config(params=(("temperature", 2.0),)), 1)
+    assert run_key(config, 1) != run_key(kd_config(recipe=Recipe(epochs=3)), 1)
+    assert run_key(config, 1) != run_key(
+        kd_config(teacher=TeacherSpec(arch="test_resnet_wide", recipe=TEACHER.recipe, seed=1)), 1
+    )
+
+
+def test_trial_is_recorded_in_mlflow_with_params_curves_tags_and_config(tracker):
+    result = run_trial(kd_config(), tracker=tracker)
+    run = tracker.client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags[RUN_KEY_TAG] == result.run_key
+    assert run.data.tags["kdbench.method_version"] == "1"
+    assert run.data.params["student"] == "test_resnet_narrow"
+    assert run.data.params["teacher.arch"] == "test_resnet_wide"
+    assert run.data.params["recipe.epochs"] == "2"
+    assert run.data.metrics["test_acc"] == pytest.approx(result.test_acc)
+    curve = tracker.client.get_metric_history(run.info.run_id, "val_acc")
+    assert [m.step for m in curve] == [0, 1]
+    artifacts = [a.path for a in tracker.client.list_artifacts(run.info.run_id)]
+    assert "config.json" in artifacts
+    assert tracker.finished_runs()[result.run_key] == run.info.run_id
+
+
+def test_diverging_trial_is_a_failed_run_with_its_reason(tracker):
+    config = kd_config(recipe=Recipe(epochs=1, lr=1e12, batch_size=64), seed=11)
+    result = run_trial(config, tracker=tracker)
+    assert result.status == "FAILED"
+    assert "non-finite loss" in result.error
+    run = tracker.client.get_run(result.mlflow_run_id)
+    assert run.info.status == "FAILED"
+    assert "non-finite loss" in run.data.tags["kdbench.error"]
+
+
+def test_cli_train_json_last_line(capsys, tmp_path):
+    code = main([
+        "train", "--dataset", "digits", "--student", "test_resnet_narrow", "--teacher",
+        "test_resnet_wide", "--method", "kd", "--param", "temperature=2", "--epochs", "1",
+        "--seed", "5", "--json", "--quiet", "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
+    ])
+    assert code == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    payload = json.loads(last)
+    for key in ("run_key", "status", "test_acc", "val_acc", "teacher_test_acc", "mlflow_run_id"):
+        assert key in payload, key
+    assert payload["status"] == "FINISHED"
+    assert 0 <= payload["test_acc"] <= 1
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--student", "resnet21"], ["unknown model 'resnet21'", "Did you mean", "resnet20"]),
+        (["--teacher", "wrn_40_3"], ["unknown model 'wrn_40_3'", "wrn_40_2"]),
+        (["--dataset", "cifar-10"], ["unknown dataset 'cifar-10'", "cifar10"]),
+        (["--method", "kdd"], ["unknown method 'kdd'", "'kd'"]),
+        (["--param", "temprature=4"], ["unknown parameter 'temprature'", "temperature"]),
+        (["--param", "temperature=hot"], ["temperature", "expected float", "'hot'"]),
+        (["--dataset", "cifar100", "--data-root", "/nonexistent/data"],
+         ["cifar-100-python", "--download"]),
+    ],
+    ids=["student", "teacher", "dataset", "method", "param-name", "param-type", "data-root"],
+)
+def test_bad_input_exits_2_with_a_helpful_message_and_records_nothing(
+    args, expected, capsys, tmp_path
+):
+    db = tmp_path / "m.db"
+    code = main(["train", "--epochs", "1", "--tracking-uri", f"sqlite:///{db}", *args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    for fragment in expected:
+        assert fragment in err, f"{fragment!r} not in: {err}"
+    runs = Tracker(f"sqlite:///{db}").search()
+    assert runs == []
