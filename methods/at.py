@@ -1,0 +1,121 @@
+"""Attention transfer (AT).
+
+Paper: Sergey Zagoruyko, Nikos Komodakis, "Paying More Attention to Attention: Improving the
+Performance of Convolutional Neural Networks via Attention Transfer", ICLR 2017.
+https://arxiv.org/abs/1612.03928
+Reference code: https://github.com/szagoruyko/attention-transfer (``cifar.py``: ``at``,
+``at_loss``); CRD benchmark: https://github.com/HobbitLong/RepDistiller (``distiller_zoo/AT.py``).
+
+The attention map of a stage output A (C×H×W) is Q = vec(mean_c |A_c|^p), L2-normalised. The
+student matches the teacher's map at every aligned stage pair.
+
+Paper vs code:
+- The paper's Eq. (2) adds ``β/2 · Σ_j ‖Q_S^j/‖Q_S^j‖ − Q_T^j/‖Q_T^j‖‖_p`` (a norm, not squared)
+  with β = 10^3 "divided by the number of elements in the attention map and batch size".
+  Both the authors' code and the CRD benchmark instead add ``β · Σ_j mean((Q_S − Q_T)^2)``
+  with β = 1000 (the mean over batch and positions plays the division). ``variant="code"``
+  (default; what every published AT number was produced with) selects that;
+  ``variant="paper"`` the written equation with the stated normalisation of β.
+- The paper sums |A_c|^p over channels, the code averages; the L2 normalisation removes the
+  difference.
+- Stages: the code pairs same-resolution group outputs of two WRNs (the CRD benchmark all
+  stage outputs but the stem). Here all stage pairs of ``align_stages``; where spatial sizes
+  differ the student's map is resized to the teacher's with ``match_spatial`` (the CRD
+  benchmark pools whichever map is larger).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bench.method import (
+    Batch,
+    Method,
+    ModelInfo,
+    Outputs,
+    TaskInfo,
+    align_stages,
+    match_spatial,
+    register_method,
+)
+
+
+def attention_map(feature: Tensor, p: float) -> Tensor:
+    """The L2-normalised spatial attention map of an N×C×H×W map, as N×(H·W), in fp32."""
+    q = feature.float().abs().pow(p).mean(dim=1).flatten(1)
+    return F.normalize(q, dim=1, eps=1e-12)
+
+
+def spatial_supports(
+    student: ModelInfo, teacher: ModelInfo | None, *, spatial: bool = True
+) -> tuple[bool, str]:
+    """Feature methods need a teacher and stage outputs on both sides; ``spatial`` ones also
+    need every stage output to be an N×C×H×W map."""
+    if teacher is None:
+        return False, "needs a teacher"
+    for role, info in (("student", student), ("teacher", teacher)):
+        if info.num_stages == 0:
+            return False, f"the {role} {info.name} exposes no feature stages"
+        if spatial and any(r == 0 for r in info.feature_reductions):
+            return False, f"the {role} {info.name} has stage outputs that are not spatial maps"
+    return True, ""
+
+
+def require_teacher(teacher: Outputs | None, method: str) -> Outputs:
+    if teacher is None:
+        raise ValueError(
+            f"{method}: loss() got no teacher outputs; the method distils from a teacher, so "
+            "the trial needs one (--teacher NAME)"
+        )
+    return teacher
+
+
+@register_method("at")
+class AttentionTransfer(Method):
+    """Attention transfer on every aligned stage pair.
+
+    Attributes:
+        beta: Weight of the attention term (paper and CRD benchmark: 1000).
+        p: Exponent of the attention map (paper: 2).
+        variant: ``code`` (β·mean squared difference, summed over stages) or ``paper``
+            (β/2 · Σ_j ‖ΔQ_j‖_2 with β divided by batch size and map size).
+    """
+
+    knowledge = "intermediate"
+    mode = "offline"
+    needs = frozenset({"features"})
+    version = 1
+
+    class Params(Method.Params):
+        beta: float = 1000.0
+        p: float = 2.0
+        variant: Literal["code", "paper"] = "code"
+
+    search_space: ClassVar[dict[str, list]] = {"beta": [250.0, 1000.0, 4000.0]}
+
+    def supports(
+        self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo
+    ) -> tuple[bool, str]:
+        return spatial_supports(student, teacher)
+
+    def setup(self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo) -> None:
+        assert teacher is not None
+        self.pairs = align_stages(student, teacher)
+
+    def loss(self, batch: Batch, student: Outputs, teacher: Outputs | None) -> dict[str, Tensor]:
+        teacher = require_teacher(teacher, "at")
+        p = self.params
+        total = student.logits.new_zeros((), dtype=torch.float32)
+        for s, t in self.pairs:
+            f_t = teacher.features[t]
+            f_s = match_spatial(student.features[s], f_t)
+            diff = attention_map(f_s, p.p) - attention_map(f_t, p.p)
+            if p.variant == "code":
+                total = total + p.beta * diff.pow(2).mean()
+            else:
+                total = total + p.beta / 2 * diff.norm(dim=1).mean() / diff.shape[1]
+        return {"at": total}
