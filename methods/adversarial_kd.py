@@ -127,12 +127,15 @@ class AdversarialKD(Method):
         self.discriminator = ConditionalDiscriminator(
             student.num_classes, self.params.hidden, conditional=self.params.condition == "label"
         )
-        self.disc_optimizer: torch.optim.Optimizer | None = None
-
-    def before_training(self, ctx: TrainContext) -> None:
         self.disc_optimizer = torch.optim.Adam(
             self.discriminator.parameters(), lr=self.params.disc_lr, betas=(0.5, 0.999)
         )
+
+    def get_extra_state(self) -> dict:
+        return {"disc_optimizer": self.disc_optimizer.state_dict()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.disc_optimizer.load_state_dict(state["disc_optimizer"])
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return iter(())  # the discriminator steps with its own optimizer
@@ -141,8 +144,6 @@ class AdversarialKD(Method):
         self, teacher_logits: Tensor, student_logits: Tensor, y: Tensor
     ) -> Tensor:
         """``disc_steps`` updates of D on one batch; returns the last discriminator loss."""
-        if self.disc_optimizer is None:
-            raise RuntimeError("adversarial_kd: before_training(ctx) must run before training")
         real, fake = teacher_logits.detach().float(), student_logits.detach().float()
         self.discriminator.requires_grad_(True)
         for _ in range(self.params.disc_steps):

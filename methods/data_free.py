@@ -144,19 +144,20 @@ class DataFreeLearning(Method):
 
     def setup(self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo) -> None:
         self.generator = Generator(self.params.latent_dim, task.input_size)
-        self.gen_optimizer: torch.optim.Optimizer | None = None
-
-    def before_training(self, ctx: TrainContext) -> None:
         self.gen_optimizer = torch.optim.Adam(self.generator.parameters(), lr=self.params.gen_lr)
+
+    def get_extra_state(self) -> dict:
+        return {"gen_optimizer": self.gen_optimizer.state_dict()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.gen_optimizer.load_state_dict(state["gen_optimizer"])
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return iter(())  # the generator steps with its own optimizer
 
     def train_step(self, ctx: TrainContext, batch: Batch) -> dict[str, Tensor]:
-        if self.gen_optimizer is None or ctx.teacher is None:
-            raise RuntimeError(
-                "data_free: needs a teacher and before_training(ctx) before train_step"
-            )
+        if ctx.teacher is None:
+            raise RuntimeError("data_free: the trial has no teacher; give one (--teacher NAME)")
         p = self.params
         size = batch.x.shape[0]  # the only use of the real batch
         z = torch.randn(size, p.latent_dim, generator=ctx.generator).to(ctx.device)

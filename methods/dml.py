@@ -133,6 +133,22 @@ class DeepMutualLearning(Method):
             self.peer_models.append(model)
         if self.params.update == "alternating":
             self.optimizers = [ctx.make_optimizer(m.parameters()) for m in self.peer_models]
+        self._restore_optimizers()
+
+    def get_extra_state(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def set_extra_state(self, state: dict) -> None:
+        # a method rebuilt for resuming gets its optimizers in before_training, after this
+        self._pending_optimizer_states = list(state.get("optimizers", []))
+        self._restore_optimizers()
+
+    def _restore_optimizers(self) -> None:
+        pending = getattr(self, "_pending_optimizer_states", [])
+        if pending and len(pending) == len(self.optimizers):
+            for optimizer, saved in zip(self.optimizers, pending, strict=True):
+                optimizer.load_state_dict(saved)
+            self._pending_optimizer_states = []
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         if self.params.update == "simultaneous":

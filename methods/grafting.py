@@ -158,6 +158,22 @@ class FilterGrafting(Method):
             self.optimizers.append(ctx.make_optimizer(model.parameters()))
             spread = (1 + math.cos(math.pi * (num - i) / num)) / 2
             self.lr_factors.append(spread if self.params.lr_spread else 1.0)
+        self._restore_optimizers()
+
+    def get_extra_state(self) -> dict:
+        return {"optimizers": [o.state_dict() for o in self.optimizers]}
+
+    def set_extra_state(self, state: dict) -> None:
+        # a method rebuilt for resuming gets its optimizers in before_training, after this
+        self._pending_optimizer_states = list(state.get("optimizers", []))
+        self._restore_optimizers()
+
+    def _restore_optimizers(self) -> None:
+        pending = getattr(self, "_pending_optimizer_states", [])
+        if pending and len(pending) == len(self.optimizers):
+            for optimizer, saved in zip(self.optimizers, pending, strict=True):
+                optimizer.load_state_dict(saved)
+            self._pending_optimizer_states = []
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return iter(())  # peers step with their own optimizers
