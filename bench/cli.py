@@ -69,9 +69,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     elif args.what == "datasets":
         from bench.data import DATASETS
 
-        rows = [
-            (name, getattr(e, "description", "") or "") for name, e in DATASETS.items(args.pattern)
-        ]
+        rows = [(name, source.summary) for name, source in DATASETS.items(args.pattern)]
         _print_table(("dataset", "description"), rows)
     else:
         from bench.method import METHODS
