@@ -74,8 +74,9 @@ class Tracker:
     """
 
     def __init__(self, uri: str | None = None, experiment: str = DEFAULT_EXPERIMENT) -> None:
-        _quiet_mlflow()
         from mlflow.tracking import MlflowClient
+
+        _quiet_mlflow()  # after the import: importing mlflow configures its loggers
 
         self.uri = uri or default_tracking_uri()
         self.client = MlflowClient(tracking_uri=self.uri)
