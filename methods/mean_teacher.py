@@ -162,6 +162,8 @@ class MeanTeacher(Method):
         }
 
     def after_step(self, ctx: TrainContext, batch: Batch) -> None:
+        if self.ema is None:
+            raise RuntimeError("mean_teacher: before_training(ctx) must run before after_step")
         ema_params = list(self.ema.parameters())
         params = list(ctx.student.parameters())
         if len(ema_params) != len(params):
