@@ -211,9 +211,11 @@ class BSS(Method):
         }
         if bss_weight <= 0.0:
             return terms
-        max_samples = max(1, round(p.attack_fraction * batch.x.shape[0]))
+        # At least two samples: the student's forward on them runs in train mode, and
+        # BatchNorm cannot normalise a single sample with 1x1 maps.
+        max_samples = max(2, round(p.attack_fraction * batch.x.shape[0]))
         base = select_base_samples(student, teacher, batch.y, max_samples)
-        if base.numel() == 0:
+        if base.numel() < 2:
             return terms
         targets = sample_target_classes(teacher[base], ctx.generator)
         lower, upper = pixel_range(ctx, batch.x)
