@@ -8,7 +8,7 @@ import time
 
 from bench.config import Recipe, TeacherSpec, TrialConfig
 
-TEACHER = "resnet56"
+TEACHER = "resnet20"
 STUDENT = "resnet8"
 
 
