@@ -16,8 +16,8 @@ from typing import Any
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
-DEFAULT_TEACHER = "resnet56"
-DEFAULT_STUDENT = "resnet20"
+DEFAULT_TEACHER = "resnet20"
+DEFAULT_STUDENT = "resnet8"
 
 
 class CliError(Exception):
