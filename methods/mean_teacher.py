@@ -146,7 +146,11 @@ class MeanTeacher(Method):
     def _noisy(self, ctx: TrainContext, x: Tensor) -> Tensor:
         if self.params.input_noise <= 0:
             return x
-        noise = torch.randn(x.shape, generator=ctx.generator).to(x.device, x.dtype)
+        # drawn on the input's device from a seed of the trial's generator: reproducible, and
+        # no image-sized transfer from the CPU
+        seed = int(torch.randint(0, 2**62, (1,), generator=ctx.generator))
+        draw = torch.Generator(device=x.device).manual_seed(seed)
+        noise = torch.randn(x.shape, generator=draw, device=x.device, dtype=x.dtype)
         return x + self.params.input_noise * noise
 
     def train_step(self, ctx: TrainContext, batch: Batch) -> dict[str, Tensor]:
