@@ -1,0 +1,202 @@
+"""``kdbench leaderboard``: build a suite's leaderboard from MLflow or from a results.csv.
+
+::
+
+    kdbench leaderboard leaderboards/<suite>               # runs from MLflow → the suite folder
+    kdbench leaderboard --from-csv results.csv OUT_DIR     # the same outputs without MLflow
+
+The experiment is the suite's (``experiment:`` in suite.yaml, else its ``name:``, else the
+folder name). Exit status: 0 written, 2 bad input (the message says where and what to fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from bench.leaderboard.aggregate import RANKABLE_METRICS, Leaderboard, Settings, build_leaderboard
+from bench.leaderboard.runs import LeaderboardError, read_results_csv, runs_from_mlflow
+
+EXIT_BAD_INPUT = 2
+SUITE_FILE = "suite.yaml"
+
+
+def suite_names(folder: str | Path) -> tuple[str, str]:
+    """(suite name, MLflow experiment) of a suite folder.
+
+    Args:
+        folder: A folder, with or without a suite.yaml.
+
+    Returns:
+        The name (``name:`` in suite.yaml, else the folder name) and the experiment
+        (``experiment:``, else the name).
+
+    Raises:
+        LeaderboardError: When suite.yaml is not a YAML mapping.
+    """
+    import yaml
+
+    folder = Path(folder)
+    path = folder / SUITE_FILE
+    fallback = folder.resolve().name
+    if not path.is_file():
+        return fallback, fallback
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise LeaderboardError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise LeaderboardError(f"{path}: expected a mapping at the top (name: …, methods: …).")
+    name = str(data.get("name") or fallback)
+    return name, str(data.get("experiment") or name)
+
+
+def leaderboard_from_runs(
+    runs: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    name: str,
+    settings: Settings | None = None,
+    mlflow_url: str | None = None,
+) -> Leaderboard:
+    """Build the leaderboard of a runs table and write every output into ``out_dir``.
+
+    Args:
+        runs: A checked runs table (:mod:`bench.leaderboard.runs`).
+        out_dir: The suite folder.
+        name: Suite name shown in the outputs.
+        settings: Statistics settings (defaults of :class:`Settings`).
+        mlflow_url: MLflow UI URL for links in index.html.
+
+    Returns:
+        The leaderboard written.
+    """
+    from bench.leaderboard.render import write_outputs
+
+    board = build_leaderboard(runs, settings, name=name)
+    write_outputs(board, runs, out_dir, mlflow_url=mlflow_url)
+    return board
+
+
+def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
+    """Adds the ``kdbench leaderboard`` arguments to a (sub)parser."""
+    parser.add_argument(
+        "folder",
+        metavar="SUITE_DIR|OUT_DIR",
+        help="the suite folder (leaderboards/<suite>) to read from MLflow and write into; "
+        "with --from-csv, the folder to write into",
+    )
+    parser.add_argument(
+        "--from-csv",
+        metavar="RESULTS_CSV",
+        default=None,
+        help="build from this runs table (results.csv format) instead of MLflow",
+    )
+    parser.add_argument("--name", default=None, help="suite name shown in the outputs")
+    parser.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite under $KDBENCH_HOME)",
+    )
+    parser.add_argument(
+        "--experiment", default=None, help="MLflow experiment (default: the suite's)"
+    )
+    parser.add_argument(
+        "--mlflow-url",
+        default=None,
+        help="MLflow UI URL for links in index.html (default: the tracking URI when it is http(s))",
+    )
+    parser.add_argument("--phase", default="final", help="which runs count (default: final)")
+    parser.add_argument(
+        "--metric", default="test_acc", choices=RANKABLE_METRICS, help="ranked metric"
+    )
+    parser.add_argument("--baseline", default="ce", help="the student-alone method (default: ce)")
+    parser.add_argument("--reference", default="kd", help="the reference method (default: kd)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="family-wise level")
+    parser.add_argument(
+        "--cell-test",
+        default="t",
+        choices=["t", "mannwhitney"],
+        help="within-cell test: t (paired when seeds match, else Welch) or exact Mann-Whitney",
+    )
+    parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the bootstrap")
+    parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates")
+    parser.add_argument(
+        "--bootstrap-over-cells",
+        action="store_true",
+        help="also resample cells in the bootstrap (default: seeds within cells only)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="print only where the files went")
+
+
+def leaderboard_main(args: argparse.Namespace) -> int:
+    """Run ``kdbench leaderboard`` with parsed arguments; returns the exit status."""
+    started = time.perf_counter()
+    try:
+        settings = Settings(
+            phase=args.phase,
+            metric=args.metric,
+            baseline=args.baseline,
+            reference=args.reference,
+            alpha=args.alpha,
+            cell_test=args.cell_test,
+            n_boot=args.n_boot,
+            bootstrap_seed=args.bootstrap_seed,
+            bootstrap_over_cells=args.bootstrap_over_cells,
+        )
+        folder = Path(args.folder)
+        name, experiment = suite_names(folder)
+        name = args.name or name
+        mlflow_url = args.mlflow_url
+        if args.from_csv:
+            runs = read_results_csv(args.from_csv)
+            notes: list[str] = []
+        else:
+            if not folder.is_dir():
+                raise LeaderboardError(
+                    f"{folder}: no such folder; pass a suite folder (leaderboards/<suite>) or "
+                    "--from-csv RESULTS_CSV OUT_DIR."
+                )
+            from bench.tracking import default_tracking_uri
+
+            uri = args.tracking_uri or default_tracking_uri()
+            if mlflow_url is None and uri.startswith(("http://", "https://")):
+                mlflow_url = uri
+            runs, notes = runs_from_mlflow(uri, args.experiment or experiment)
+        board = leaderboard_from_runs(
+            runs, folder, name=name, settings=settings, mlflow_url=mlflow_url
+        )
+    except LeaderboardError as exc:
+        print(f"kdbench leaderboard: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for note in notes:
+        print(f"kdbench leaderboard: {note}", file=sys.stderr)
+    elapsed = time.perf_counter() - started
+    if not args.quiet:
+        from bench.leaderboard.render import main_table_markdown
+
+        print("\n".join(main_table_markdown(board)))
+        print()
+    print(
+        f"kdbench leaderboard: wrote {folder}/ (README.md, index.html, results.csv, summary.csv, "
+        f"cells.csv, pairwise.csv, figures/) from {board.n_used} runs, {len(board.cells)} cells, "
+        f"{len(board.entries)} methods in {elapsed:.1f} s"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry point (``python -m bench.leaderboard.cli``)."""
+    parser = argparse.ArgumentParser(
+        prog="kdbench leaderboard", description=__doc__.split("\n\n")[0]
+    )
+    add_leaderboard_arguments(parser)
+    return leaderboard_main(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""How numbers and verdicts read in every output (Markdown, HTML, figure labels)."""
+
+from __future__ import annotations
+
+import math
+
+from bench.leaderboard import stats
+from bench.leaderboard.aggregate import Across, CellResult, EntrySummary, Leaderboard
+
+DASH = "—"
+
+METRIC_NAMES = {
+    "test_acc": "test top-1 accuracy",
+    "test_top5": "test top-5 accuracy",
+    "macro_f1": "test macro-F1",
+    "val_acc": "validation top-1 accuracy",
+}
+
+
+def metric_name(board: Leaderboard) -> str:
+    return METRIC_NAMES[board.settings.metric]
+
+
+def number(x: float, digits: int = 2) -> str:
+    return DASH if x is None or math.isnan(x) else f"{x:.{digits}f}"
+
+
+def signed(x: float, digits: int = 2) -> str:
+    return DASH if math.isnan(x) else f"{x:+.{digits}f}"
+
+
+def pvalue(p: float) -> str:
+    if math.isnan(p):
+        return DASH
+    return "< 0.0001" if p < 1e-4 else f"{p:.2g}"
+
+
+def interval(ci: stats.BootstrapCI, digits: int = 2) -> str:
+    """``+1.03 [+0.62, +1.45]``."""
+    if math.isnan(ci.estimate):
+        return DASH
+    return f"{signed(ci.estimate, digits)} [{signed(ci.low, digits)}, {signed(ci.high, digits)}]"
+
+
+def probability(ci: stats.BootstrapCI) -> str:
+    return DASH if math.isnan(ci.estimate) else f"{ci.estimate:.2f}"
+
+
+def mean_sd_n(result: CellResult | None) -> str:
+    """``93.41 ± 0.45 (5)``; one seed has no spread; no seed is a dash."""
+    if result is None or result.n == 0:
+        return DASH
+    s = result.summary
+    if result.n == 1:
+        return f"{s.mean:.2f} (1)"
+    return f"{s.mean:.2f} ± {s.sd:.2f} ({s.n})"
+
+
+def t_interval(result: CellResult | None) -> str:
+    if result is None or result.n < 2:
+        return DASH
+    return f"[{result.summary.ci_low:.2f}, {result.summary.ci_high:.2f}]"
+
+
+def cell_verdict(verdict: stats.Verdict | None, comparison: stats.Comparison | None) -> str:
+    """A per-cell verdict with the difference in means, e.g. ``▲ +1.02 (p_holm = 0.004)``."""
+    if verdict is None:
+        return DASH
+    if verdict.mark is None or comparison is None:
+        return verdict.text
+    text = verdict.text
+    for head in ("▲ better ", "▼ worse ", "≈ no significant difference ", "≈ no test possible "):
+        if text.startswith(head):
+            text = text[len(head) :]
+    return f"{verdict.mark} {signed(comparison.diff)} {text}"
+
+
+def across_verdict(across: Across | None) -> str:
+    return DASH if across is None else across.verdict.text
+
+
+def wtl(counts: stats.WinTieLoss, *, compared: bool) -> str:
+    """``3/8/1`` wins/ties/losses, with the insufficient cells counted apart."""
+    if not compared:
+        return DASH
+    text = f"{counts.wins}/{counts.ties}/{counts.losses}"
+    if counts.insufficient:
+        text += f" (+{counts.insufficient} insufficient)"
+    return text
+
+
+def seeds(entry: EntrySummary) -> str:
+    if entry.seeds_max == 0:
+        return "0"
+    if entry.seeds_min == entry.seeds_max:
+        return str(entry.seeds_min)
+    return f"{entry.seeds_min}–{entry.seeds_max}"
+
+
+def count(x: float) -> str:
+    """Parameters and FLOPs: 950, 12.3k, 4.56M, 1.2G."""
+    if math.isnan(x):
+        return DASH
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:.0f}"
+
+
+def cost(entry: EntrySummary, baseline: str | None) -> str:
+    """Train time relative to the baseline, and the parameters the method adds."""
+    parts = []
+    if not math.isnan(entry.time_ratio) and baseline and entry.entry != baseline:
+        parts.append(f"×{entry.time_ratio:.2f} time")
+    elif not math.isnan(entry.train_seconds):
+        parts.append(f"{entry.train_seconds:.1f} s/run")
+    if not math.isnan(entry.extra_params) and entry.extra_params > 0:
+        parts.append(f"+{count(entry.extra_params)} params")
+    return ", ".join(parts) or DASH
+
+
+def coverage(entry: EntrySummary, n_cells: int) -> str:
+    return f"{entry.coverage}/{n_cells}"
+
+
+def rank(entry: EntrySummary) -> str:
+    return DASH if entry.rank is None else str(entry.rank)
+
+
+def method_of(entry: str | None) -> str:
+    return (entry or "").split("@")[0]
+
+
+def how_to_read(board: Leaderboard) -> list[str]:
+    """The "how to read this" paragraph, one sentence per item."""
+    s = board.settings
+    base, ref = s.baseline, s.reference
+    need = stats.wilcoxon_min_cells(s.alpha)
+    pct = f"{s.confidence:.0%}"
+    return [
+        f"Scores are {METRIC_NAMES[s.metric]} in percent, one run per seed, phase “{s.phase}”. "
+        "A cell is one dataset with one teacher → student pair.",
+        f"Gains are in percentage points over `{base}` (the student trained alone) and over "
+        f"`{ref}` (vanilla KD): the mean over the cells both methods have of the difference in "
+        f"seed means, with a {pct} stratified bootstrap interval ({s.n_boot} replicates, "
+        f"seed {s.bootstrap_seed}; seeds resampled within each cell"
+        + ("; cells resampled too" if s.bootstrap_over_cells else "")
+        + "). An interval that excludes 0 is not a significance test; the verdict columns are.",
+        f"“vs {ref} across cells” is a Wilcoxon signed-rank test on the cell means over the "
+        f"cells both have, Holm-corrected over all pairs of methods: ▲ better, ▼ worse, "
+        f"≈ no significant difference at α = {s.alpha:g}. With fewer than {need} cells the test "
+        "cannot reach significance and the table says “insufficient cells” instead.",
+        f"W/T/L counts the cells where the within-cell test against `{ref}` says ▲ / ≈ / ▼. "
+        f"The within-cell test is the {s.cell_test_name}, Holm-corrected over all methods "
+        f"compared with the same baseline in the same cell; a cell with fewer than "
+        f"{stats.MIN_SEEDS} seeds on a side gets no verdict (“insufficient seeds”).",
+        f"P(> {ref}) is the chance that a random run of the method beats a random run of "
+        f"`{ref}` on a random common cell (0.5: neither tends to win).",
+        "Rank orders the methods that cover every cell by average rank (1 = best; Friedman "
+        "test in the notes); methods with partial coverage follow, unranked, ordered by gain. "
+        f"Coverage is cells with a finished run / all cells. Cost is train time relative to "
+        f"`{base}` (geometric mean over cells) and the parameters the method adds.",
+    ]

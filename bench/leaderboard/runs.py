@@ -1,0 +1,497 @@
+"""The runs table: one row per MLflow run, read from MLflow or from ``results.csv``.
+
+``results.csv`` is the leaderboard's source of truth: every output in a suite folder is
+rebuilt from it alone (``kdbench leaderboard --from-csv``), and it is how results from
+elsewhere join a comparison. Its columns (see :data:`COLUMNS`):
+
+========================  =====================================================================
+column                    meaning
+========================  =====================================================================
+run_key                   deterministic identity of the trial (unique per row)
+dataset                   dataset name
+teacher                   teacher architecture; empty for methods that use no teacher (their
+                          runs count in every teacher's cell of the same dataset and student)
+student                   student architecture
+method                    method name (``ce``: student alone; ``kd``: vanilla KD)
+method_version            integer version of the method's behaviour
+params                    the method's hyperparameters as a JSON object, keys sorted
+seed                      the student's seed (integer)
+phase                     ``tune`` (selection on validation) or ``final`` (reported on test)
+status                    MLflow run status: FINISHED, FAILED, RUNNING, KILLED, SCHEDULED
+outcome                   ``ok``, ``failed`` or ``refused`` (the method declined the pair)
+error                     why the run failed or was refused (empty otherwise)
+test_acc                  top-1 accuracy on the test split after the final epoch, in [0, 1]
+test_top5                 top-5 accuracy on the test split, in [0, 1]
+val_acc                   top-1 accuracy on the validation split after the final epoch
+teacher_test_acc          the teacher's top-1 test accuracy (empty without a teacher)
+agreement                 fraction of test samples where student and teacher predict alike
+macro_precision           macro-averaged precision on the test split, in [0, 1]
+macro_recall              macro-averaged recall on the test split, in [0, 1]
+macro_f1                  macro-averaged F1 on the test split, in [0, 1]
+ece                       expected calibration error (15 equal-width bins) on the test split
+train_seconds             wall time of the trial
+student_params            parameters of the student
+student_flops             FLOPs of one student forward pass on one input (multiply-add = 2)
+extra_params              parameters the method adds (connectors, embeddings, heads)
+mlflow_run_id             MLflow run id (empty for runs from elsewhere)
+mlflow_experiment_id      MLflow experiment id (empty for runs from elsewhere)
+========================  =====================================================================
+
+Accuracies are fractions, not percentages. Empty means missing. Columns beyond these are
+ignored; optional columns (all but :data:`REQUIRED`) may be left out.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+#: Every column of results.csv, in file order.
+COLUMNS: tuple[str, ...] = (
+    "run_key",
+    "dataset",
+    "teacher",
+    "student",
+    "method",
+    "method_version",
+    "params",
+    "seed",
+    "phase",
+    "status",
+    "outcome",
+    "error",
+    "test_acc",
+    "test_top5",
+    "val_acc",
+    "teacher_test_acc",
+    "agreement",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "ece",
+    "train_seconds",
+    "student_params",
+    "student_flops",
+    "extra_params",
+    "mlflow_run_id",
+    "mlflow_experiment_id",
+)
+
+#: Columns a results.csv must have.
+REQUIRED: tuple[str, ...] = (
+    "dataset",
+    "teacher",
+    "student",
+    "method",
+    "method_version",
+    "params",
+    "seed",
+    "phase",
+    "status",
+    "test_acc",
+    "val_acc",
+    "teacher_test_acc",
+    "run_key",
+)
+
+#: Columns holding fractions in [0, 1].
+FRACTION_COLUMNS: tuple[str, ...] = (
+    "test_acc",
+    "test_top5",
+    "val_acc",
+    "teacher_test_acc",
+    "agreement",
+    "macro_precision",
+    "macro_recall",
+    "macro_f1",
+    "ece",
+)
+
+#: Other numeric columns (non-negative).
+COUNT_COLUMNS: tuple[str, ...] = (
+    "train_seconds",
+    "student_params",
+    "student_flops",
+    "extra_params",
+)
+
+NUMERIC_COLUMNS: tuple[str, ...] = FRACTION_COLUMNS + COUNT_COLUMNS
+TEXT_COLUMNS: tuple[str, ...] = tuple(
+    c for c in COLUMNS if c not in NUMERIC_COLUMNS and c not in ("method_version", "seed")
+)
+#: Columns that must not be empty in any row.
+NON_EMPTY: tuple[str, ...] = ("run_key", "dataset", "student", "method", "phase", "status")
+
+STATUSES = ("FINISHED", "FAILED", "RUNNING", "KILLED", "SCHEDULED")
+
+#: MLflow metric name → results.csv column.
+METRIC_COLUMNS: dict[str, str] = {
+    "test_acc": "test_acc",
+    "test_top5": "test_top5",
+    "final_val_acc": "val_acc",
+    "teacher_test_acc": "teacher_test_acc",
+    "agreement": "agreement",
+    "macro_precision": "macro_precision",
+    "macro_recall": "macro_recall",
+    "macro_f1": "macro_f1",
+    "ece": "ece",
+    "train_seconds": "train_seconds",
+    "student_params": "student_params",
+    "student_flops": "student_flops",
+    "extra_params": "extra_params",
+}
+
+
+class LeaderboardError(ValueError):
+    """Input the leaderboard cannot use; the message says where and how to fix it."""
+
+
+# --------------------------------------------------------------------------------------------
+# Building and checking a runs table
+# --------------------------------------------------------------------------------------------
+
+
+def runs_frame(records: Iterable[Mapping[str, Any]], *, source: str = "runs") -> pd.DataFrame:
+    """A checked runs table from dicts, one per run (keys are results.csv columns).
+
+    Missing optional keys become empty; ``params`` may be a mapping or its JSON text.
+
+    Args:
+        records: One mapping per run.
+        source: How errors name the input, e.g. a file name.
+
+    Returns:
+        The table with the columns of :data:`COLUMNS`, typed and sorted.
+
+    Raises:
+        LeaderboardError: When a value is malformed (see :func:`check_runs`).
+    """
+    rows = []
+    for record in records:
+        row = {c: record.get(c) for c in COLUMNS}
+        if isinstance(row["params"], Mapping):
+            row["params"] = canonical_params(row["params"])
+        rows.append({c: _as_text(v) for c, v in row.items()})
+    raw = pd.DataFrame(rows, columns=list(COLUMNS), dtype=object)
+    return check_runs(raw, source=source, first_line=None)
+
+
+def check_runs(
+    raw: pd.DataFrame, *, source: str = "results.csv", first_line: int | None = 2
+) -> pd.DataFrame:
+    """Validate a table of text cells and return it typed.
+
+    Args:
+        raw: One row per run, every cell a string ("" for missing).
+        source: Name used in error messages.
+        first_line: File line of the first data row (2 below a header), or None when the
+            rows did not come from a file.
+
+    Returns:
+        Typed table: numeric columns float (NaN when missing), ``seed`` and
+        ``method_version`` int, text columns str; rows sorted by cell, method and seed.
+
+    Raises:
+        LeaderboardError: Naming the row and column of the first problem found: a missing
+            required column, an empty required value, a non-numeric or out-of-range number,
+            an unknown status or phase, malformed params, or a run key that appears twice.
+    """
+    missing = [c for c in REQUIRED if c not in raw.columns]
+    if missing:
+        raise LeaderboardError(
+            f"{source}: header row is missing column(s) {', '.join(map(repr, missing))}. "
+            f"Required columns: {', '.join(REQUIRED)}."
+        )
+    out = pd.DataFrame(index=raw.index)
+    where = _RowNamer(source, first_line)
+    for column in COLUMNS:
+        texts = raw[column] if column in raw.columns else pd.Series("", index=raw.index)
+        texts = texts.fillna("").astype(str).str.strip()
+        if column in NUMERIC_COLUMNS:
+            out[column] = [_number(t, column, where(i)) for i, t in enumerate(texts)]
+        elif column in ("seed", "method_version"):
+            out[column] = pd.Series(
+                [_integer(t, column, where(i)) for i, t in enumerate(texts)],
+                index=raw.index,
+                dtype="int64",
+            )
+        else:
+            out[column] = texts.astype(object)
+    for i, row in enumerate(out.itertuples(index=False)):
+        _check_row(row, where(i))
+    out["params"] = [_params_text(p, where(i)) for i, p in enumerate(out["params"])]
+    _check_unique_keys(out["run_key"], where)
+    out = out.sort_values(
+        ["dataset", "teacher", "student", "method", "method_version", "params", "seed", "run_key"],
+        kind="stable",
+    )
+    return out.reset_index(drop=True)[list(COLUMNS)]
+
+
+class _RowNamer:
+    """Formats "row N (line L of FILE)" for error messages."""
+
+    def __init__(self, source: str, first_line: int | None) -> None:
+        self.source = source
+        self.first_line = first_line
+
+    def __call__(self, index: int) -> str:
+        if self.first_line is None:
+            return f"{self.source}, row {index + 1}"
+        return f"{self.source}, row {index + 1} (line {index + self.first_line})"
+
+
+def _number(text: str, column: str, where: str) -> float:
+    if text == "":
+        return math.nan
+    try:
+        value = float(text)
+    except ValueError:
+        raise LeaderboardError(
+            f"{where}, column {column!r}: {text!r} is not a number. "
+            "Write a plain number (e.g. 0.9312), or leave it empty when missing."
+        ) from None
+    if math.isinf(value):
+        raise LeaderboardError(f"{where}, column {column!r}: infinite value {text!r}.")
+    if math.isnan(value):
+        return math.nan
+    if column in FRACTION_COLUMNS and not 0.0 <= value <= 1.0:
+        hint = " It looks like a percentage: divide by 100." if 1 < value <= 100 else ""
+        raise LeaderboardError(
+            f"{where}, column {column!r}: {value} is outside [0, 1]; accuracies and other "
+            f"rates are fractions.{hint}"
+        )
+    if column in COUNT_COLUMNS and value < 0:
+        raise LeaderboardError(f"{where}, column {column!r}: negative value {value}.")
+    return value
+
+
+def _integer(text: str, column: str, where: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value != int(value):
+        raise LeaderboardError(
+            f"{where}, column {column!r}: {text!r} is not an integer"
+            f"{' (the column may not be empty)' if text == '' else ''}."
+        )
+    return int(value)
+
+
+def _check_row(row: Any, where: str) -> None:
+    for column in NON_EMPTY:
+        if getattr(row, column) == "":
+            raise LeaderboardError(f"{where}, column {column!r}: empty; every run needs one.")
+    if row.status not in STATUSES:
+        raise LeaderboardError(
+            f"{where}, column 'status': {row.status!r} is not one of {', '.join(STATUSES)}."
+        )
+    if row.status == "FINISHED" and math.isnan(row.test_acc):
+        raise LeaderboardError(
+            f"{where}, column 'test_acc': empty in a FINISHED run; a finished run has a test "
+            "accuracy (mark the run FAILED if it has none)."
+        )
+
+
+def _params_text(text: str, where: str) -> str:
+    if text == "":
+        return "{}"
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LeaderboardError(
+            f"{where}, column 'params': not valid JSON ({exc.msg}); write a JSON object such "
+            'as {"temperature": 4.0}, or {} for none.'
+        ) from None
+    if not isinstance(value, dict):
+        raise LeaderboardError(
+            f"{where}, column 'params': expected a JSON object, got {type(value).__name__}."
+        )
+    return canonical_params(value)
+
+
+def _check_unique_keys(keys: pd.Series, where: _RowNamer) -> None:
+    first_seen: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key in first_seen:
+            raise LeaderboardError(
+                f"{where(i)}, column 'run_key': {key!r} already appears in "
+                f"{where(first_seen[key]).split(', ', 1)[1]}; each run must appear once. "
+                "Remove the duplicate row."
+            )
+        first_seen[key] = i
+
+
+def canonical_params(params: Mapping[str, Any]) -> str:
+    """The JSON text of a params mapping, keys sorted, as results.csv stores it."""
+    return json.dumps(dict(params), sort_keys=True, separators=(", ", ": "), default=str)
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------
+# results.csv
+# --------------------------------------------------------------------------------------------
+
+
+def read_results_csv(path: str | Path) -> pd.DataFrame:
+    """Read and check a results.csv.
+
+    Args:
+        path: The CSV file (header row, one row per run; columns in any order).
+
+    Returns:
+        The typed runs table (see :func:`check_runs`).
+
+    Raises:
+        LeaderboardError: When the file is missing, empty or malformed; the message names the
+            row, the file line and the column.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LeaderboardError(f"{path}: no such file; pass the results.csv of a leaderboard.")
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except pd.errors.EmptyDataError:
+        raise LeaderboardError(f"{path}: the file is empty; expected a header row.") from None
+    except pd.errors.ParserError as exc:
+        raise LeaderboardError(f"{path}: not a valid CSV file: {exc}") from None
+    raw.columns = [str(c).strip() for c in raw.columns]
+    return check_runs(raw, source=path.name, first_line=2)
+
+
+def write_results_csv(runs: pd.DataFrame, path: str | Path) -> None:
+    """Write a runs table as results.csv (numbers at full precision, so it reads back equal).
+
+    Args:
+        runs: A table from :func:`runs_frame`, :func:`read_results_csv` or
+            :func:`runs_from_mlflow`.
+        path: Where to write.
+    """
+    table = runs[list(COLUMNS)].copy()
+    for column in NUMERIC_COLUMNS:
+        table[column] = [_as_text(v) for v in table[column]]
+    table.to_csv(path, index=False, lineterminator="\n")
+
+
+# --------------------------------------------------------------------------------------------
+# MLflow
+# --------------------------------------------------------------------------------------------
+
+
+def runs_from_mlflow(tracking_uri: str, experiment: str) -> tuple[pd.DataFrame, list[str]]:
+    """Every kdbench run of an MLflow experiment as a runs table.
+
+    Runs without a ``kdbench.run_key`` tag (a sweep's parent run) are skipped. When a run key
+    was recorded more than once (a failed trial retried), the FINISHED run is kept, else the
+    latest one.
+
+    Args:
+        tracking_uri: MLflow tracking URI (``sqlite:///…`` or a server's ``http://…``).
+        experiment: Experiment name.
+
+    Returns:
+        The runs table and a list of notes about skipped duplicate runs.
+
+    Raises:
+        LeaderboardError: When the experiment does not exist.
+    """
+    from bench.tracking import RUN_KEY_TAG, _quiet_mlflow
+
+    _quiet_mlflow()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise LeaderboardError(
+            f"no MLflow experiment {experiment!r} at {tracking_uri}. Experiments there: "
+            f"{', '.join(names) or 'none'}. Run the sweep first, or pass --experiment/"
+            "--tracking-uri."
+        )
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [found.experiment_id], max_results=5000, page_token=token, order_by=["start_time ASC"]
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    chosen: dict[str, Any] = {}
+    notes = []
+    for run in runs:
+        key = run.data.tags.get(RUN_KEY_TAG)
+        if not key:
+            continue
+        if key in chosen:
+            kept, dropped = _prefer(chosen[key], run)
+            notes.append(
+                f"run key {key} was recorded twice; using MLflow run {kept.info.run_id} "
+                f"({kept.info.status}), ignoring {dropped.info.run_id} ({dropped.info.status})"
+            )
+            chosen[key] = kept
+        else:
+            chosen[key] = run
+    records = [_record(run) for run in chosen.values()]
+    return runs_frame(records, source=f"MLflow experiment {experiment!r}"), notes
+
+
+def _prefer(a: Any, b: Any) -> tuple[Any, Any]:
+    """(kept, dropped): FINISHED beats any other status, then the later start."""
+
+    def rank(run: Any) -> tuple[bool, int]:
+        return (run.info.status == "FINISHED", run.info.start_time or 0)
+
+    return (a, b) if rank(a) >= rank(b) else (b, a)
+
+
+def _record(run: Any) -> dict[str, Any]:
+    tags, metrics, params = run.data.tags, run.data.metrics, run.data.params
+    record: dict[str, Any] = {
+        "run_key": tags.get("kdbench.run_key", ""),
+        "dataset": tags.get("kdbench.dataset", ""),
+        "teacher": tags.get("kdbench.teacher", ""),
+        "student": tags.get("kdbench.student", ""),
+        "method": tags.get("kdbench.method", ""),
+        "method_version": tags.get("kdbench.method_version", ""),
+        "seed": tags.get("kdbench.seed", ""),
+        "phase": tags.get("kdbench.phase", ""),
+        "status": run.info.status,
+        "outcome": tags.get("kdbench.outcome", ""),
+        "error": tags.get("kdbench.error", ""),
+        "params": canonical_params(
+            {
+                k[len("params.") :]: _param_value(v)
+                for k, v in params.items()
+                if k.startswith("params.")
+            }
+        ),
+        "mlflow_run_id": run.info.run_id,
+        "mlflow_experiment_id": run.info.experiment_id,
+    }
+    for metric, column in METRIC_COLUMNS.items():
+        if metric in metrics:
+            record[column] = float(metrics[metric])
+    return record
+
+
+def _param_value(text: str) -> Any:
+    """MLflow stores params as text; numbers and JSON lists come back as such."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return text

@@ -1,0 +1,554 @@
+"""Leaderboards end to end: runs table → statistics → README, CSVs, figures, page.
+
+Synthetic runs tables with known effects check the verdicts against scipy; malformed CSVs
+check the error messages; a real SQLite MLflow store written by bench.tracking.Tracker checks
+the MLflow path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+
+from bench.leaderboard.aggregate import Settings, build_leaderboard
+from bench.leaderboard.cli import add_leaderboard_arguments, leaderboard_from_runs, leaderboard_main
+from bench.leaderboard.render import OUTPUT_FILES
+from bench.leaderboard.runs import (
+    COLUMNS,
+    LeaderboardError,
+    read_results_csv,
+    runs_frame,
+    write_results_csv,
+)
+
+# --------------------------------------------------------------------------------------------
+# Synthetic runs
+# --------------------------------------------------------------------------------------------
+
+TEACHERS = ("resnet56", "wrn_40_2", "vgg13")
+
+
+def cells(n: int) -> list[tuple[str, str, str]]:
+    """n cells: datasets d0, d1, … each with the three teacher → student pairs."""
+    pairs = [(t, "resnet20") for t in TEACHERS]
+    return [(f"d{i // 3}", *pairs[i % 3]) for i in range(n)]
+
+
+def synthetic_records(
+    effects: dict[str, float],
+    *,
+    n_cells: int = 12,
+    seeds: int = 5,
+    noise: float = 0.002,
+    rng_seed: int = 0,
+    seeds_in: dict[tuple[int, str], int] | None = None,
+) -> list[dict]:
+    """One finished run per (cell, method, seed): accuracy = cell level + effect + noise.
+
+    Effects and noise are fractions (0.01 = one point). ``seeds_in[(cell, method)]`` gives
+    that cell fewer seeds.
+    """
+    rng = np.random.default_rng(rng_seed)
+    records = []
+    for c, (dataset, teacher, student) in enumerate(cells(n_cells)):
+        level = 0.85 + 0.1 * rng.random()
+        for method, effect in effects.items():
+            for seed in range(seeds_in.get((c, method), seeds) if seeds_in else seeds):
+                acc = float(np.clip(level + effect + rng.normal(0, noise), 0, 1))
+                records.append(
+                    {
+                        "run_key": f"{dataset}-{teacher}-{method}-{seed}",
+                        "dataset": dataset,
+                        "teacher": teacher,
+                        "student": student,
+                        "method": method,
+                        "method_version": 1,
+                        "params": {} if method == "ce" else {"temperature": 4.0},
+                        "seed": seed,
+                        "phase": "final",
+                        "status": "FINISHED",
+                        "outcome": "ok",
+                        "test_acc": acc,
+                        "test_top5": min(1.0, acc + 0.04),
+                        "val_acc": acc - 0.01,
+                        "teacher_test_acc": 0.97,
+                        "agreement": 0.9 if method != "ce" else math.nan,
+                        "macro_f1": acc - 0.005,
+                        "ece": 0.03,
+                        "train_seconds": 10.0 if method == "ce" else 15.0,
+                        "student_params": 22_000,
+                        "extra_params": 0 if method in ("ce", "kd") else 500,
+                    }
+                )
+    return records
+
+
+def synthetic(effects: dict[str, float], **kwargs) -> pd.DataFrame:
+    return runs_frame(synthetic_records(effects, **kwargs))
+
+
+def cell_means(runs: pd.DataFrame) -> pd.DataFrame:
+    """Cell × method table of seed means in points, computed independently of the package."""
+    runs = runs.assign(points=runs["test_acc"] * 100)
+    return runs.pivot_table(
+        index=["dataset", "teacher", "student"], columns="method", values="points", aggfunc="mean"
+    )
+
+
+def holm_by_hand(pvalues: list[float]) -> list[float]:
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    adjusted, running = [0.0] * len(pvalues), 0.0
+    for step, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - step) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def main_table(readme: str) -> str:
+    """The Markdown main table of a README."""
+    section = readme.split("## Methods", 1)[1].split("\n\n")[1]
+    assert section.startswith("| rank |")
+    return section
+
+
+def build(tmp_path: Path, runs: pd.DataFrame, name: str = "synthetic", **settings):
+    board = leaderboard_from_runs(runs, tmp_path, name=name, settings=Settings(**settings))
+    summary = pd.read_csv(tmp_path / "summary.csv", keep_default_na=False)
+    return board, summary, (tmp_path / "README.md").read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------
+# Acceptance: verdicts
+# --------------------------------------------------------------------------------------------
+
+
+def test_one_point_better_in_every_cell_is_first_marked_better_with_scipys_pvalue(tmp_path):
+    effects = {"ce": -0.02, "kd": 0.0, "good": 0.01, "same_a": 0.0, "same_b": 0.0}
+    runs = synthetic(effects)
+    board, summary, readme = build(tmp_path, runs)
+
+    first = board.entries[0]
+    assert (first.entry, first.rank) == ("good@1", 1)
+    assert summary.loc[0, "entry"] == "good@1"
+
+    # Independent check: Wilcoxon over the 12 cell means, Holm over all pairs of methods.
+    means = cell_means(runs)
+    methods = list(effects)
+    pairs = list(itertools.combinations(methods, 2))
+    raw = [scipy.stats.wilcoxon(means[a] - means[b]).pvalue for a, b in pairs]
+    adjusted = dict(zip(pairs, holm_by_hand(raw), strict=True))
+    p_scipy = raw[pairs.index(("kd", "good"))]
+    assert p_scipy == pytest.approx(2 / 2**12)  # all 12 differences positive, exact test
+    assert first.vs_reference.pvalue == pytest.approx(p_scipy, rel=1e-12)
+    assert first.vs_reference.p_holm == pytest.approx(adjusted[("kd", "good")], rel=1e-12)
+    row = summary.set_index("entry").loc["good@1"]
+    assert float(row["wilcoxon_vs_kd_p_holm"]) == pytest.approx(adjusted[("kd", "good")], rel=1e-8)
+    assert row["verdict_vs_kd"] == "▲"
+    assert first.vs_reference.verdict.text.startswith("▲ better")
+    assert (first.wtl_reference.wins, first.wtl_reference.losses) == (12, 0)
+    assert first.gain_vs_reference.estimate == pytest.approx(
+        float((means["good"] - means["kd"]).mean()), abs=1e-9
+    )
+    assert first.gain_vs_reference.low < first.gain_vs_reference.estimate
+    assert first.gain_vs_reference.low > 0.8 and first.gain_vs_reference.high < 1.2
+    good_line = next(line for line in main_table(readme).splitlines() if "`good@1`" in line)
+    assert good_line.startswith("| 1 |") and "▲ better" in good_line
+    # kd is worse than good and better than ce: the records are read from each side.
+    kd = board.entry("kd@1")
+    assert kd.vs_baseline.verdict.mark == "▲"
+    assert board.entry("ce@1").vs_reference.verdict.mark == "▼"
+    assert board.entry("same_a@1").vs_reference.verdict.mark == "≈"
+
+
+def test_all_methods_equal_marks_no_method_better(tmp_path):
+    effects = dict.fromkeys(("ce", "kd", "a", "b", "c"), 0.0)
+    board, summary, readme = build(tmp_path, synthetic(effects, noise=0.003, rng_seed=1))
+    assert set(summary["verdict_vs_kd"]) <= {"≈", ""}
+    assert set(summary["verdict_vs_ce"]) <= {"≈", ""}
+    assert not any(p.verdict.significant for p in board.pairwise)
+    assert "▲" not in main_table(readme) and "▼" not in main_table(readme)
+    cell_verdicts = pd.read_csv(tmp_path / "cells.csv", keep_default_na=False)["verdict_vs_kd"]
+    marked = cell_verdicts.isin(["▲", "▼"]).sum()
+    assert marked <= 2, f"{marked} of {len(cell_verdicts)} within-cell comparisons marked"
+
+
+def test_two_seeds_in_a_cell_reads_insufficient_not_a_verdict(tmp_path):
+    effects = {"ce": -0.02, "kd": 0.0, "good": 0.01}
+    runs = synthetic(effects, seeds_in={(0, "good"): 2})
+    board, _, readme = build(tmp_path, runs)
+    cell0 = board.cells[0]
+    result = board.result(cell0, "good@1")
+    assert result.n == 2
+    assert result.vs_reference_verdict.mark is None
+    assert result.vs_reference_verdict.text == ("insufficient seeds (n=2 vs 5; need ≥ 3 per side)")
+    table = pd.read_csv(tmp_path / "cells.csv", keep_default_na=False)
+    row = table[(table["dataset"] == cell0.dataset) & (table["teacher"] == cell0.teacher)]
+    assert row.set_index("entry").loc["good@1", "verdict_vs_kd"] == "insufficient"
+    assert "insufficient seeds (n=2 vs 5; need ≥ 3 per side)" in readme
+    assert "Insufficient seeds: 1 method-cell result has fewer than 3 seeds" in readme
+    # The other 11 cells still count: 11 wins, 1 without a verdict.
+    wtl = board.entry("good@1").wtl_reference
+    assert (wtl.wins, wtl.ties, wtl.losses, wtl.insufficient) == (11, 0, 0, 1)
+
+
+def test_four_cells_read_insufficient_cells_even_for_a_clear_winner(tmp_path):
+    effects = {"ce": -0.02, "kd": 0.0, "good": 0.01}
+    board, summary, readme = build(tmp_path, synthetic(effects, n_cells=4))
+    good = board.entry("good@1")
+    assert good.rank == 1
+    assert good.vs_reference.verdict.mark is None
+    assert good.vs_reference.verdict.text == "insufficient cells (N=4; Wilcoxon needs ≥ 6)"
+    assert set(summary["verdict_vs_kd"]) <= {"insufficient", ""}
+    assert "Insufficient cells: only 4 cells" in readme
+    assert "▲" not in main_table(readme)
+    assert main_table(readme).count("insufficient cells (N=4; Wilcoxon needs ≥ 6)") == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Coverage, baselines, failures
+# --------------------------------------------------------------------------------------------
+
+
+def test_partial_coverage_is_compared_on_common_cells_and_not_ranked(tmp_path):
+    records = synthetic_records({"ce": -0.02, "kd": 0.0, "other": 0.005, "half": 0.01})
+    records = [r for r in records if not (r["method"] == "half" and r["dataset"] in ("d2", "d3"))]
+    runs = runs_frame(records)
+    board, summary, readme = build(tmp_path, runs)
+    half = board.entry("half@1")
+    assert (half.coverage, half.rank) == (6, None)
+    assert math.isnan(half.avg_rank)
+    assert board.entries[-1].entry == "half@1"  # unranked entries follow the ranked ones
+    means = cell_means(runs).dropna()
+    assert len(means) == 6
+    assert half.gain_vs_reference.estimate == pytest.approx(
+        float((means["half"] - means["kd"]).mean()), abs=1e-9
+    )
+    assert half.vs_reference.n_cells == 6
+    assert half.vs_reference.pvalue == pytest.approx(
+        scipy.stats.wilcoxon(means["half"] - means["kd"]).pvalue
+    )
+    assert board.friedman.n_methods == 3  # ce, kd, other: the entries covering every cell
+    assert "6/12" in readme and "Partial coverage: half@1 does not cover every cell" in readme
+    assert summary.set_index("entry").loc["half@1", "rank"] == ""
+
+
+def test_teacherless_runs_join_every_teachers_cell_and_refusals_show_their_reason(tmp_path):
+    records = synthetic_records({"kd": 0.0, "at": 0.002}, n_cells=3)
+    for seed in range(4):
+        records.append(
+            {
+                **records[0],
+                "run_key": f"ce-{seed}",
+                "method": "ce",
+                "teacher": "",
+                "seed": seed,
+                "params": {},
+                "test_acc": 0.8 + 0.001 * seed,
+            }
+        )
+    records.append(
+        {
+            **records[0],
+            "run_key": "at-refused",
+            "method": "at",
+            "teacher": "vgg13",
+            "seed": 9,
+            "status": "FAILED",
+            "outcome": "refused",
+            "test_acc": math.nan,
+            "error": "at does not support this pair: no spatial stages to align",
+        }
+    )
+    runs = runs_frame(records)
+    board, _, readme = build(tmp_path, runs)
+    assert len(board.cells) == 3
+    for cell in board.cells:
+        ce = board.result(cell, "ce@1")
+        assert ce.run_keys == ("ce-0", "ce-1", "ce-2", "ce-3")
+        assert ce.summary.mean == pytest.approx(80.15)
+    vgg = next(c for c in board.cells if c.teacher == "vgg13")
+    assert board.result(vgg, "at@1").problems == (
+        "seed 9: refused: at does not support this pair: no spatial stages to align",
+    )
+    assert "refused: at does not support this pair" in readme
+    assert "Methods that use no teacher (ce)" in readme
+    assert "1 refused" in readme
+    out = read_results_csv(tmp_path / "results.csv")
+    assert len(out) == len(records)  # each run once, however many cells it joins
+
+
+def test_phase_and_bootstrap_seed_are_honoured_and_recorded(tmp_path):
+    records = synthetic_records({"ce": -0.01, "kd": 0.0, "good": 0.005}, n_cells=6)
+    tune = [{**r, "run_key": r["run_key"] + "-tune", "phase": "tune"} for r in records[:5]]
+    runs = runs_frame(records + tune)
+    first = build_leaderboard(runs, Settings(bootstrap_seed=7))
+    again = build_leaderboard(runs, Settings(bootstrap_seed=7))
+    other = build_leaderboard(runs, Settings(bootstrap_seed=8))
+    g1, g2, g3 = (b.entry("good@1").gain_vs_reference for b in (first, again, other))
+    assert g1 == g2
+    assert g1.estimate == g3.estimate and (g1.low, g1.high) != (g3.low, g3.high)
+    assert first.n_used == len(records)
+    assert any("5 runs of other phases" in n for n in first.notes)
+    _, summary, readme = build(tmp_path, runs, bootstrap_seed=7)
+    assert set(summary["bootstrap_seed"]) == {7}
+    assert "seed 7" in readme
+    with pytest.raises(LeaderboardError, match=r"no run of phase 'nope'.*final, tune"):
+        build_leaderboard(runs, Settings(phase="nope"))
+
+
+def test_same_method_with_two_param_settings_in_a_cell_becomes_two_rows(tmp_path):
+    records = synthetic_records({"ce": -0.01, "kd": 0.0}, n_cells=6)
+    kd_t8 = [
+        {**r, "run_key": r["run_key"] + "-t8", "params": {"temperature": 8.0}}
+        for r in records
+        if r["method"] == "kd"
+    ]
+    board = build_leaderboard(runs_frame(records + kd_t8))
+    names = {e.entry for e in board.entries}
+    assert names == {"ce@1", "kd@1[temperature=4.0]", "kd@1[temperature=8.0]"}
+    assert board.reference_entry in names - {"ce@1"}
+
+
+# --------------------------------------------------------------------------------------------
+# results.csv: errors, round trip, CLI
+# --------------------------------------------------------------------------------------------
+
+
+def write_csv(path: Path, runs: pd.DataFrame, edit=None) -> Path:
+    write_results_csv(runs, path)
+    if edit is not None:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        table = edit(table)
+        table.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_runs() -> pd.DataFrame:
+    return synthetic({"ce": -0.01, "kd": 0.0, "good": 0.005}, n_cells=3, seeds=3)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda t: t.drop(columns=["val_acc"]), r"header row is missing column\(s\) 'val_acc'"),
+        (
+            lambda t: t.assign(test_acc=t["test_acc"].where(t.index != 2, "0.9x")),
+            r"row 3 \(line 4\), column 'test_acc': '0\.9x' is not a number",
+        ),
+        (
+            lambda t: t.assign(run_key=t["run_key"].where(t.index != 4, t["run_key"][1])),
+            r"row 5 \(line 6\), column 'run_key': '.*' already appears in row 2 \(line 3\)",
+        ),
+        (
+            lambda t: t.assign(test_acc=t["test_acc"].where(t.index != 0, "93.5")),
+            r"row 1 \(line 2\), column 'test_acc': 93\.5 is outside \[0, 1\].*percentage",
+        ),
+        (
+            lambda t: t.assign(seed=t["seed"].where(t.index != 6, "")),
+            r"row 7 \(line 8\), column 'seed': '' is not an integer",
+        ),
+        (
+            lambda t: t.assign(status=t["status"].where(t.index != 3, "DONE")),
+            r"row 4 \(line 5\), column 'status': 'DONE' is not one of",
+        ),
+        (
+            lambda t: t.assign(params=t["params"].where(t.index != 1, "temperature=4")),
+            r"row 2 \(line 3\), column 'params': not valid JSON",
+        ),
+    ],
+    ids=[
+        "missing-column",
+        "non-numeric",
+        "duplicate-key",
+        "percent",
+        "no-seed",
+        "status",
+        "params",
+    ],
+)
+def test_malformed_csv_errors_name_row_and_column(tmp_path, small_runs, edit, message):
+    path = write_csv(tmp_path / "results.csv", small_runs, edit)
+    with pytest.raises(LeaderboardError, match=message):
+        read_results_csv(path)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_leaderboard_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_cli_reports_a_malformed_csv_and_exits_2(tmp_path, small_runs, capsys):
+    edit = lambda t: t.assign(test_acc=t["test_acc"].where(t.index != 2, "n/a"))  # noqa: E731
+    path = write_csv(tmp_path / "bad.csv", small_runs, edit)
+    assert leaderboard_main(parse(["--from-csv", str(path), str(tmp_path / "out")])) == 2
+    err = capsys.readouterr().err
+    assert "bad.csv, row 3 (line 4), column 'test_acc': 'n/a' is not a number" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_outputs_rebuilt_from_results_csv_are_identical(tmp_path):
+    runs = synthetic({"ce": -0.01, "kd": 0.0, "good": 0.006, "bad": -0.004}, n_cells=6)
+    first, second = tmp_path / "first", tmp_path / "second"
+    leaderboard_from_runs(runs, first, name="digits", settings=Settings(n_boot=500))
+    argv = ["--from-csv", str(first / "results.csv"), str(second), "--name", "digits"]
+    assert leaderboard_main(parse([*argv, "--n-boot", "500", "--quiet"])) == 0
+    for name in OUTPUT_FILES:
+        a, b = (first / name).read_bytes(), (second / name).read_bytes()
+        assert a == b, f"{name} differs after the rebuild"
+    assert read_results_csv(second / "results.csv").equals(runs)
+
+
+def test_150_runs_give_every_output_in_under_30_seconds(tmp_path):
+    methods = ("ce", "kd", "dkd", "at", "fitnet", "rkd", "crd", "ls", "vid", "tf_kd")
+    effects = {m: 0.002 * i for i, m in enumerate(methods)}
+    runs = synthetic(effects, n_cells=3, seeds=5)
+    assert len(runs) == 150
+    started = time.perf_counter()
+    leaderboard_from_runs(runs, tmp_path, name="digits")
+    elapsed = time.perf_counter() - started
+    assert elapsed < 30, f"{elapsed:.1f} s"
+    for name in OUTPUT_FILES:
+        assert (tmp_path / name).stat().st_size > 500, name
+    svg = (tmp_path / "figures" / "cd_diagram.svg").read_text(encoding="utf-8")
+    assert "<svg" in svg and "crd@1" in svg  # text stays text in the SVG
+
+
+def test_page_is_self_contained_and_links_runs_when_a_server_is_known(tmp_path):
+    records = synthetic_records({"ce": -0.01, "kd": 0.0}, n_cells=2, seeds=3)
+    for i, r in enumerate(records):
+        r.update(mlflow_run_id=f"run{i:03d}", mlflow_experiment_id="7")
+    runs = runs_frame(records)
+    board = build_leaderboard(runs)
+    from bench.leaderboard.html import render_html
+
+    offline = render_html(board)
+    assert "http" not in offline  # nothing to fetch: opens from disk without a network
+    assert "<script src" not in offline and "<link" not in offline
+    online = render_html(board, mlflow_url="http://head:5000/")
+    kd0 = next(i for i, r in enumerate(records) if r["method"] == "kd")
+    assert f'href="http://head:5000/#/experiments/7/runs/run{kd0:03d}"' in online
+    assert "http://head:5000/#/compare-runs?runs=" in online
+    assert 'src="figures/cd_diagram.svg"' in online
+
+
+# --------------------------------------------------------------------------------------------
+# MLflow
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mlflow_suite(tmp_path_factory):
+    """A real SQLite MLflow store written through bench.tracking.Tracker, and a suite folder."""
+    from bench.config import Recipe, TeacherSpec, TrialConfig, run_key
+    from bench.tracking import Tracker
+
+    root = tmp_path_factory.mktemp("mlflow-suite")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    suite = root / "leaderboards" / "tiny"
+    suite.mkdir(parents=True)
+    (suite / "suite.yaml").write_text("name: tiny\nexperiment: tiny-exp\n", encoding="utf-8")
+    tracker = Tracker(uri, experiment="tiny-exp")
+    recipe = Recipe(epochs=1)
+    teacher = TeacherSpec(arch="resnet56", recipe=recipe)
+    # Method facts as the registry's classes carry them (version, knowledge).
+    kinds = {
+        "ce": SimpleNamespace(version=1, knowledge="none"),
+        "kd": SimpleNamespace(version=2, knowledge="logits"),
+    }
+    accuracy = {("ce", s): 0.80 + 0.01 * s for s in range(3)}
+    accuracy.update({("kd", s): 0.84 + 0.01 * s for s in range(3)})
+    logged = {}
+    for (method, seed), acc in accuracy.items():
+        config = TrialConfig(
+            dataset="digits",
+            student="resnet20",
+            method=method,
+            seed=seed,
+            recipe=recipe,
+            teacher=None if method == "ce" else teacher,
+            params=(("temperature", 4.0),) if method == "kd" else (),
+        )
+        key = run_key(config, kinds[method].version)
+        with tracker.trial_run(config, key, kinds[method]) as run:
+            run.finish(_result(acc, teacher=method == "kd"))
+        logged[key] = run.run_id
+    # A failed attempt of a key that later finished: the finished run must win.
+    retried = next(iter(logged))
+    config = TrialConfig(dataset="digits", student="resnet20", method="ce", seed=0, recipe=recipe)
+    with pytest.raises(RuntimeError), tracker.trial_run(config, retried, kinds["ce"]):
+        raise RuntimeError("node lost")
+    return SimpleNamespace(uri=uri, suite=suite, logged=logged, retried=retried)
+
+
+def _result(acc: float, *, teacher: bool) -> SimpleNamespace:
+    """What bench.train.TrialResult reports at the end of a finished trial."""
+    return SimpleNamespace(
+        test_acc=acc,
+        test_top5=1.0,
+        val_acc=acc - 0.01,
+        teacher_test_acc=0.95 if teacher else math.nan,
+        agreement=0.9 if teacher else math.nan,
+        train_seconds=2.0,
+        student_params=22_924,
+        extra_params=0,
+        outcome="ok",
+        error=None,
+        status="FINISHED",
+    )
+
+
+def test_leaderboard_from_a_real_mlflow_store(mlflow_suite, capsys):
+    s = mlflow_suite
+    args = parse([str(s.suite), "--tracking-uri", s.uri, "--mlflow-url", "http://127.0.0.1:5000"])
+    assert leaderboard_main(args) == 0
+    captured = capsys.readouterr()
+    assert f"run key {s.retried} was recorded twice" in captured.err
+    runs = read_results_csv(s.suite / "results.csv")
+    assert len(runs) == 6
+    assert dict(zip(runs["run_key"], runs["mlflow_run_id"], strict=True)) == s.logged
+    assert set(runs["status"]) == {"FINISHED"}
+    kd = runs[runs["method"] == "kd"]
+    assert set(kd["method_version"]) == {2}
+    assert set(kd["teacher"]) == {"resnet56"}
+    assert json.loads(kd["params"].iloc[0]) == {"temperature": 4.0}
+    assert set(runs.loc[runs["method"] == "ce", "teacher"]) == {""}
+    assert sorted(runs["test_acc"]) == pytest.approx([0.80, 0.81, 0.82, 0.84, 0.85, 0.86])
+    readme = (s.suite / "README.md").read_text(encoding="utf-8")
+    assert readme.startswith("# Leaderboard: tiny")
+    assert "### digits: resnet56 → resnet20 (teacher 95.00%)" in readme
+    kd_row = next(line for line in readme.splitlines() if line.startswith("| `kd@2` | 85.00"))
+    assert "▲ +4.00" in kd_row  # paired by seed: the same +4 points on every seed
+    html = (s.suite / "index.html").read_text(encoding="utf-8")
+    assert (
+        "http://127.0.0.1:5000/#/experiments/" in html and s.logged[kd["run_key"].iloc[0]] in html
+    )
+    for name in OUTPUT_FILES:
+        assert (s.suite / name).is_file(), name
+
+
+def test_unknown_experiment_names_the_ones_that_exist(mlflow_suite, tmp_path, capsys):
+    folder = tmp_path / "other"
+    folder.mkdir()
+    assert leaderboard_main(parse([str(folder), "--tracking-uri", mlflow_suite.uri])) == 2
+    err = capsys.readouterr().err
+    assert "no MLflow experiment 'other'" in err and "tiny-exp" in err
+
+
+def test_results_csv_documents_every_column():
+    from bench.leaderboard import runs as runs_module
+
+    documented = runs_module.__doc__
+    for column in COLUMNS:
+        assert f"\n{column} " in documented, column
