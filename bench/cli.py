@@ -204,6 +204,51 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# check-method, sweep, leaderboard: thin wrappers over their library entry points
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_check_method(args: argparse.Namespace) -> int:
+    from bench.conformance import run_conformance
+
+    _load_plugins(args.plugins)
+    params = dict(parse_param(p) for p in args.param)
+    report = run_conformance(args.method, params=params, verbose=not args.quiet)
+    print(report.format())
+    return 0 if report.passed else EXIT_FAILED
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from bench.sweep import sweep_main
+
+    return sweep_main(args)
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from bench.leaderboard.cli import leaderboard_main
+
+    return leaderboard_main(args)
+
+
+def _add_sweep(sub: Any) -> None:
+    from bench.sweep import add_sweep_arguments
+
+    sweep = sub.add_parser("sweep", help="run a suite as Ray Tune trials, recorded in MLflow")
+    add_sweep_arguments(sweep)
+    sweep.set_defaults(func=cmd_sweep)
+
+
+def _add_leaderboard(sub: Any) -> None:
+    from bench.leaderboard.cli import add_leaderboard_arguments
+
+    board = sub.add_parser(
+        "leaderboard", help="tables, significance tests, figures and a page for a suite"
+    )
+    add_leaderboard_arguments(board)
+    board.set_defaults(func=cmd_leaderboard)
+
+
+# --------------------------------------------------------------------------------------------
 # parser
 # --------------------------------------------------------------------------------------------
 
@@ -293,6 +338,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     _add_tracking(demo)
     demo.set_defaults(func=cmd_demo)
+
+    check = sub.add_parser(
+        "check-method", help="run the conformance suite on a method (name or .py file)"
+    )
+    check.add_argument("method", help="registered method name, or path to a method file")
+    check.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    check.add_argument("--plugins", nargs="*", default=[], help="method files to load")
+    check.add_argument("--quiet", action="store_true", help="only the final table")
+    check.set_defaults(func=cmd_check_method)
+
+    _add_sweep(sub)
+    _add_leaderboard(sub)
     return parser
 
 
