@@ -1,0 +1,184 @@
+"""Contrastive representation distillation (CRD).
+
+Paper: Yonglong Tian, Dilip Krishnan, Phillip Isola, "Contrastive Representation
+Distillation", ICLR 2020. https://arxiv.org/abs/1910.10699
+Reference code: https://github.com/HobbitLong/RepDistiller (``crd/criterion.py``,
+``crd/memory.py``, ``dataset/cifar100.py``: ``CIFAR100InstanceSample``, ``train_student.py``).
+
+Both embeddings pass through trainable linear heads onto the unit sphere (width 128). Two
+memory banks (buffers, ``num_train`` × 128, one per network) hold a momentum average of every
+training sample's embedding, indexed by ``batch.index``. For each sample the positive is its
+own slot and the negatives are K other slots. With a student anchor v_s, the scores against
+the teacher's memory are P = exp(⟨m_t, v_s⟩/τ)/Z, Z fixed on the first batch as
+mean(exp(score/τ))·num_train; the NCE loss (the paper's Eq. 18) is::
+
+    −(1/B) Σ_b [ log P_pos/(P_pos + K/N + 1e-7) + Σ_neg log (K/N)/(P_neg + K/N + 1e-7) ]
+
+and symmetrically with the teacher as anchor against the student's memory; the two are
+added, times β. After the loss the positives' slots are updated without gradients:
+m ← normalise(μ·m + (1 − μ)·v), μ = 0.5. Scores and the loss are computed in fp32 in log
+space.
+
+Defaults (paper and reference code): β = 0.8, τ = 0.07, μ = 0.5, K = 16384, width 128.
+
+Paper vs code and deviations:
+- Negatives: the reference code's CIFAR loader draws them from other classes than the
+  anchor's (``mode="exact"``), without replacement; ``negatives="other_class"`` (default)
+  draws uniformly with replacement and re-draws same-class or own-slot draws a fixed number
+  of rounds (vectorised; labels are learnt from the batches as they arrive, so in the
+  first epoch unseen slots are accepted). ``negatives="uniform"`` is the memory's own
+  uniform sampler (used by the reference code when no indices are given).
+- K is capped at ``num_train − 1`` so that small training splits (``digits``) work; the
+  noise prior stays 1/``num_train``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench.method import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
+from methods.at import require_teacher
+
+if TYPE_CHECKING:
+    from bench.train import TrainContext
+
+NCE_EPS = 1e-7
+RESAMPLE_ROUNDS = 8
+
+
+class Embed(nn.Module):
+    """Linear projection onto the unit sphere (output in fp32)."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim_in, dim_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(self.linear(x.flatten(1)).float(), dim=1, eps=1e-12)
+
+
+def nce_loss(log_p: Tensor, num_train: int) -> Tensor:
+    """NCE loss of B×(K+1) log-probabilities, the positive in column 0 (reference Eq. 18)."""
+    k = log_p.shape[1] - 1
+    log_noise = math.log(k / num_train)
+    log_denominator_offset = math.log(k / num_train + NCE_EPS)
+    pos, neg = log_p[:, 0], log_p[:, 1:]
+    log_d1 = pos - torch.logaddexp(pos, torch.full_like(pos, log_denominator_offset))
+    log_d0 = log_noise - torch.logaddexp(neg, torch.full_like(neg, log_denominator_offset))
+    return -(log_d1.sum() + log_d0.sum()) / log_p.shape[0]
+
+
+@register_method("crd")
+class ContrastiveRepresentationDistillation(Method):
+    """Contrast each student embedding with the teacher's memory of many samples, and the
+    reverse.
+
+    Attributes:
+        beta: Weight of the contrastive term (0.8).
+        feat_dim: Width of the embedding heads and memory banks (128).
+        nce_k: Negatives per anchor K (16384; capped at ``num_train − 1``).
+        nce_t: Temperature τ (0.07).
+        nce_m: Momentum μ of the memory update (0.5).
+        negatives: ``other_class`` (reference CIFAR loader) or ``uniform``.
+    """
+
+    knowledge = "relation"
+    mode = "offline"
+    needs = frozenset({"embedding"})
+    version = 1
+
+    class Params(Method.Params):
+        beta: float = 0.8
+        feat_dim: int = 128
+        nce_k: int = 16384
+        nce_t: float = 0.07
+        nce_m: float = 0.5
+        negatives: Literal["other_class", "uniform"] = "other_class"
+
+    search_space: ClassVar[dict[str, list]] = {"beta": [0.2, 0.8, 3.2], "nce_t": [0.05, 0.07, 0.1]}
+
+    def supports(
+        self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo
+    ) -> tuple[bool, str]:
+        if teacher is None:
+            return False, "needs a teacher"
+        if task.num_train < 2:
+            return False, f"needs at least 2 training samples for negatives, got {task.num_train}"
+        return True, ""
+
+    def setup(self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo) -> None:
+        assert teacher is not None
+        p = self.params
+        n = task.num_train
+        self.num_train = n
+        self.k = min(p.nce_k, n - 1)
+        self.embed_s = Embed(student.embedding_dim, p.feat_dim)
+        self.embed_t = Embed(teacher.embedding_dim, p.feat_dim)
+        stdv = 1.0 / math.sqrt(p.feat_dim / 3)
+        self.register_buffer("memory_s", torch.rand(n, p.feat_dim) * 2 * stdv - stdv)
+        self.register_buffer("memory_t", torch.rand(n, p.feat_dim) * 2 * stdv - stdv)
+        self.register_buffer("log_z", torch.zeros(2))  # student-, teacher-anchored
+        self.register_buffer("z_ready", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("labels", torch.full((n,), -1, dtype=torch.long))
+        self._generator: torch.Generator | None = None
+
+    def before_training(self, ctx: TrainContext) -> None:
+        # Negatives are drawn on the training device from a stream seeded by the trial.
+        seed = int(torch.randint(0, 2**62, (1,), generator=ctx.generator))
+        self._generator = torch.Generator(device=ctx.device).manual_seed(seed)
+
+    def _draw(self, shape: tuple[int, int], device: torch.device) -> Tensor:
+        generator = self._generator
+        if generator is not None and generator.device != device:
+            generator = None
+        return torch.randint(0, self.num_train, shape, device=device, generator=generator)
+
+    def contrast_indices(self, batch: Batch) -> Tensor:
+        """B×(K+1) memory slots: the sample's own slot, then K negatives."""
+        index, y = batch.index, batch.y
+        shape = (index.shape[0], self.k)
+        negatives = self._draw(shape, index.device)
+        if self.params.negatives == "other_class":
+            self.labels[index] = y
+            for _ in range(RESAMPLE_ROUNDS):
+                same = (self.labels[negatives] == y[:, None]) | (negatives == index[:, None])
+                negatives = torch.where(same, self._draw(shape, index.device), negatives)
+        return torch.cat([index[:, None], negatives], dim=1)
+
+    def loss(self, batch: Batch, student: Outputs, teacher: Outputs | None) -> dict[str, Tensor]:
+        teacher = require_teacher(teacher, "crd")
+        assert student.embedding is not None and teacher.embedding is not None
+        p = self.params
+        v_s = self.embed_s(student.embedding)
+        v_t = self.embed_t(teacher.embedding)
+        slots = self.contrast_indices(batch)
+        with torch.autocast(device_type=v_s.device.type, enabled=False):
+            # student anchor against the teacher's memory, and the reverse
+            scores_s = torch.bmm(self.memory_t[slots], v_s.unsqueeze(2)).squeeze(2) / p.nce_t
+            scores_t = torch.bmm(self.memory_s[slots], v_t.unsqueeze(2)).squeeze(2) / p.nce_t
+        if not bool(self.z_ready):
+            self._set_normalisers(scores_s.detach(), scores_t.detach())
+        loss = nce_loss(scores_s - self.log_z[0], self.num_train)
+        loss = loss + nce_loss(scores_t - self.log_z[1], self.num_train)
+        self._update_memory(batch.index, v_s.detach(), v_t.detach())
+        return {"crd": p.beta * loss}
+
+    @torch.no_grad()
+    def _set_normalisers(self, scores_s: Tensor, scores_t: Tensor) -> None:
+        """Z = mean(exp(score)) · num_train, from the first batch, kept in log space."""
+        log_n = math.log(self.num_train)
+        for i, scores in enumerate((scores_s, scores_t)):
+            self.log_z[i] = torch.logsumexp(scores.flatten(), 0) - math.log(scores.numel()) + log_n
+        self.z_ready.fill_(True)
+
+    @torch.no_grad()
+    def _update_memory(self, index: Tensor, v_s: Tensor, v_t: Tensor) -> None:
+        m = self.params.nce_m
+        for memory, v in ((self.memory_s, v_s), (self.memory_t, v_t)):
+            updated = memory[index] * m + v * (1.0 - m)
+            memory[index] = F.normalize(updated, dim=1, eps=1e-12)
