@@ -131,6 +131,20 @@ def test_mean_teacher_ema_copy_moves_but_is_never_optimised(digits):
     assert any(not torch.equal(p, student[k]) for k, p in method.ema.named_parameters())
 
 
+def test_mean_teacher_after_step_averages_the_stepped_student(digits):
+    method, ctx = prepare(digits, "mean_teacher")
+    ema_before = {k: p.detach().clone() for k, p in method.ema.named_parameters()}
+    batch = first_batch(ctx)
+    sum(method.train_step(ctx, batch).values()).backward()
+    torch.optim.SGD(ctx.student.parameters(), lr=0.1).step()
+    method.after_step(ctx, batch)
+    decay = method.ema_decay(batch)
+    assert decay == pytest.approx(0.99)  # first epoch: inside the 5-epoch ramp-up
+    for name, p in ctx.student.named_parameters():
+        expected = decay * ema_before[name] + (1 - decay) * p.detach()
+        assert torch.allclose(dict(method.ema.named_parameters())[name], expected, atol=1e-7)
+
+
 def test_adversarial_kd_discriminator_learns_while_the_teacher_stays_bit_identical(digits):
     method, ctx = prepare(digits, "adversarial_kd")
     teacher_before, disc_before = snapshot(ctx.teacher), snapshot(method.discriminator)
