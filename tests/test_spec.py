@@ -1,0 +1,216 @@
+"""Suite files: the typed expansion, the shipped digits suite, and every class of bad input,
+each reported with its key path, line and a suggestion before anything runs."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bench.config import Recipe
+from bench.models import MODELS
+from bench.spec import Resources, SuiteError, load_suite, parse_suite
+
+DIGITS_SUITE = Path(__file__).resolve().parents[1] / "leaderboards" / "digits"
+
+GOOD = """\
+name: tiny
+datasets: [digits]
+pairs:
+  - {teacher: test_resnet_wide, student: test_resnet_narrow}
+  - {teacher: test_vgg, student: test_resnet_narrow}
+methods:
+  - ce
+  - {name: kd, params: {temperature: 2.0}}
+seeds: 3
+recipe:
+  student: {epochs: 1, batch_size: 32}
+  teacher: {epochs: 2}
+resources: {cpu: 1, gpu: 0.5}
+"""
+
+TUNE = """\
+name: tiny-tune
+phase: tune
+datasets: [digits]
+pairs:
+  - {teacher: test_resnet_wide, student: test_resnet_narrow}
+methods:
+  - ce
+  - {name: kd, search: default}
+  - {name: dkd, params: {alpha: 0.5}, search: {beta: [1.0, 2.0, 4.0], temperature: [2.0, 4.0]}}
+seeds: [7, 8]
+tune: {budget: 3}
+"""
+
+
+def problems_of(text: str) -> SuiteError:
+    with pytest.raises(SuiteError) as caught:
+        parse_suite(text, source="s.yaml")
+    return caught.value
+
+
+def test_suite_expands_to_one_trial_per_run_key_with_teacherless_methods_once_per_student():
+    suite = parse_suite(GOOD, source="tiny.yaml")
+    trials = suite.trials()
+    assert Counter(t.method for t in trials) == {"ce": 3, "kd": 6}
+    assert len({t.key for t in trials}) == len(trials) == 9
+    ce = [t for t in trials if t.method == "ce"]
+    assert all(t.config.teacher is None for t in ce)
+    assert ce[0].pairs == ("test_resnet_wide->test_resnet_narrow", "test_vgg->test_resnet_narrow")
+    kd = next(t for t in trials if t.method == "kd")
+    assert kd.config.params == (("temperature", 2.0),)
+    assert kd.config.recipe == Recipe(epochs=1, batch_size=32)
+    assert kd.config.teacher.recipe == Recipe(epochs=2, batch_size=32)  # inherits batch_size
+    assert kd.resources == Resources(cpu=1.0, gpu=0.5)
+    assert [t.key for t in trials] == [t.key for t in parse_suite(GOOD).trials()]
+    assert [j.spec.arch for j in suite.teachers()] == ["test_resnet_wide", "test_vgg"]
+    assert suite.experiment == "tiny" and suite.phase == "final" and suite.metric == "test_acc"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        suite.name = "other"
+
+
+def test_shipped_digits_suite_compares_eight_methods_over_mixed_family_pairs_and_five_seeds():
+    suite = load_suite(DIGITS_SUITE)
+    assert suite.phase == "final" and suite.datasets[0].name == "digits"
+    assert len({m.name for m in suite.methods}) >= 8
+    assert len(suite.pairs) >= 3 and len(suite.seeds) == 5
+    families = [(MODELS.get(p.teacher).family, MODELS.get(p.student).family) for p in suite.pairs]
+    assert any(t != s for t, s in families), families
+    assert len({f for pair in families for f in pair}) >= 2
+    trials = suite.trials()
+    distilled = [t for t in trials if t.config.teacher is not None]
+    assert len(distilled) == (len(suite.methods) - 1) * len(suite.pairs) * 5
+    assert len(suite.teachers()) == len({p.teacher for p in suite.pairs})
+
+
+def test_tune_phase_gives_every_method_the_same_budget_from_a_fixed_sample():
+    suite = parse_suite(TUNE)
+    trials = suite.trials()
+    configs = Counter(t.method for t in trials)
+    assert configs == {"ce": 2, "kd": 3 * 2, "dkd": 3 * 2}  # ce's grid has one point
+    dkd = {t.config.params for t in trials if t.method == "dkd"}
+    assert len(dkd) == 3
+    assert all(dict(p)["alpha"] == 0.5 for p in dkd)
+    assert all(dict(p)["beta"] in (1.0, 2.0, 4.0) for p in dkd)
+    kd_temperatures = {dict(t.config.params)["temperature"] for t in trials if t.method == "kd"}
+    assert len(kd_temperatures) == 3 and kd_temperatures < {1.0, 2.0, 4.0, 8.0}
+    assert {t.key for t in parse_suite(TUNE).trials()} == {t.key for t in trials}
+    assert all(t.config.phase == "tune" for t in trials) and suite.metric == "val_acc"
+
+
+def test_smoke_keeps_every_method_and_pair_with_one_seed_and_one_epoch_elsewhere():
+    suite = parse_suite(TUNE)
+    smoke = suite.smoke()
+    trials = smoke.trials()
+    assert Counter(t.method for t in trials) == {"ce": 1, "kd": 1, "dkd": 1}
+    assert {t.seed for t in trials} == {7}
+    assert all(t.config.recipe.epochs == 1 for t in trials)
+    assert all(t.config.teacher is None or t.config.teacher.recipe.epochs == 1 for t in trials)
+    assert smoke.experiment == "tiny-tune-smoke"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected", "line"),
+    [
+        (("seeds: 3", "seed: 3"), "seed: unknown key 'seed'. Did you mean 'seeds'?", 9),
+        (("- ce", "- kdd"), "methods[0].name: unknown method 'kdd'. Did you mean 'kd'", 7),
+        (("teacher: test_vgg", "teacher: test_vgq"), "pairs[1].teacher: unknown model", 5),
+        (
+            ("[digits]", "[digitz]"),
+            "datasets[0]: unknown dataset 'digitz'. Did you mean 'digits'?",
+            2,
+        ),
+        (
+            ("temperature: 2.0", "temprature: 2.0"),
+            "methods[1].params.temprature: unknown parameter of kd 'temprature'. Did you mean "
+            "'temperature'?",
+            8,
+        ),
+        (("epochs: 1,", 'epochs: "1",'), "recipe.student.epochs: expected an integer, got '1'", 11),
+        (("temperature: 2.0", "temperature: true"), "expected a number, got True", 8),
+        (("gpu: 0.5", "gpu: 1.5"), "resources.gpu: must be a fraction in [0, 1]", 13),
+        (("gpu: 0.5", "gpu: 0.5, memory: 4"), "resources.memory: unknown key 'memory'", 13),
+        (("seeds: 3", "seeds: []"), "seeds: empty: the grid needs at least one seed", 9),
+        (("seeds: 3", "seeds: 3\nseeds: 4"), "seeds: key given twice", 10),
+        (
+            ("{name: kd, params: {temperature: 2.0}}", "{name: kd, search: {temperature: [2.0]}}"),
+            "methods[1].search: search spaces belong to phase: tune",
+            8,
+        ),
+        (("epochs: 2}", "epochs: 0}"), "recipe.teacher: recipe.epochs must be ≥ 1, got 0", 12),
+        (("name: tiny", "name: tiny suite"), "name: expected a name of letters", 1),
+        (("  - ce\n", "  - ce\n  - ce\n"), "duplicate method entry", 8),
+        (("seeds: 3", "seeds: [1, -2]"), "seeds must be ≥ 0", 9),
+    ],
+)
+def test_each_class_of_bad_input_names_its_key_line_and_fix(change, expected, line):
+    error = problems_of(GOOD.replace(*change))
+    assert len(error.problems) == 1, str(error)
+    problem = error.problems[0]
+    assert expected in f"{problem.path}: {problem.message}"
+    assert problem.line == line
+    assert f"s.yaml:{line}: " in str(error) and "nothing was run" in str(error)
+
+
+def test_empty_grids_and_missing_sections_are_reported():
+    assert "empty: the grid needs at least one method" in str(
+        problems_of(
+            GOOD.replace(
+                "methods:\n  - ce\n  - {name: kd, params: {temperature: 2.0}}", "methods: []"
+            )
+        )
+    )
+    error = problems_of("name: x\ndatasets: [digits]\n")
+    text = str(error)
+    assert all(f"missing required key '{k}'" in text for k in ("pairs", "methods", "seeds"))
+    assert "expected a non-empty list" in str(
+        problems_of(TUNE.replace("temperature: [2.0, 4.0]", "temperature: []"))
+    )
+    assert "phase: tune needs tune: {budget: N}" in str(
+        problems_of(TUNE.replace("tune: {budget: 3}", ""))
+    )
+    assert "declares no search_space" in str(
+        problems_of(TUNE.replace("- ce", "- {name: ce, search: default}"))
+    )
+
+
+def test_every_problem_is_reported_at_once_in_file_order():
+    text = (
+        GOOD.replace("[digits]", "[digitz]")
+        .replace("- ce", "- kdd")
+        .replace("epochs: 1,", "epochs: one,")
+        .replace("name: tiny", "nmae: tiny")
+    )
+    error = problems_of(text)
+    assert len(error.problems) == 4
+    lines = [line.split(": ")[0] for line in str(error).splitlines()[1:]]
+    assert lines == ["  s.yaml:1", "  s.yaml:2", "  s.yaml:7", "  s.yaml:11"]
+
+
+def test_resources_that_no_node_can_hold_fail_before_anything_runs():
+    suite = parse_suite(GOOD.replace("{cpu: 1, gpu: 0.5}", "{cpu: 4, gpu: 1}"))
+    with pytest.raises(SuiteError) as caught:
+        suite.check_resources([{"CPU": 2.0, "GPU": 0.0}, {"CPU": 8.0, "GPU": 0.0}], "this machine")
+    message = str(caught.value)
+    assert "resources: asks for cpu 4, gpu 1 per trial, but no node of this machine" in message
+    assert "teacher_resources" in message  # it defaults to the trial's resources
+    suite.check_resources([{"CPU": 2.0}, {"CPU": 4.0, "GPU": 1.0}], "the cluster")
+
+
+def test_suite_files_are_data_and_never_execute(tmp_path):
+    marker = tmp_path / "executed"
+    text = GOOD + f"description: !!python/object/apply:os.system ['touch {marker}']\n"
+    error = problems_of(text)
+    assert "not valid YAML" in str(error) and error.problems[0].line == 14
+    assert not marker.exists()
+
+
+def test_a_folder_or_file_path_loads_and_a_missing_one_says_so(tmp_path):
+    (tmp_path / "suite.yaml").write_text(GOOD.replace("name: tiny\n", ""))
+    suite = load_suite(tmp_path)
+    assert suite.name == tmp_path.name and suite.path == str(tmp_path / "suite.yaml")
+    with pytest.raises(SuiteError, match="no such suite file"):
+        load_suite(tmp_path / "nothing")
