@@ -214,6 +214,21 @@ def test_four_cells_read_insufficient_cells_even_for_a_clear_winner(tmp_path):
     assert main_table(readme).count("insufficient cells (N=4; Wilcoxon needs ≥ 6)") == 2
 
 
+def test_too_few_cells_for_holm_over_all_pairs_reads_insufficient(tmp_path):
+    # 6 methods → 15 pairs; with 6 cells the smallest Holm p is 15 · 2/2**6 = 0.47.
+    effects = {"ce": -0.02, "kd": 0.0, "good": 0.01, "a": 0.0, "b": 0.0, "c": 0.0}
+    board, summary, readme = build(tmp_path, synthetic(effects, n_cells=6))
+    good = board.entry("good@1").vs_reference
+    assert good.p_holm == pytest.approx(15 * 2 / 2**6)
+    assert good.verdict.text == "insufficient cells (N=6 for 15 Holm-corrected pairs; needs ≥ 10)"
+    assert set(summary["verdict_vs_kd"]) <= {"insufficient", ""}
+    assert "at least 0.47, so no across-cell verdict can be ▲ or ▼" in readme
+    assert "≈" not in main_table(readme)
+    # 10 cells are enough: the same method is then marked better.
+    board = build_leaderboard(synthetic(effects, n_cells=10))
+    assert board.entry("good@1").vs_reference.verdict.mark == "▲"
+
+
 # --------------------------------------------------------------------------------------------
 # Coverage, baselines, failures
 # --------------------------------------------------------------------------------------------
@@ -552,3 +567,65 @@ def test_results_csv_documents_every_column():
     documented = runs_module.__doc__
     for column in COLUMNS:
         assert f"\n{column} " in documented, column
+
+
+# --------------------------------------------------------------------------------------------
+# Per-run metrics
+# --------------------------------------------------------------------------------------------
+
+
+def test_macro_prf_by_hand_and_against_scikit_learn():
+    from sklearn.metrics import precision_recall_fscore_support
+
+    from bench.leaderboard.metrics import macro_prf
+
+    labels, predictions = [0, 0, 1, 1, 2], [0, 1, 1, 1, 0]
+    # Class 0: P 1/2, R 1/2; class 1: P 2/3, R 1, F1 0.8; class 2 never predicted: all 0.
+    got = macro_prf(np.array(predictions), np.array(labels))
+    assert got.precision == pytest.approx((1 / 2 + 2 / 3) / 3)
+    assert got.recall == pytest.approx(0.5)
+    assert got.f1 == pytest.approx((0.5 + 0.8) / 3)
+    assert macro_prf(np.array(predictions), np.array(labels), num_classes=4).recall == 0.375
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(200, 7))
+    y = rng.integers(0, 7, size=200)
+    p, r, f, _ = precision_recall_fscore_support(
+        y, logits.argmax(1), average="macro", zero_division=0
+    )
+    got = macro_prf(logits, y)
+    assert (got.precision, got.recall, got.f1) == pytest.approx((p, r, f))
+    with pytest.raises(ValueError, match=r"class index 7 is outside 0\.\.6"):
+        macro_prf(np.array([7, 0]), np.array([0, 0]), num_classes=7)
+
+
+def test_expected_calibration_error_by_hand():
+    from bench.leaderboard.metrics import expected_calibration_error
+
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
+    labels = np.array([0, 1, 1, 0])  # right, wrong, right, wrong
+    # Two bins: all four in (0.5, 1]: accuracy 0.5, mean confidence 0.75.
+    assert expected_calibration_error(probs, labels, n_bins=2) == pytest.approx(0.25)
+    # Ten bins: one sample per bin, gaps 0.1, 0.6, 0.3, 0.8 (0.7 belongs to (0.6, 0.7]).
+    assert expected_calibration_error(probs, labels, n_bins=10) == pytest.approx(0.45)
+    perfect = np.eye(3)[[0, 1, 2]]
+    assert expected_calibration_error(perfect, np.array([0, 1, 2])) == 0.0
+    with pytest.raises(ValueError, match="softmax"):
+        expected_calibration_error(np.array([[2.0, -1.0]]), np.array([0]))
+
+
+def test_count_flops_counts_multiply_adds_twice_and_keeps_training_mode():
+    import torch
+    from torch import nn
+
+    from bench.leaderboard.metrics import count_flops
+
+    assert count_flops(nn.Linear(10, 5), (10,)) == 2 * 10 * 5
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 10)
+    )
+    model.train()
+    conv = 2 * (8 * 8 * 8) * (3 * 3 * 3)  # one multiply-add per output and kernel weight
+    assert count_flops(model, (3, 8, 8)) == conv + 2 * 512 * 10
+    assert model.training
+    assert torch.is_grad_enabled()

@@ -360,6 +360,7 @@ def build_leaderboard(
         if len(order) >= 2
         else []
     )
+    pairwise = _unresolvable_as_insufficient(pairwise, settings.alpha)
     cd_groups = ()
     if ranked:
         in_ranked = [p for p in pairwise if p.a in avg_rank and p.b in avg_rank]
@@ -372,7 +373,8 @@ def build_leaderboard(
     ]
     summaries = _rank(summaries)
     notes = (
-        _honesty_notes(settings, cells, results, summaries, friedman, baseline, reference) + notes
+        _honesty_notes(settings, cells, results, summaries, friedman, pairwise, baseline, reference)
+        + notes
     )
     notes += _exclusion_notes(runs, phase_runs, settings)
     return Leaderboard(
@@ -823,17 +825,27 @@ def _honesty_notes(
     results: dict,
     summaries: Sequence[EntrySummary],
     friedman: stats.FriedmanResult,
+    pairwise: Sequence[stats.PairComparison],
     baseline: str | None,
     reference: str | None,
 ) -> list[str]:
     notes = []
     need = stats.wilcoxon_min_cells(settings.alpha)
+    tested = sum(not math.isnan(p.pvalue) for p in pairwise)
     if len(cells) < need:
         notes.append(
             f"Insufficient cells: only {len(cells)} cell{'s' if len(cells) != 1 else ''}. "
             f"The Wilcoxon signed-rank test across cells cannot reach p < {settings.alpha:g} "
             f"with fewer than {need}, so no method is declared better or worse than another "
             "across cells; the per-cell verdicts below still hold for their cells."
+        )
+    elif _holm_floor(pairwise) >= settings.alpha:
+        enough = _cells_needed(tested, settings.alpha)
+        notes.append(
+            f"Insufficient cells for {tested} pairwise comparisons: with {len(cells)} cells, "
+            "even a method that wins in every cell gets a Holm-adjusted p-value of at least "
+            f"{_holm_floor(pairwise):.2g}, so no across-cell verdict can be ▲ or ▼ and the "
+            f"tables say “insufficient cells” instead; {enough} cells would be needed."
         )
     few = [r for r in results.values() if 0 < r.n < stats.MIN_SEEDS]
     if few:
@@ -880,6 +892,50 @@ def _honesty_notes(
             )
         )
     return notes
+
+
+def _holm_floor(pairwise: Sequence[stats.PairComparison]) -> float:
+    """The smallest Holm-adjusted p-value any pair of this table could have reached.
+
+    Holm multiplies the smallest raw p-value by the number of tests m, and the smallest exact
+    two-sided Wilcoxon p-value over N non-tied cells is 2 / 2**N; every adjusted p-value is at
+    least m times the smallest raw one.
+    """
+    tested = [p for p in pairwise if not math.isnan(p.pvalue)]
+    if not tested:
+        return math.nan
+    return min(1.0, len(tested) * 2.0 ** (1 - max(p.n_nonzero for p in tested)))
+
+
+def _cells_needed(tests: int, alpha: float) -> int:
+    n = 1
+    while tests * 2.0 ** (1 - n) >= alpha:
+        n += 1
+    return n
+
+
+def _unresolvable_as_insufficient(
+    pairwise: Sequence[stats.PairComparison], alpha: float
+) -> tuple[stats.PairComparison, ...]:
+    """When no pair could ever reach significance, "≈" would read as "equal": say why instead."""
+    import dataclasses
+
+    floor = _holm_floor(pairwise)
+    if not floor >= alpha:
+        return tuple(pairwise)
+    tested = sum(not math.isnan(p.pvalue) for p in pairwise)
+    needed = _cells_needed(tested, alpha)
+
+    def insufficient(p: stats.PairComparison) -> stats.Verdict:
+        return stats.Verdict(
+            None,
+            f"insufficient cells (N={p.n_nonzero} for {tested} Holm-corrected pairs; "
+            f"needs ≥ {needed})",
+        )
+
+    return tuple(
+        dataclasses.replace(p, verdict=insufficient(p)) if p.verdict.mark else p for p in pairwise
+    )
 
 
 def _exclusion_notes(runs: pd.DataFrame, phase_runs: pd.DataFrame, settings: Settings) -> list[str]:

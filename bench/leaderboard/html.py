@@ -94,9 +94,10 @@ class _Links:
 
 
 def _a(text: str, href: str | None, title: str | None = None) -> str:
-    if not href:
-        return escape(text)
+    """A link when there is somewhere to go; the title (e.g. a run key) shows on hover."""
     t = f' title="{escape(title)}"' if title else ""
+    if not href:
+        return f"<span{t}>{escape(text)}</span>" if title else escape(text)
     return f'<a href="{escape(href)}"{t}>{escape(text)}</a>'
 
 
@@ -186,9 +187,7 @@ def _main_table(board: Leaderboard, links: _Links) -> str:
         (f"P(> {ref})", "num", "descending"),
         ("Avg rank", "num", "ascending"),
         ("Seeds", "num", "descending"),
-        ("Macro-F1", "num", "descending"),
-        ("ECE", "num", "ascending"),
-        ("Agreement", "num", "descending"),
+        *((label, "num", first) for label, _, first in _side_columns(board)),
         ("Cost", "num", "ascending"),
     ]
     rows = []
@@ -219,9 +218,7 @@ def _main_table(board: Leaderboard, links: _Links) -> str:
             _td(escape(fmt.probability(e.p_improvement)), e.p_improvement.estimate, "num"),
             _td(escape(fmt.number(e.avg_rank)), e.avg_rank, "num"),
             _td(escape(fmt.seeds(e)), e.seeds_min),
-            _td(escape(fmt.number(e.side["macro_f1"] * 100)), e.side["macro_f1"], "num"),
-            _td(escape(fmt.number(e.side["ece"] * 100)), e.side["ece"], "num"),
-            _td(escape(fmt.number(e.side["agreement"] * 100)), e.side["agreement"], "num"),
+            *(_percent_td(e.side[m]) for _, m, _ in _side_columns(board)),
             _td(
                 escape(fmt.cost(e, board.baseline_entry)),
                 e.time_ratio if not math.isnan(e.time_ratio) else e.train_seconds,
@@ -237,10 +234,12 @@ def _main_table(board: Leaderboard, links: _Links) -> str:
             + _method_drill(board, e, links)
             + "</td></tr>"
         )
+    side = [label for label, _, _ in _side_columns(board)]
     caption = (
         f"One row per method@version. Gains in points with {s.confidence:.0%} bootstrap "
-        "intervals; Macro-F1, ECE and agreement in percent, averaged over covered cells. "
-        "Click a header to sort, a method to see its cells."
+        "intervals"
+        + (f"; {', '.join(side)} in percent, averaged over covered cells" if side else "")
+        + ". Click a header to sort, a method to see its cells."
     )
     return (
         '<section id="methods"><h2>Methods</h2>'
@@ -252,31 +251,51 @@ def _main_table(board: Leaderboard, links: _Links) -> str:
     )
 
 
+#: Per-run metrics shown when any run logged them: (label, metric, first sort direction).
+_SIDE_METRICS = (
+    ("Top-5", "test_top5", "descending"),
+    ("Macro-F1", "macro_f1", "descending"),
+    ("ECE", "ece", "ascending"),
+    ("Agreement", "agreement", "descending"),
+)
+
+
+def _side_columns(board: Leaderboard) -> list[tuple[str, str, str]]:
+    return [
+        column
+        for column in _SIDE_METRICS
+        if any(not math.isnan(e.side[column[1]]) for e in board.entries)
+    ]
+
+
+def _percent_td(fraction: float) -> str:
+    return _td(escape(fmt.number(fraction * 100)), fraction, "num")
+
+
 def _method_drill(board: Leaderboard, e: EntrySummary, links: _Links) -> str:
     s = board.settings
+    results = [board.result(cell, e.entry) for cell in board.cells]
+    problems = any(r is not None and r.problems for r in results)
     head = (
         "<thead><tr><th>Cell</th><th>Mean ± sd (n)</th>"
         f"<th>vs {escape(s.reference)}</th><th>vs {escape(s.baseline)}</th>"
-        "<th>Did not finish</th></tr></thead>"
+        + ("<th>Did not finish</th>" if problems else "")
+        + "</tr></thead>"
     )
     rows = []
-    for cell in board.cells:
-        r = board.result(cell, e.entry)
-        cell_link = f'<a href="#{_id("cell", cell.slug)}">{escape(cell.label)}</a>'
+    for cell, r in zip(board.cells, results, strict=True):
+        cells = [f'<a href="#{_id("cell", cell.slug)}">{escape(cell.label)}</a>']
         if r is None:
-            rows.append(
-                f"<tr><td>{cell_link}</td><td>{fmt.DASH}</td><td></td><td></td><td></td></tr>"
-            )
-            continue
-        rows.append(
-            "<tr>"
-            f"<td>{cell_link}</td>"
-            f"<td>{_a(fmt.mean_sd_n(r), links.runs(r), 'MLflow runs')}</td>"
-            f"<td>{_verdict_html(fmt.cell_verdict(r.vs_reference_verdict, r.vs_reference))}</td>"
-            f"<td>{_verdict_html(fmt.cell_verdict(r.vs_baseline_verdict, r.vs_baseline))}</td>"
-            f"<td>{escape('; '.join(r.problems))}</td>"
-            "</tr>"
-        )
+            cells += ["no runs", "", ""]
+        else:
+            cells += [
+                _a(fmt.mean_sd_n(r), links.runs(r), "MLflow runs"),
+                _verdict_html(fmt.cell_verdict(r.vs_reference_verdict, r.vs_reference)),
+                _verdict_html(fmt.cell_verdict(r.vs_baseline_verdict, r.vs_baseline)),
+            ]
+        if problems:
+            cells.append(escape("; ".join(r.problems)) if r is not None else "")
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return f'<table class="drill-table">{head}<tbody>{"".join(rows)}</tbody></table>'
 
 
@@ -298,13 +317,12 @@ def _cells(board: Leaderboard, links: _Links) -> str:
         (f"{s.confidence:.0%} t-interval", "num", "descending"),
         (f"vs {s.reference}", "num", "descending"),
         (f"vs {s.baseline}", "num", "descending"),
-        ("Top-5", "num", "descending"),
-        ("Macro-F1", "num", "descending"),
-        ("ECE", "num", "ascending"),
-        ("Agreement", "num", "descending"),
+        *((label, "num", first) for label, _, first in _side_columns(board)),
         ("Seeds (runs)", "text", "ascending"),
-        ("Did not finish", "text", "ascending"),
     ]
+    problems = any(r.problems for r in board.results.values())
+    if problems:
+        columns.append(("Did not finish", "text", "ascending"))
     blocks = []
     order = [e.entry for e in board.entries]
     for cell in board.cells:
@@ -334,12 +352,9 @@ def _cells(board: Leaderboard, links: _Links) -> str:
                     _verdict_html(fmt.cell_verdict(r.vs_baseline_verdict, r.vs_baseline)),
                     r.vs_baseline.diff if r.vs_baseline else None,
                 )
-                + _td(escape(fmt.number(r.side["test_top5"] * 100)), r.side["test_top5"], "num")
-                + _td(escape(fmt.number(r.side["macro_f1"] * 100)), r.side["macro_f1"], "num")
-                + _td(escape(fmt.number(r.side["ece"] * 100)), r.side["ece"], "num")
-                + _td(escape(fmt.number(r.side["agreement"] * 100)), r.side["agreement"], "num")
+                + "".join(_percent_td(r.side[m]) for _, m, _ in _side_columns(board))
                 + _td(seeds, "", "seeds")
-                + _td(escape("; ".join(r.problems)))
+                + (_td(escape("; ".join(r.problems))) if problems else "")
                 + "</tr>"
             )
         teacher = board.teacher_acc.get(cell, math.nan)
@@ -439,14 +454,15 @@ caption{text-align:left;padding:4px 0;font-size:12.5px}
 #notes li{margin:3px 0}
 table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
 th,td{border:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top}
-thead th{background:var(--head);position:sticky;top:0;z-index:1}
+thead th{background:var(--head)}
+table.sortable>thead th{position:sticky;top:0;z-index:1}
 th button{all:unset;cursor:pointer;font-weight:600;display:block;white-space:nowrap}
 th button:focus-visible{outline:2px solid var(--accent)}
 th[aria-sort=ascending] button::after{content:" ▴"}
 th[aria-sort=descending] button::after{content:" ▾"}
 td.num{white-space:nowrap}
 tr.entry:hover{background:#f6f8fa}
-button.drill{all:unset;cursor:pointer;color:var(--accent);font-weight:600}
+button.drill{all:unset;cursor:pointer;color:var(--accent);font-weight:600;white-space:nowrap}
 button.drill::before{content:"▸ ";display:inline-block}
 button.drill[aria-expanded=true]::before{content:"▾ "}
 tr.drill-row>td{background:#fbfcfd;padding:8px 12px 12px 28px}

@@ -1,0 +1,267 @@
+"""The leaderboard page in a real headless browser: Debian's chromium driven by chromedriver.
+
+chromedriver speaks the W3C WebDriver protocol over HTTP on 127.0.0.1; the few commands the
+test needs are sent with urllib, so no Python browser library is required. The test skips
+when chromium or chromedriver is missing (``scripts/install_browser.sh`` installs both).
+Set ``KDBENCH_SCREENSHOT_DIR`` to keep the screenshots it takes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.leaderboard.cli import leaderboard_from_runs
+from bench.leaderboard.runs import runs_frame
+
+CHROMIUM = next(
+    (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
+)
+CHROMEDRIVER = shutil.which("chromedriver")
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or CHROMEDRIVER is None,
+    reason="needs chromium and chromedriver on PATH; scripts/install_browser.sh installs them",
+)
+
+ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C key of an element reference
+WIDTH, HEIGHT = 1400, 1000
+
+
+class WebDriver:
+    """The W3C WebDriver commands this test uses, sent to a chromedriver on 127.0.0.1."""
+
+    def __init__(self, port: int, user_data_dir: Path) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            # Any network lookup fails: the page must work from disk alone.
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            f"--user-data-dir={user_data_dir}",
+            f"--window-size={WIDTH},{HEIGHT}",
+        ]
+        options = {"binary": CHROMIUM, "args": args}
+        caps = {"capabilities": {"alwaysMatch": {"goog:chromeOptions": options}}}
+        self.session = self._call("POST", "/session", caps)["sessionId"]
+
+    def _call(self, method: str, path: str, body: dict | None = None):
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            self.base + path, data=data, method=method,
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return json.loads(response.read())["value"]
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(f"WebDriver {method} {path}: {exc.read().decode()}") from None
+
+    def _session(self, method: str, path: str, body: dict | None = None):
+        return self._call(method, f"/session/{self.session}{path}", body)
+
+    def get(self, url: str) -> None:
+        self._session("POST", "/url", {"url": url})
+
+    def find(self, css: str) -> str:
+        return self._session("POST", "/element", {"using": "css selector", "value": css})[ELEMENT]
+
+    def find_all(self, css: str) -> list[str]:
+        found = self._session("POST", "/elements", {"using": "css selector", "value": css})
+        return [e[ELEMENT] for e in found]
+
+    def click(self, element: str) -> None:
+        self._session("POST", f"/element/{element}/click", {})
+
+    def text(self, element: str) -> str:
+        return self._session("GET", f"/element/{element}/text")
+
+    def displayed(self, element: str) -> bool:
+        return self._session("GET", f"/element/{element}/displayed")
+
+    def script(self, source: str, *args):
+        return self._session("POST", "/execute/sync", {"script": source, "args": list(args)})
+
+    def screenshot(self) -> bytes:
+        return base64.b64decode(self._session("GET", "/screenshot"))
+
+    def quit(self) -> None:
+        self._session("DELETE", "")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    port = _free_port()
+    log = tmp_path_factory.mktemp("chromedriver") / "chromedriver.log"
+    driver_process = subprocess.Popen(
+        [CHROMEDRIVER, f"--port={port}", f"--log-path={log}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5):
+                    break
+            except OSError:
+                if time.monotonic() > deadline or driver_process.poll() is not None:
+                    pytest.fail(f"chromedriver did not start; see {log}")
+                time.sleep(0.2)
+        driver = WebDriver(port, tmp_path_factory.mktemp("chromium-profile"))
+        yield driver
+        driver.quit()
+    finally:
+        driver_process.terminate()
+        driver_process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory):
+    """A leaderboard of 6 methods over 6 cells; 'good' is 1 point over kd everywhere."""
+    rng = np.random.default_rng(3)
+    effects = {"ce": -0.02, "kd": 0.0, "good": 0.01, "fair": 0.004, "poor": -0.006, "odd": 0.0}
+    records = []
+    for c in range(6):
+        dataset, teacher = f"d{c // 3}", ("resnet56", "wrn_40_2", "vgg13")[c % 3]
+        level = 0.85 + 0.1 * rng.random()
+        for method, effect in effects.items():
+            for seed in range(3):
+                records.append(
+                    {
+                        "run_key": f"{c}-{method}-{seed}", "dataset": dataset, "teacher": teacher,
+                        "student": "resnet20", "method": method, "method_version": 1,
+                        "params": {}, "seed": seed, "phase": "final", "status": "FINISHED",
+                        "test_acc": level + effect + rng.normal(0, 0.002), "val_acc": level,
+                        "teacher_test_acc": 0.97, "train_seconds": 10.0,
+                    }
+                )  # fmt: skip
+    folder = tmp_path_factory.mktemp("leaderboard")
+    board = leaderboard_from_runs(runs_frame(records), folder, name="browser-check")
+    return folder, board
+
+
+def _save(name: str, png: bytes, tmp_path: Path) -> None:
+    (tmp_path / name).write_bytes(png)
+    keep = os.environ.get("KDBENCH_SCREENSHOT_DIR")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        (Path(keep) / name).write_bytes(png)
+
+
+def _row_entries(browser: WebDriver) -> list[str]:
+    return browser.script(
+        "return Array.from(document.querySelectorAll('#main tbody tr.entry'))"
+        ".map(r => r.dataset.entry);"
+    )
+
+
+def _column_keys(browser: WebDriver, column: int) -> list[float | None]:
+    keys = browser.script(
+        "return Array.from(document.querySelectorAll('#main tbody tr.entry'))"
+        ".map(r => r.cells[arguments[0]].getAttribute('data-sort'));",
+        column,
+    )
+    return [float(k) if k not in ("", None) else None for k in keys]
+
+
+def test_page_renders_sorts_and_drills_down(browser, page, tmp_path):
+    folder, board = page
+    browser.get((folder / "index.html").as_uri())
+
+    # The table renders, in rank order, and the figures load from the relative links.
+    assert browser.script("return document.title") == "kdbench leaderboard: browser-check"
+    assert _row_entries(browser) == [e.entry for e in board.entries]
+    assert _row_entries(browser)[0] == "good@1"
+    first = browser.find("#main tbody tr.entry")
+    assert browser.text(first).split()[0] == "1" and "good@1" in browser.text(first)
+    loaded = browser.script(
+        "return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0);"
+    )
+    assert loaded == [True, True, True]
+    png = browser.screenshot()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", png[16:24]) == (WIDTH, browser.script("return innerHeight"))
+    _save("leaderboard.png", png, tmp_path)
+
+    # Clicking a header re-sorts: gain over kd, largest first, then smallest first.
+    header = browser.find("#main thead th:nth-child(5) button")
+    assert browser.text(header) == "Gain vs kd"
+    browser.click(header)
+    gains = _column_keys(browser, 4)
+    known = [g for g in gains if g is not None]
+    assert known == sorted(known, reverse=True) and gains[-1] is None  # kd itself: no gain
+    assert _row_entries(browser)[:2] == ["good@1", "fair@1"]
+    th = browser.find("#main thead th:nth-child(5)")
+    assert browser.script("return arguments[0].getAttribute('aria-sort')", {ELEMENT: th}) == (
+        "descending"
+    )
+    browser.click(header)
+    known = [g for g in _column_keys(browser, 4) if g is not None]
+    assert known == sorted(known)
+    assert _row_entries(browser)[0] == "ce@1"
+    browser.click(browser.find("#main thead th:nth-child(2) button"))
+    assert _row_entries(browser) == sorted(e.entry for e in board.entries)
+
+    # A drill-down opens under its method and travels with it when the table is re-sorted.
+    drill = browser.find("#drill-good_1")
+    assert not browser.displayed(drill)
+    button = browser.find("#entry-good_1 button.drill")
+    browser.click(button)
+    assert browser.displayed(drill)
+    text = browser.text(drill)
+    for cell in board.cells:
+        assert cell.label in text
+    assert text.count("(3)") == len(board.cells)  # mean ± sd (n) of each cell
+    browser.click(browser.find("#main thead th:nth-child(1) button"))
+    follows = browser.script(
+        "return document.getElementById('entry-good_1').nextElementSibling.id;"
+    )
+    assert follows == "drill-good_1"
+    _save("leaderboard-drilldown.png", browser.screenshot(), tmp_path)
+
+    # A per-cell drill-down opens on click and shows every method's seeds.
+    details = browser.find("details.cell")
+    browser.click(browser.find("details.cell > summary"))
+    assert browser.script("return arguments[0].open", {ELEMENT: details}) is True
+    rows = browser.find_all("details.cell:first-of-type tbody tr")
+    assert len(rows) == len(board.entries)
+    assert all(browser.displayed(r) for r in rows)
+    assert "s0:" in browser.text(rows[0])
+
+    # Following a link to a cell opens its details (the hash handler).
+    browser.click(browser.find("#main thead th:nth-child(1) button"))
+    link = browser.find_all('#drill-good_1 a[href^="#cell-"]')[-1]
+    browser.click(link)
+    opened = browser.script(
+        "var id = arguments[0].getAttribute('href').slice(1);"
+        "return [id, document.getElementById(id).open];",
+        {ELEMENT: link},
+    )
+    assert opened[1] is True and opened[0] != browser.script(
+        "return document.querySelector('details.cell').id"
+    )
