@@ -300,6 +300,7 @@ def test_teacherless_runs_join_every_teachers_cell_and_refusals_show_their_reaso
     assert "1 refused" in readme
     out = read_results_csv(tmp_path / "results.csv")
     assert len(out) == len(records)  # each run once, however many cells it joins
+    assert board.n_used == len(records) - 1  # the refused run is listed, not used
 
 
 def test_phase_and_bootstrap_seed_are_honoured_and_recorded(tmp_path):
@@ -411,6 +412,22 @@ def test_cli_reports_a_malformed_csv_and_exits_2(tmp_path, small_runs, capsys):
     err = capsys.readouterr().err
     assert "bad.csv, row 3 (line 4), column 'test_acc': 'n/a' is not a number" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_tune_suite_is_ranked_by_validation_accuracy(tmp_path, small_runs):
+    folder = tmp_path / "tuned"
+    folder.mkdir()
+    (folder / "suite.yaml").write_text("name: tuned\nphase: tune\n", encoding="utf-8")
+    path = write_csv(tmp_path / "runs.csv", small_runs, lambda t: t.assign(phase="tune"))
+    assert leaderboard_main(parse(["--from-csv", str(path), str(folder), "--quiet"])) == 0
+    readme = (folder / "README.md").read_text(encoding="utf-8")
+    assert readme.startswith("# Leaderboard: tuned")
+    assert "phase “tune”" in readme and "validation top-1 accuracy" in readme
+    cells = pd.read_csv(folder / "cells.csv")
+    kd = small_runs[small_runs["method"] == "kd"]
+    first = kd[kd["dataset"] == "d0"].groupby("teacher")["val_acc"].mean() * 100
+    got = cells[(cells["entry"] == "kd@1") & (cells["dataset"] == "d0")].set_index("teacher")
+    assert got["mean"].to_dict() == pytest.approx(first.to_dict())
 
 
 def test_outputs_rebuilt_from_results_csv_are_identical(tmp_path):

@@ -345,13 +345,12 @@ def build_leaderboard(
         [[_cell_mean(results, c, e) for e in entry_names] for c in cells], dtype=float
     ).reshape(len(cells), len(entry_names))
     coverage = {e: int(np.sum(~np.isnan(scores[:, j]))) for j, e in enumerate(entry_names)}
-    ranked = [e for e in entry_names if coverage[e] == len(cells)]
-    if len(ranked) < 2:
-        ranked = []
-    ranked_idx = [entry_names.index(e) for e in ranked]
-    avg = stats.average_ranks(scores[:, ranked_idx]) if ranked else np.array([])
+    complete = [entry_names.index(e) for e in entry_names if coverage[e] == len(cells)]
+    friedman = stats.friedman(scores[:, complete])
+    # A rank among fewer than two methods says nothing.
+    ranked = [entry_names[j] for j in complete] if len(complete) >= 2 else []
+    avg = stats.average_ranks(scores[:, complete]) if ranked else np.array([])
     avg_rank = dict(zip(ranked, avg.tolist(), strict=True))
-    friedman = stats.friedman(scores[:, ranked_idx] if ranked else np.empty((len(cells), 0)))
     order = _pairwise_order(entry_names, baseline, reference)
     pairwise = tuple(
         stats.wilcoxon_pairwise(
@@ -391,7 +390,7 @@ def build_leaderboard(
         notes=tuple(notes),
         teacher_acc=teacher_acc,
         n_runs=len(runs),
-        n_used=len(finished),
+        n_used=int(finished["run_key"].nunique()),
     )
 
 

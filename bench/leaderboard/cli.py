@@ -6,7 +6,8 @@
     kdbench leaderboard --from-csv results.csv OUT_DIR     # the same outputs without MLflow
 
 The experiment is the suite's (``experiment:`` in suite.yaml, else its ``name:``, else the
-folder name). Exit status: 0 written, 2 bad input (the message says where and what to fix).
+folder name), and so is the phase (``phase:``, else ``final``; a ``tune`` suite is ranked by
+validation accuracy). Exit status: 0 written, 2 bad input (the message says where and what to fix).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -25,15 +27,29 @@ EXIT_BAD_INPUT = 2
 SUITE_FILE = "suite.yaml"
 
 
-def suite_names(folder: str | Path) -> tuple[str, str]:
-    """(suite name, MLflow experiment) of a suite folder.
+@dataclass(frozen=True)
+class SuiteInfo:
+    """What the leaderboard reads from a suite.yaml (the sweep validates the rest).
+
+    Attributes:
+        name: ``name:``, else the folder name.
+        experiment: ``experiment:``, else the name.
+        phase: ``phase:``, else ``final``.
+    """
+
+    name: str
+    experiment: str
+    phase: str
+
+
+def read_suite_info(folder: str | Path) -> SuiteInfo:
+    """Name, experiment and phase of a suite folder (defaults when it has no suite.yaml).
 
     Args:
         folder: A folder, with or without a suite.yaml.
 
     Returns:
-        The name (``name:`` in suite.yaml, else the folder name) and the experiment
-        (``experiment:``, else the name).
+        The suite's facts.
 
     Raises:
         LeaderboardError: When suite.yaml is not a YAML mapping.
@@ -44,7 +60,7 @@ def suite_names(folder: str | Path) -> tuple[str, str]:
     path = folder / SUITE_FILE
     fallback = folder.resolve().name
     if not path.is_file():
-        return fallback, fallback
+        return SuiteInfo(fallback, fallback, "final")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -52,7 +68,7 @@ def suite_names(folder: str | Path) -> tuple[str, str]:
     if not isinstance(data, dict):
         raise LeaderboardError(f"{path}: expected a mapping at the top (name: …, methods: …).")
     name = str(data.get("name") or fallback)
-    return name, str(data.get("experiment") or name)
+    return SuiteInfo(name, str(data.get("experiment") or name), str(data.get("phase") or "final"))
 
 
 def leaderboard_from_runs(
@@ -110,9 +126,17 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="MLflow UI URL for links in index.html (default: the tracking URI when it is http(s))",
     )
-    parser.add_argument("--phase", default="final", help="which runs count (default: final)")
     parser.add_argument(
-        "--metric", default="test_acc", choices=RANKABLE_METRICS, help="ranked metric"
+        "--phase",
+        default=None,
+        choices=["tune", "final"],
+        help="which runs count (default: the suite's phase, else final)",
+    )
+    parser.add_argument(
+        "--metric",
+        default=None,
+        choices=RANKABLE_METRICS,
+        help="ranked metric (default: val_acc for the tune phase, test_acc for final)",
     )
     parser.add_argument("--baseline", default="ce", help="the student-alone method (default: ce)")
     parser.add_argument("--reference", default="kd", help="the reference method (default: kd)")
@@ -137,9 +161,12 @@ def leaderboard_main(args: argparse.Namespace) -> int:
     """Run ``kdbench leaderboard`` with parsed arguments; returns the exit status."""
     started = time.perf_counter()
     try:
+        folder = Path(args.folder)
+        suite = read_suite_info(folder)
+        phase = args.phase or suite.phase
         settings = Settings(
-            phase=args.phase,
-            metric=args.metric,
+            phase=phase,
+            metric=args.metric or ("val_acc" if phase == "tune" else "test_acc"),
             baseline=args.baseline,
             reference=args.reference,
             alpha=args.alpha,
@@ -148,9 +175,7 @@ def leaderboard_main(args: argparse.Namespace) -> int:
             bootstrap_seed=args.bootstrap_seed,
             bootstrap_over_cells=args.bootstrap_over_cells,
         )
-        folder = Path(args.folder)
-        name, experiment = suite_names(folder)
-        name = args.name or name
+        name = args.name or suite.name
         mlflow_url = args.mlflow_url
         if args.from_csv:
             runs = read_results_csv(args.from_csv)
@@ -166,7 +191,7 @@ def leaderboard_main(args: argparse.Namespace) -> int:
             uri = args.tracking_uri or default_tracking_uri()
             if mlflow_url is None and uri.startswith(("http://", "https://")):
                 mlflow_url = uri
-            runs, notes = runs_from_mlflow(uri, args.experiment or experiment)
+            runs, notes = runs_from_mlflow(uri, args.experiment or suite.experiment)
         board = leaderboard_from_runs(
             runs, folder, name=name, settings=settings, mlflow_url=mlflow_url
         )

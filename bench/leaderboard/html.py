@@ -478,7 +478,7 @@ td.seeds{font-size:12px}
 a{color:var(--accent)}
 #figures{display:flex;flex-wrap:wrap;gap:16px}
 #figures h2{flex-basis:100%}
-figure{margin:0;flex:1 1 420px}
+figure{margin:0;flex:1 1 560px}
 figure img{max-width:100%;height:auto;border:1px solid var(--line);border-radius:6px}
 figcaption{color:var(--muted);font-size:12.5px}
 code{background:#eff1f3;padding:0 4px;border-radius:4px}
