@@ -17,12 +17,14 @@ metric in percentage points. The statistics are those of :mod:`bench.leaderboard
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -416,7 +418,7 @@ def _with_entries(runs: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     split = sorted({key[-1] for key, count in variants.items() if count > 1})
     for entry in split:
         rows = table["entry"] == entry
-        params = [_params_dict(p) for p in table.loc[rows, "params"]]
+        params = [json.loads(p) for p in table.loc[rows, "params"]]
         varying = sorted(
             {k for p in params for k in p if len({repr(q.get(k)) for q in params}) > 1}
         )
@@ -428,12 +430,6 @@ def _with_entries(runs: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
             "each setting is its own row."
         )
     return table
-
-
-def _params_dict(text: str) -> dict:
-    import json
-
-    return json.loads(text)
 
 
 def _place_teacherless(table: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
@@ -528,14 +524,8 @@ def _cell_results(
                     changes[f"vs_{role}"] = comp
                     changes[f"vs_{role}_p_holm"] = p_holm
                     changes[f"vs_{role}_verdict"] = verdict
-            results[(cell, entry)] = _replace(result, **changes)
+            results[(cell, entry)] = dataclasses.replace(result, **changes)
     return results
-
-
-def _replace(result: CellResult, **changes: object) -> CellResult:
-    import dataclasses
-
-    return dataclasses.replace(result, **changes)
 
 
 def _plain_result(cell: Cell, entry: str, group: pd.DataFrame, settings: Settings) -> CellResult:
@@ -584,7 +574,7 @@ def _nanmean(values: pd.Series) -> float:
     return float(x.mean()) if x.size else math.nan
 
 
-def _problem_line(run: object) -> str:
+def _problem_line(run: Any) -> str:
     outcome = run.outcome or run.status.lower()
     reason = (run.error or "").strip().splitlines()
     first = reason[0] if reason else "no reason recorded"
@@ -716,7 +706,15 @@ def _per_cell_values(
 _NO_CI = stats.BootstrapCI(math.nan, math.nan, math.nan, 0)
 
 
-def _gain(results, cells, entry, against, settings, what=0) -> stats.BootstrapCI:
+def _gain(
+    results: dict[tuple[Cell, str], CellResult],
+    cells: Sequence[Cell],
+    entry: str,
+    against: str | None,
+    settings: Settings,
+    what: int = 0,
+) -> stats.BootstrapCI:
+    """Mean gain (what=0) or probability of improvement (what=1) with its interval."""
     if against is None or entry == against:
         return _NO_CI
     xs, ys = _per_cell_values(results, cells, entry, against)
@@ -781,7 +779,7 @@ def _entry_summary(
         ),
         seeds_min=min(ns) if ns else 0,
         seeds_max=max(ns) if ns else 0,
-        n_runs=sum(ns),
+        n_runs=len({key for r in covered for key in r.run_keys}),
         n_problems=sum(len(r.problems) for r in mine),
         time_ratio=math.exp(float(np.mean(ratios))) if ratios else math.nan,
         train_seconds=_nanmean(finished["train_seconds"]),
@@ -795,8 +793,6 @@ def _entry_summary(
 
 
 def _rank(summaries: list[EntrySummary]) -> list[EntrySummary]:
-    import dataclasses
-
     def gain(s: EntrySummary) -> float:
         g = s.gain_vs_reference.estimate
         if math.isnan(g):
@@ -917,8 +913,6 @@ def _unresolvable_as_insufficient(
     pairwise: Sequence[stats.PairComparison], alpha: float
 ) -> tuple[stats.PairComparison, ...]:
     """When no pair could ever reach significance, "≈" would read as "equal": say why instead."""
-    import dataclasses
-
     floor = _holm_floor(pairwise)
     if not floor >= alpha:
         return tuple(pairwise)
