@@ -1,0 +1,1 @@
+"""An example third-party kdbench method package (see its pyproject.toml)."""
