@@ -1,0 +1,294 @@
+"""What runs on a worker: one student trial as a Ray Tune function trainable, and one teacher
+as a Ray task. Both are plain functions of picklable inputs; nothing here needs the driver.
+
+A trial logs to MLflow itself through :class:`bench.tracking.Tracker` (never through Ray's
+MLflow callback, which would log a restored trial twice), following the rules of
+:mod:`bench.sweep_ledger`: it looks its run key up first and returns at once when the key is
+done, marks dead attempts of the same sweep KILLED, and checks for a duplicate before it ends
+FINISHED.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import sweep_ledger as ledger
+from bench.config import TrialConfig
+from bench.spec import Resources, TeacherJob
+
+#: Key of the last result a trial reports; the driver reads the outcome from it.
+STATUS = "kdbench_status"
+SKIPPED = "SKIPPED"
+
+_trackers: dict[tuple[str, str], Any] = {}
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every trial of a sweep needs to know, shipped once to the workers.
+
+    Attributes:
+        tracking_uri: MLflow tracking URI every trial logs to.
+        experiment: MLflow experiment.
+        sweep: The sweep key (tag ``kdbench.sweep`` on every run of the sweep).
+        parent_run_id: The sweep's parent run.
+        home: The kdbench home (teacher cache) as the driver sees it; shared storage on a
+            cluster.
+        trials: Run key → trial config.
+        resources: Run key → resources (for the trial's torch threads).
+        plugins: Method files to import before the trial.
+        retry_failed: Whether FAILED verdicts are run again.
+    """
+
+    tracking_uri: str
+    experiment: str
+    sweep: str
+    parent_run_id: str
+    home: str
+    trials: dict[str, TrialConfig] = field(default_factory=dict)
+    resources: dict[str, Resources] = field(default_factory=dict)
+    plugins: tuple[str, ...] = ()
+    retry_failed: bool = False
+
+
+def prepare_worker(home: str, threads: int, plugins: tuple[str, ...] = ()) -> None:
+    """Point this worker process at the sweep's kdbench home, size torch's thread pool to the
+    CPUs Ray granted, and load method plugins."""
+    os.environ["KDBENCH_HOME"] = home
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    if plugins:
+        from bench.plugins import load_plugin_file
+
+        for path in plugins:
+            load_plugin_file(path)
+
+
+def tracker_for(uri: str, experiment: str) -> Any:
+    """One :class:`~bench.tracking.Tracker` per process (reused actors keep theirs)."""
+    from bench.tracking import Tracker
+
+    key = (uri, experiment)
+    if key not in _trackers:
+        _trackers[key] = Tracker(uri, experiment=experiment)
+    return _trackers[key]
+
+
+def node_id() -> str:
+    """The Ray node this process runs on (the host name outside Ray)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    except Exception:  # outside a Ray worker there is no node id; the host is still useful
+        pass
+    return socket.gethostname()
+
+
+# --------------------------------------------------------------------------------------------
+# Student trials
+# --------------------------------------------------------------------------------------------
+
+
+def tune_trainable(config: dict[str, Any], context: SweepContext) -> None:
+    """The Ray Tune function trainable: run the trial named by ``config["run_key"]``."""
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id() or ""
+    run_trial_once(config["run_key"], context, report=tune.report, attempt_id=trial_id)
+
+
+def run_trial_once(
+    key: str,
+    context: SweepContext,
+    *,
+    report: Callable[[dict[str, Any]], None],
+    attempt_id: str = "",
+) -> dict[str, Any]:
+    """Run one trial under the sweep's rules and return (and report) its final result."""
+    from bench.train import pick_device, prepare_trial
+
+    config = context.trials[key]
+    resources = context.resources.get(key, Resources())
+    prepare_worker(context.home, resources.threads, context.plugins)
+    tracker = tracker_for(context.tracking_uri, context.experiment)
+    runs = ledger.key_runs(tracker, key)
+    settled = [r for r in runs if ledger.is_done(r, context.retry_failed)]
+    finished = [r for r in settled if r.info.status == "FINISHED"] or settled
+    if finished:
+        result = _recorded_result(finished[0])
+        report(result)
+        return result
+    attempt = 1 + sum(r.data.tags.get(ledger.SWEEP_TAG) == context.sweep for r in runs)
+    tags = {
+        ledger.SWEEP_TAG: context.sweep,
+        ledger.ATTEMPT_TAG: str(attempt),
+        ledger.NODE_TAG: node_id(),
+        "kdbench.host": socket.gethostname(),
+        "kdbench.ray_trial": attempt_id,
+    }
+    started = time.perf_counter()
+    method_cls, prepared, error = None, None, None
+    try:
+        from bench.method import get_method
+
+        method_cls = get_method(config.method)
+        prepared = prepare_trial(config, pick_device())
+    except Exception as exc:  # recorded as this trial's failure; the sweep goes on
+        error = exc
+    with tracker.trial_run(
+        config,
+        key,
+        method_cls or _UnresolvedMethod,
+        parent_run_id=context.parent_run_id,
+        extra_tags=tags,
+    ) as run:
+        ledger.supersede_stale(tracker, runs, context.sweep, by=run.run_id)
+        if prepared is None:
+            return _record_setup_failure(run, key, error, report)
+
+        def epoch_done(record: Any) -> None:
+            run.log_epoch(record)
+            report(
+                {
+                    "epoch": record.epoch + 1,
+                    "val_acc": record.val_acc,
+                    "loss": record.terms.get("loss", float("nan")),
+                }
+            )
+
+        outcome = _execute(prepared, epoch_done, run.log_metrics)
+        outcome.mlflow_run_id = run.run_id
+        duplicate = _finished_elsewhere(tracker, key, run.run_id)
+        if outcome.status == "FINISHED" and duplicate:
+            ledger.mark_killed(tracker, run.run_id, {ledger.DUPLICATE_TAG: duplicate})
+            run.ended = True
+        else:
+            run.finish(outcome)
+    result = _result_of(outcome, time.perf_counter() - started)
+    report(result)
+    return result
+
+
+def _execute(prepared: Any, on_epoch: Callable, log: Callable) -> Any:
+    from bench.train import execute
+
+    return execute(prepared, on_epoch=on_epoch, log=log)
+
+
+def _finished_elsewhere(tracker: Any, key: str, run_id: str) -> str | None:
+    others = [
+        r
+        for r in ledger.key_runs(tracker, key)
+        if r.info.status == "FINISHED" and r.info.run_id != run_id
+    ]
+    return others[0].info.run_id if others else None
+
+
+class _UnresolvedMethod:
+    """Stands in for a method class a worker could not import, so the failure is recorded."""
+
+    version = 0
+    knowledge = "unknown"
+
+
+def _record_setup_failure(
+    run: Any, key: str, error: BaseException | None, report: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
+    """A trial whose inputs could not be built on this worker (missing data, plugin, teacher
+    file): FAILED without a verdict, so the next sweep tries it again."""
+    import traceback
+
+    from mlflow.entities import RunTag
+
+    text = "".join(traceback.format_exception(error)[-6:]) if error else "unknown error"
+    message = f"setup failed: {type(error).__name__}: {error}\n{text}"
+    run.client.log_batch(run.run_id, tags=[RunTag(ledger.ERROR_TAG, message[-5000:])])
+    run.client.set_terminated(run.run_id, "FAILED")
+    run.ended = True
+    result = {
+        STATUS: "FAILED",
+        "error": message,
+        "mlflow_run_id": run.run_id,
+        "run_key": key,
+    }
+    report(result)
+    return result
+
+
+def _result_of(outcome: Any, seconds: float) -> dict[str, Any]:
+    return {
+        STATUS: outcome.status,
+        "outcome": outcome.outcome,
+        "test_acc": outcome.test_acc,
+        "val_acc": outcome.val_acc,
+        "train_seconds": outcome.train_seconds,
+        "trial_seconds": seconds,
+        "error": outcome.error or "",
+        "mlflow_run_id": outcome.mlflow_run_id or "",
+        "run_key": outcome.run_key,
+    }
+
+
+def _recorded_result(run: Any) -> dict[str, Any]:
+    metrics = run.data.metrics
+    return {
+        STATUS: SKIPPED,
+        "recorded_status": run.info.status,
+        "test_acc": metrics.get("test_acc", float("nan")),
+        "val_acc": metrics.get("final_val_acc", float("nan")),
+        "error": run.data.tags.get(ledger.ERROR_TAG, ""),
+        "mlflow_run_id": run.info.run_id,
+        "run_key": run.data.tags.get(ledger.RUN_KEY_TAG, ""),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Teachers
+# --------------------------------------------------------------------------------------------
+
+
+def train_teacher(job: TeacherJob, home: str, plugins: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Train (or load from the shared cache) one teacher; returns its key and test accuracy.
+    Runs as a Ray task; concurrent requests for the same teacher wait on the cache's lock."""
+    prepare_worker(home, job.resources.threads, plugins)
+    from bench.teachers import obtain_teacher
+
+    started = time.perf_counter()
+    teacher = obtain_teacher(job.dataset.name, job.spec, data_root=job.dataset.data_root)
+    return {
+        "key": teacher.key,
+        "test_acc": teacher.test_acc,
+        "seconds": time.perf_counter() - started,
+        "node": node_id(),
+    }
+
+
+def teacher_cached(job: TeacherJob, home: str) -> bool:
+    """Whether the teacher is already in the cache (or is a checkpoint file), so no task is
+    needed. Follows the cache layout of :mod:`bench.teachers`."""
+    import json
+    from pathlib import Path
+
+    if job.spec.checkpoint is not None:
+        return Path(job.spec.checkpoint).is_file()
+    from bench.teachers import teacher_key
+
+    folder = Path(home) / "teachers" / teacher_key(job.dataset.name, job.spec)
+    epoch = job.spec.stop_epoch or job.spec.recipe.epochs
+    meta = folder / "meta.json"
+    if not (folder / f"epoch_{epoch}.pt").is_file() or not meta.is_file():
+        return False
+    try:
+        return str(epoch) in json.loads(meta.read_text()).get("test_acc", {})
+    except (OSError, ValueError):
+        return False
