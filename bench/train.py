@@ -408,6 +408,11 @@ class TrialResult:
     val_acc: float = float("nan")
     teacher_test_acc: float = float("nan")
     agreement: float = float("nan")
+    macro_precision: float = float("nan")
+    macro_recall: float = float("nan")
+    macro_f1: float = float("nan")
+    ece: float = float("nan")
+    student_flops: int = 0
     final_loss: float = float("nan")
     train_seconds: float = float("nan")
     student_params: int = 0
@@ -532,6 +537,7 @@ def execute(
         test_labels = labels_of(data.test, device)
         result.test_acc = topk_accuracy(test_logits, test_labels, 1)
         result.test_top5 = topk_accuracy(test_logits, test_labels, 5)
+        record_test_metrics(result, student, test_logits, test_labels, data.info)
         if teacher_model is not None and teacher_info.num_classes == s_info.num_classes:
             teacher_pred = predict(teacher_model, data.test, device).argmax(1)
             result.agreement = (test_logits.argmax(1) == teacher_pred).float().mean().item()
@@ -546,6 +552,18 @@ def execute(
         result.error = f"{type(exc).__name__}: {exc}\n{tail}"
     result.train_seconds = time.perf_counter() - started
     return result
+
+
+def record_test_metrics(
+    result: TrialResult, student: nn.Module, logits: Tensor, labels: Tensor, info: Any
+) -> None:
+    """Macro precision/recall/F1, calibration error and the student's FLOPs."""
+    from bench.leaderboard.metrics import count_flops, expected_calibration_error, macro_prf
+
+    prf = macro_prf(logits, labels, num_classes=info.num_classes)
+    result.macro_precision, result.macro_recall, result.macro_f1 = prf.precision, prf.recall, prf.f1
+    result.ece = expected_calibration_error(logits.softmax(1), labels)
+    result.student_flops = count_flops(student, info.input_size)
 
 
 def run_trial(

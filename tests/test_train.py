@@ -51,6 +51,8 @@ def test_kd_trial_reports_teacher_and_student_metrics():
     assert 0.0 <= result.agreement <= 1.0
     assert {"train/ce", "train/kd", "train/loss", "val_acc", "lr"} <= set(result.history[0])
     assert math.isfinite(result.final_loss)
+    assert 0.0 <= result.macro_f1 <= 1.0 and 0.0 <= result.ece <= 1.0
+    assert result.student_flops > 2 * result.student_params  # convolutions reuse weights
     assert result.student_params == 22_924 - 33 * 90  # 32-d embedding: 10 instead of 100 classes
 
 
