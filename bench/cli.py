@@ -238,12 +238,15 @@ def _add_sweep(sub: Any) -> None:
     sweep.set_defaults(func=cmd_sweep)
 
 
-def _add_leaderboard(sub: Any) -> None:
+def _add_leaderboard(sub: Any, *, selected: bool) -> None:
+    help_text = "tables, significance tests, figures and a page for a suite"
+    if not selected:
+        # Its options import scipy and pandas (seconds): describe them only when asked for.
+        sub.add_parser("leaderboard", help=help_text)
+        return
     from bench.leaderboard.cli import add_leaderboard_arguments
 
-    board = sub.add_parser(
-        "leaderboard", help="tables, significance tests, figures and a page for a suite"
-    )
+    board = sub.add_parser("leaderboard", help=help_text)
     add_leaderboard_arguments(board)
     board.set_defaults(func=cmd_leaderboard)
 
@@ -263,7 +266,7 @@ def _add_tracking(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", default="kdbench", help="MLflow experiment name")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kdbench",
         description="Benchmark knowledge-distillation methods over timm teacher/student pairs.",
@@ -349,13 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_method)
 
     _add_sweep(sub)
-    _add_leaderboard(sub)
+    _add_leaderboard(sub, selected="leaderboard" in (sys.argv[1:] if argv is None else argv))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
