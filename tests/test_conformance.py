@@ -44,7 +44,8 @@ def _failures(results: list) -> str:
 )
 def test_method_conforms_on_pair(name: str, pair: Pair) -> None:
     outcome = check_pair(METHODS.get(name), pair)
-    assert outcome.passed, _failures(outcome.results)
+    if not outcome.passed:
+        pytest.fail(_failures(outcome.results), pytrace=False)
     if outcome.refusal is not None:
         pytest.skip(f"{name} refuses {pair.student}<-{pair.teacher}: {outcome.refusal}")
 
@@ -61,7 +62,8 @@ def test_method_supports_a_tiny_pair(name: str) -> None:
             f"{p.student}<-{p.teacher}: {r}" for p, r in reasons.items()
         )
         for outcome in supported:
-            assert outcome.passed, _failures(outcome.results)
+            if not outcome.passed:
+                pytest.fail(_failures(outcome.results), pytrace=False)
 
 
 # --------------------------------------------------------------------------------------------

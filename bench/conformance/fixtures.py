@@ -1,5 +1,5 @@
 """What a conformance run trains on: tiny teacher/student pairs, a fixed 256-sample subset of
-``digits``, a two-epoch recipe, briefly trained frozen teachers, and training contexts built
+``digits``, a two-epoch recipe, frozen teachers fitted to that subset, and training contexts built
 from :mod:`bench.train`'s public pieces. Everything runs on the CPU in seconds.
 """
 
