@@ -30,7 +30,15 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
     from bench.method import ParamError
     from bench.registry import RegistryError
 
-    return (RegistryError, ParamError, ConfigError, DataError, CliError, FileNotFoundError)
+    return (
+        RegistryError,
+        ParamError,
+        ConfigError,
+        DataError,
+        CliError,
+        FileNotFoundError,
+        ImportError,
+    )
 
 
 def parse_param(text: str) -> tuple[str, str]:

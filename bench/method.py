@@ -195,6 +195,10 @@ class Params:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
 
+# A method without hyperparameters uses the base class itself, so it is a dataclass too.
+dataclasses.dataclass(frozen=True)(Params)
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 

@@ -131,7 +131,10 @@ def model_info(model: nn.Module, name: str, input_size: tuple[int, int, int]) ->
     Shapes are measured rather than read from ``feature_info`` so that models built for a
     non-default resolution are described correctly.
     """
-    _, family = resolve(name)
+    try:
+        _, family = resolve(name)
+    except UnknownNameError:
+        family = "unknown"  # a model built elsewhere (a method's sub-model), described by shape
     was_training = model.training
     model.eval()
     try:
