@@ -295,6 +295,8 @@ class Method(nn.Module):
         owns_ce: Whether :meth:`loss` includes the student's cross-entropy itself.
         version: Bump on any change of behaviour; part of every run key.
         search_space: Parameter name → candidate values for the ``tune`` phase.
+        conformance_params: Parameters the conformance suite uses on its tiny test models
+            when the paper's defaults cannot apply there (e.g. naming a tiny assistant).
     """
 
     Params: ClassVar[type[Params]] = Params
@@ -307,6 +309,7 @@ class Method(nn.Module):
     owns_ce: ClassVar[bool] = False
     version: ClassVar[int] = 1
     search_space: ClassVar[dict[str, list[Any]]] = {}
+    conformance_params: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, params: Params | Mapping[str, Any] | None = None) -> None:
         super().__init__()

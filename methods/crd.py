@@ -128,15 +128,22 @@ class ContrastiveRepresentationDistillation(Method):
         self._generator: torch.Generator | None = None
 
     def before_training(self, ctx: TrainContext) -> None:
-        # Negatives are drawn on the training device from a stream seeded by the trial.
+        # Negatives come from a CPU stream seeded by the trial; its state is part of the
+        # method's checkpoint (extra state), so a resumed trial draws the same negatives.
         seed = int(torch.randint(0, 2**62, (1,), generator=ctx.generator))
-        self._generator = torch.Generator(device=ctx.device).manual_seed(seed)
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def get_extra_state(self) -> dict[str, Tensor]:
+        return {} if self._generator is None else {"generator": self._generator.get_state()}
+
+    def set_extra_state(self, state: dict[str, Tensor]) -> None:
+        if "generator" in state:
+            self._generator = torch.Generator()
+            self._generator.set_state(state["generator"])
 
     def _draw(self, shape: tuple[int, int], device: torch.device) -> Tensor:
-        generator = self._generator
-        if generator is not None and generator.device != device:
-            generator = None
-        return torch.randint(0, self.num_train, shape, device=device, generator=generator)
+        drawn = torch.randint(0, self.num_train, shape, generator=self._generator)
+        return drawn.to(device, non_blocking=True)
 
     def contrast_indices(self, batch: Batch) -> Tensor:
         """B×(K+1) memory slots: the sample's own slot, then K negatives."""

@@ -38,10 +38,25 @@ def _failures(results: list) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("name", "pair"),
-    [pytest.param(n, p, id=p.id_for(n)) for n in NAMES for p in DEFAULT_PAIRS],
-)
+# Open findings of the suite, kept visible: each must keep failing until fixed (strict).
+KNOWN_FAILURES = {
+    "ls-test_vgg<-test_resnet_wide": "loss rises over 8 SGD steps at lr 0.05: the reference's "
+    "kd_weight 9 x T^2 on standardised logits outweighs CE on barely trained tiny teachers",
+    "ls-test_mobile<-test_resnet_narrow": "same as ls-test_vgg<-test_resnet_wide",
+}
+
+
+def _case(name: str, pair: Pair):
+    pid = pair.id_for(name)
+    marks = (
+        [pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[pid])]
+        if pid in KNOWN_FAILURES
+        else []
+    )
+    return pytest.param(name, pair, id=pid, marks=marks)
+
+
+@pytest.mark.parametrize(("name", "pair"), [_case(n, p) for n in NAMES for p in DEFAULT_PAIRS])
 def test_method_conforms_on_pair(name: str, pair: Pair) -> None:
     outcome = check_pair(METHODS.get(name), pair)
     if not outcome.passed:

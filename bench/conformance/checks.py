@@ -84,8 +84,17 @@ def check_pair(
     params: Any = None,
 ) -> PairOutcome:
     """Run every conformance check of ``method_cls`` (with ``params``: a ``Params``
-    instance, a mapping of raw values, or None for the paper's defaults) on one pair."""
-    return _PairRun(method_cls, Pair.parse(pair), params).run()
+    instance, a mapping of raw values, or None for the method's ``conformance_params`` over
+    the paper's defaults) on one pair."""
+    return _PairRun(method_cls, Pair.parse(pair), _params(method_cls, params)).run()
+
+
+def _params(method_cls: type[Method], params: Any) -> Any:
+    if params is None and method_cls.conformance_params:
+        return method_cls.Params.from_mapping(
+            method_cls.conformance_params, where=f"{method_cls.name}.conformance_params"
+        )
+    return params
 
 
 def refusal(
@@ -95,7 +104,7 @@ def refusal(
     or None when it supports the pair. Cheap: calls ``supports`` only."""
     pair = Pair.parse(pair)
     teacher = fixtures.describe(pair.teacher) if method_cls.uses_teacher else None
-    ok, reason = method_cls(params).supports(
+    ok, reason = method_cls(_params(method_cls, params)).supports(
         fixtures.describe(pair.student), teacher, fixtures.task()
     )
     return None if ok else (reason.strip() or "(no reason given)")
