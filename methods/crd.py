@@ -35,7 +35,7 @@ Paper vs code and deviations:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -43,9 +43,6 @@ from torch import Tensor, nn
 
 from bench.method import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
 from methods.at import require_teacher
-
-if TYPE_CHECKING:
-    from bench.train import TrainContext
 
 NCE_EPS = 1e-7
 RESAMPLE_ROUNDS = 8
@@ -125,25 +122,11 @@ class ContrastiveRepresentationDistillation(Method):
         self.register_buffer("log_z", torch.zeros(2))  # student-, teacher-anchored
         self.register_buffer("z_ready", torch.zeros((), dtype=torch.bool))
         self.register_buffer("labels", torch.full((n,), -1, dtype=torch.long))
-        self._generator: torch.Generator | None = None
-
-    def before_training(self, ctx: TrainContext) -> None:
-        # Negatives come from a CPU stream seeded by the trial; its state is part of the
-        # method's checkpoint (extra state), so a resumed trial draws the same negatives.
-        seed = int(torch.randint(0, 2**62, (1,), generator=ctx.generator))
-        self._generator = torch.Generator().manual_seed(seed)
-
-    def get_extra_state(self) -> dict[str, Tensor]:
-        return {} if self._generator is None else {"generator": self._generator.get_state()}
-
-    def set_extra_state(self, state: dict[str, Tensor]) -> None:
-        if "generator" in state:
-            self._generator = torch.Generator()
-            self._generator.set_state(state["generator"])
 
     def _draw(self, shape: tuple[int, int], device: torch.device) -> Tensor:
-        drawn = torch.randint(0, self.num_train, shape, generator=self._generator)
-        return drawn.to(device, non_blocking=True)
+        # The device's default generator, which the harness seeds per trial: negatives stay
+        # on the device and a restored checkpoint draws exactly what the original would.
+        return torch.randint(0, self.num_train, shape, device=device)
 
     def contrast_indices(self, batch: Batch) -> Tensor:
         """B×(K+1) memory slots: the sample's own slot, then K negatives."""
