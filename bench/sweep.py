@@ -226,6 +226,8 @@ def run_sweep(
     from bench.tracking import default_tracking_uri
 
     options = options or SweepOptions()
+    # MLflow prints a "View run" link whenever a run on a server ends; the summary says where.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     out = out or sys.stdout
     err = err or sys.stderr
     started = time.perf_counter()

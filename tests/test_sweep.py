@@ -96,8 +96,9 @@ def boom_plugin(tmp_path_factory) -> Path:
 
 
 def test_sweep_records_every_trial_once_and_running_it_again_adds_nothing(
-    tmp_path, boom_plugin, capsys
+    tmp_path, boom_plugin, capsys, monkeypatch
 ):
+    monkeypatch.setenv("RAY_worker_niceness", "0")  # see test_cluster.py
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     plugins = f"plugins: [{boom_plugin}]"
     body = suite_text("once", "[ce, kd, boom]", "[0, 1]", epochs=1, plugins=plugins)
@@ -143,7 +144,7 @@ def test_a_killed_driver_is_resumed_by_the_same_command(tmp_path):
     suite_dir = write_suite(tmp_path / "resume", suite_text("resume", "[ce, kd]", 3, epochs=4))
     planned = {t.key for t in load_suite(suite_dir).trials()}
     command = [sys.executable, "-m", "bench.sweep", str(suite_dir), "--tracking-uri", uri]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_worker_niceness": "0"}
     log = (tmp_path / "first.log").open("w")
     driver = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
     try:
