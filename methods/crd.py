@@ -151,20 +151,26 @@ class ContrastiveRepresentationDistillation(Method):
             # student anchor against the teacher's memory, and the reverse
             scores_s = torch.bmm(self.memory_t[slots], v_s.unsqueeze(2)).squeeze(2) / p.nce_t
             scores_t = torch.bmm(self.memory_s[slots], v_t.unsqueeze(2)).squeeze(2) / p.nce_t
-        if not bool(self.z_ready):
-            self._set_normalisers(scores_s.detach(), scores_t.detach())
-        loss = nce_loss(scores_s - self.log_z[0], self.num_train)
-        loss = loss + nce_loss(scores_t - self.log_z[1], self.num_train)
+        log_z = self._normalisers(scores_s.detach(), scores_t.detach())
+        loss = nce_loss(scores_s - log_z[0], self.num_train)
+        loss = loss + nce_loss(scores_t - log_z[1], self.num_train)
         self._update_memory(batch.index, v_s.detach(), v_t.detach())
         return {"crd": p.beta * loss}
 
     @torch.no_grad()
-    def _set_normalisers(self, scores_s: Tensor, scores_t: Tensor) -> None:
-        """Z = mean(exp(score)) · num_train, from the first batch, kept in log space."""
+    def _normalisers(self, scores_s: Tensor, scores_t: Tensor) -> Tensor:
+        """log Z per direction: Z = mean(exp(score)) · num_train, set on the first batch and
+        kept (selected on the device, without a host synchronisation)."""
         log_n = math.log(self.num_train)
-        for i, scores in enumerate((scores_s, scores_t)):
-            self.log_z[i] = torch.logsumexp(scores.flatten(), 0) - math.log(scores.numel()) + log_n
+        candidate = torch.stack(
+            [
+                torch.logsumexp(scores.flatten(), 0) - math.log(scores.numel()) + log_n
+                for scores in (scores_s, scores_t)
+            ]
+        )
+        self.log_z.copy_(torch.where(self.z_ready, self.log_z, candidate))
         self.z_ready.fill_(True)
+        return self.log_z.clone()
 
     @torch.no_grad()
     def _update_memory(self, index: Tensor, v_s: Tensor, v_t: Tensor) -> None:

@@ -522,6 +522,11 @@ def test_crd(fidelity):
     untouched = [i for i in range(n) if i not in set(b.index.tolist())]
     assert torch.equal(method.memory_s[untouched], memory_s[untouched])
 
+    # Z is fixed by the first batch: a later batch with other scores keeps it
+    log_z = method.log_z.clone()
+    method.loss(b, outputs([], es * 3), outputs([], et * -2))
+    assert torch.equal(method.log_z, log_z)
+
 
 def test_crd_negatives_avoid_the_anchor_class():
     student, teacher = model_info((3,), (4,), 6), model_info((3,), (4,), 8)
