@@ -214,21 +214,23 @@ class RunHandle:
         """Final metrics and the run's end status (FINISHED, or FAILED with the reason)."""
         from mlflow.entities import RunTag
 
-        final = {
-            "test_acc": result.test_acc,
-            "test_top5": result.test_top5,
-            "final_val_acc": result.val_acc,
-            "teacher_test_acc": result.teacher_test_acc,
-            "agreement": result.agreement,
-            "macro_precision": result.macro_precision,
-            "macro_recall": result.macro_recall,
-            "macro_f1": result.macro_f1,
-            "ece": result.ece,
-            "student_flops": result.student_flops,
-            "train_seconds": result.train_seconds,
-            "student_params": result.student_params,
-            "extra_params": result.extra_params,
+        # Result attribute → MLflow metric name; absent or NaN values are not logged.
+        names = {
+            "test_acc": "test_acc",
+            "test_top5": "test_top5",
+            "val_acc": "final_val_acc",
+            "teacher_test_acc": "teacher_test_acc",
+            "agreement": "agreement",
+            "macro_precision": "macro_precision",
+            "macro_recall": "macro_recall",
+            "macro_f1": "macro_f1",
+            "ece": "ece",
+            "student_flops": "student_flops",
+            "train_seconds": "train_seconds",
+            "student_params": "student_params",
+            "extra_params": "extra_params",
         }
+        final = {metric: getattr(result, attr, float("nan")) for attr, metric in names.items()}
         self._log({k: v for k, v in final.items() if v == v}, step=0)
         tags = [RunTag("kdbench.outcome", result.outcome)]
         if result.error:
