@@ -35,7 +35,7 @@ Paper vs code and deviations:
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +43,9 @@ from torch import Tensor, nn
 
 from bench.method import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
 from methods.at import require_teacher
+
+if TYPE_CHECKING:
+    from bench.train import TrainContext
 
 NCE_EPS = 1e-7
 RESAMPLE_ROUNDS = 8
@@ -122,22 +125,50 @@ class ContrastiveRepresentationDistillation(Method):
         self.register_buffer("log_z", torch.zeros(2))  # student-, teacher-anchored
         self.register_buffer("z_ready", torch.zeros((), dtype=torch.bool))
         self.register_buffer("labels", torch.full((n,), -1, dtype=torch.long))
+        self._stream: torch.Generator | None = None
+        self._device_generators: dict[str, torch.Generator] = {}
 
-    def _draw(self, shape: tuple[int, int], device: torch.device) -> Tensor:
-        # The device's default generator, which the harness seeds per trial: negatives stay
-        # on the device and a restored checkpoint draws exactly what the original would.
-        return torch.randint(0, self.num_train, shape, device=device)
+    def before_training(self, ctx: TrainContext) -> None:
+        # A CPU stream seeded by the trial gives one seed per step; its state is part of the
+        # checkpoint (extra state), so a resumed trial draws the same negatives.
+        seed = int(torch.randint(0, 2**62, (1,), generator=ctx.generator))
+        self._stream = torch.Generator().manual_seed(seed)
+
+    def get_extra_state(self) -> dict[str, Tensor]:
+        return {} if self._stream is None else {"stream": self._stream.get_state()}
+
+    def set_extra_state(self, state: dict[str, Tensor]) -> None:
+        if "stream" in state:
+            self._stream = torch.Generator()
+            self._stream.set_state(state["stream"])
+
+    def _step_generator(self, device: torch.device) -> torch.Generator | None:
+        """A generator on ``device`` seeded from the stream (None outside a trial: then the
+        default generator, which the harness seeds). The negatives are drawn where they are
+        used, with no host-to-device copy of B×K indices."""
+        if self._stream is None:
+            return None
+        seed = int(torch.randint(0, 2**62, (1,), generator=self._stream))
+        generator = self._device_generators.get(str(device))
+        if generator is None:
+            generator = self._device_generators[str(device)] = torch.Generator(device=device)
+        return generator.manual_seed(seed)
 
     def contrast_indices(self, batch: Batch) -> Tensor:
         """B×(K+1) memory slots: the sample's own slot, then K negatives."""
         index, y = batch.index, batch.y
-        shape = (index.shape[0], self.k)
-        negatives = self._draw(shape, index.device)
+        generator = self._step_generator(index.device)
+
+        def draw() -> Tensor:
+            shape = (index.shape[0], self.k)
+            return torch.randint(0, self.num_train, shape, device=index.device, generator=generator)
+
+        negatives = draw()
         if self.params.negatives == "other_class":
             self.labels[index] = y
             for _ in range(RESAMPLE_ROUNDS):
                 same = (self.labels[negatives] == y[:, None]) | (negatives == index[:, None])
-                negatives = torch.where(same, self._draw(shape, index.device), negatives)
+                negatives = torch.where(same, draw(), negatives)
         return torch.cat([index[:, None], negatives], dim=1)
 
     def loss(self, batch: Batch, student: Outputs, teacher: Outputs | None) -> dict[str, Tensor]:

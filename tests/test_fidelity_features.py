@@ -13,6 +13,7 @@ import itertools
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -540,3 +541,19 @@ def test_crd_negatives_avoid_the_anchor_class():
     assert slots.shape == (N, 1 + min(64, TASK.num_train - 1))
     assert torch.equal(slots[:, 0], b.index)
     assert (labels[slots[:, 1:]] != b.y[:, None]).all()
+
+
+def test_crd_checkpoint_resumes_the_negative_stream():
+    student, teacher = model_info((3,), (4,), 6), model_info((3,), (4,), 8)
+    method = build_method("crd", {"nce_k": 6})
+    method.setup(student, teacher, TASK)
+    method.before_training(SimpleNamespace(generator=torch.Generator().manual_seed(3)))
+    b = batch()
+    first = method.contrast_indices(b)
+    restored = build_method("crd", {"nce_k": 6})
+    restored.setup(student, teacher, TASK)
+    restored.load_state_dict(method.state_dict())
+    # the next draws agree, and differ from the first step's
+    following = method.contrast_indices(b)
+    assert torch.equal(restored.contrast_indices(b), following)
+    assert not torch.equal(following, first)
