@@ -182,11 +182,6 @@ def test_dml_alternating_steps_the_peers_before_the_student(digits):
     assert terms["kl"] > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TrainContext.fit describes the teacher as model_info(teacher, name + '-teacher'), "
-    "which is no catalogue name: UnknownNameError",
-)
 def test_takd_trains_an_assistant_and_records_the_chain(digits):
     method, ctx = prepare(digits, "takd", {"assistant": "test_vgg"})
     _, fresh_ctx = prepare(digits, "takd", {"assistant": "none"})
