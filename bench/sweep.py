@@ -42,7 +42,7 @@ from typing import Any, TextIO
 
 from bench import sweep_ledger as ledger
 from bench.spec import PlannedTrial, Suite, SuiteError, TeacherJob, load_suite
-from bench.sweep_preflight import PreflightError, local_capacity
+from bench.sweep_preflight import PreflightError, check_reachable, local_capacity
 from bench.sweep_progress import ProgressBoard, format_seconds
 from bench.sweep_trial import SweepContext
 
@@ -240,6 +240,9 @@ def run_sweep(
     )
     if options.address is None:
         suite.check_resources([local_capacity()], "this machine")
+    unreachable = check_reachable(uri)
+    if unreachable:  # before MLflow's client spends minutes retrying it
+        raise PreflightError([f"the MLflow server is not reachable: {unreachable}"])
     grouped = _recorded_runs(uri, suite.experiment)
     done = ledger.done_runs(grouped, options.retry_failed)
     todo = [t for t in trials if t.key not in done]

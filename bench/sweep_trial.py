@@ -136,7 +136,7 @@ def run_trial_once(
         "kdbench.host": socket.gethostname(),
         "kdbench.ray_trial": attempt_id,
     }
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     method_cls, prepared, error = None, None, None
     try:
         from bench.method import get_method
@@ -158,16 +158,25 @@ def run_trial_once(
 
         def epoch_done(record: Any) -> None:
             run.log_epoch(record)
-            report(
-                {
-                    "epoch": record.epoch + 1,
-                    "val_acc": record.val_acc,
-                    "loss": record.terms.get("loss", float("nan")),
-                }
-            )
+            metrics = {
+                "epoch": record.epoch + 1,
+                "val_acc": record.val_acc,
+                "loss": record.terms.get("loss", float("nan")),
+            }
+            try:
+                report(metrics)
+            except Exception:
+                raise
+            except BaseException:  # Tune stops a trial by exiting from report()
+                ledger.mark_killed(tracker, run.run_id, {ledger.ERROR_TAG: "stopped by Ray Tune"})
+                run.ended = True
+                raise
 
         outcome = _execute(prepared, epoch_done, run.log_metrics)
         outcome.mlflow_run_id = run.run_id
+        # CPU time of the whole attempt (setup, training, evaluation, logging): what a trial
+        # costs whatever else the machine runs.
+        run.log_metrics({"cpu_seconds": time.process_time() - cpu_started})
         duplicate = _finished_elsewhere(tracker, key, run.run_id)
         if outcome.status == "FINISHED" and duplicate:
             ledger.mark_killed(tracker, run.run_id, {ledger.DUPLICATE_TAG: duplicate})

@@ -222,3 +222,35 @@ def test_a_recorded_failure_settles_its_key_unless_failures_are_retried(tmp_path
     assert client.get_run(second).data.tags[ledger.DUPLICATE_TAG] == first
     assert client.get_run(second).info.status == "KILLED"
     assert ledger.done_runs(ledger.trial_runs(tracker))["a"].info.run_id == first
+
+
+def test_the_live_view_counts_trials_shows_the_best_and_estimates_the_time_left(tmp_path):
+    import io
+
+    from bench.sweep_progress import ProgressBoard
+    from bench.sweep_trial import STATUS
+
+    body = suite_text("view", "[ce, kd]", 2, epochs=1)
+    trials = {t.key: t for t in load_suite(write_suite(tmp_path / "view", body)).trials()}
+    keys = list(trials)
+    now = [100.0]
+    stream = io.StringIO()
+    board = ProgressBoard(trials, "test_acc", stream, interval=30, clock=lambda: now[0])
+    board.trial_started(keys[0])
+    board.trial_started(keys[1])
+    assert "0/4 done · 2 running · 2 pending · 0 failed" in board.line()
+    assert board.line().endswith("ETA ?")
+    now[0] = 112.0
+    board.trial_result(keys[0], {"epoch": 1, "val_acc": 0.5})  # per-epoch: not an outcome
+    board.trial_result(keys[0], {STATUS: "FINISHED", "test_acc": 0.9, "trial_seconds": 12.0})
+    board.trial_result(keys[1], {STATUS: "FAILED", "error": "non-finite loss\nat epoch 0"})
+    line = board.line()
+    assert "[   12s] 1/4 done · 0 running · 2 pending · 1 failed" in line
+    assert f"best test_acc 0.9000 ({trials[keys[0]].describe()})" in line
+    assert board.eta() == pytest.approx(12.0 * 2 / 2)  # mean trial × pending / 2 slots seen
+    board.trial_started(keys[2])
+    board.trial_retried(keys[2])
+    assert board.retries == 1 and board.counts()["pending"] == 2
+    text = stream.getvalue()
+    assert f"  done   {trials[keys[0]].describe()}  test_acc 0.9000  (12.0s)" in text
+    assert f"  FAILED {trials[keys[1]].describe()}: non-finite loss\n" in text
