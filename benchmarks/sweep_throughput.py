@@ -57,6 +57,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--student", default="resnet8")
     parser.add_argument("--teacher", default="test_resnet_wide", help="used by --method kd")
     parser.add_argument("--method", default="ce", help="ce (no teacher) or a KD method")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of the one-process run (default: torch's own, every core)",
+    )
     return parser.parse_args()
 
 
@@ -71,9 +77,14 @@ def main() -> int:
     (suite_dir / "suite.yaml").write_text(SUITE.format(**vars(args)))
     cores = os.cpu_count() or 1
 
+    import torch
+
     from bench.spec import load_suite
     from bench.tracking import Tracker
     from bench.train import run_trial
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     trials = load_suite(suite_dir).trials()
     print(
@@ -124,7 +135,8 @@ def main() -> int:
     train_one = statistics.fmean(r.train_seconds for r in sequential)
     train_sweep = trained / n
     print(
-        f"\ntraining per trial: {train_one:.2f} s in one process ({cores} threads), "
+        f"\ntraining per trial: {train_one:.2f} s in one process "
+        f"({torch.get_num_threads()} threads), "
         f"{train_sweep:.2f} s in the sweep (1 thread, {slots} at once)"
     )
     print(f"per-trial overhead of the sweep: {overhead:.2f} s (target < 1 s)")
