@@ -24,6 +24,8 @@ RUN_KEY_TAG = "kdbench.run_key"
 #: MLflow accepts longer values, but short ones keep the UI and search usable.
 MAX_PARAM_CHARS = 500
 DEFAULT_EXPERIMENT = "kdbench"
+#: Artifact holding the trained student's state dict (``torch.save``; load with weights_only).
+STUDENT_ARTIFACT = "student.pt"
 
 
 def default_tracking_uri() -> str:
@@ -210,8 +212,23 @@ class RunHandle:
         self._log(metrics, step=self._extra_step)
         self._extra_step += 1
 
+    def log_state_dict(self, state: dict[str, Any], name: str = STUDENT_ARTIFACT) -> None:
+        """A model's state dict as an artifact (CPU tensors, ``torch.save``), for analyses that
+        load the trained model later (``kdbench explain``, ``kdbench compress``)."""
+        import tempfile
+        from pathlib import Path
+
+        import torch
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            torch.save({k: v.detach().cpu() for k, v in state.items()}, path)
+            self.client.log_artifact(self.run_id, str(path))
+
     def finish(self, result: Any) -> None:
-        """Final metrics and the run's end status (FINISHED, or FAILED with the reason)."""
+        """Final metrics, the trained student's weights (``student.pt``, when the result
+        carries the model as ``student``) and the run's end status (FINISHED, or FAILED with
+        the reason)."""
         from mlflow.entities import RunTag
 
         # Result attribute → MLflow metric name; absent or NaN values are not logged.
@@ -232,6 +249,9 @@ class RunHandle:
         }
         final = {metric: getattr(result, attr, float("nan")) for attr, metric in names.items()}
         self._log({k: v for k, v in final.items() if v == v}, step=0)
+        student = getattr(result, "student", None)
+        if student is not None and result.status == "FINISHED":
+            self.log_state_dict(student.state_dict())
         tags = [RunTag("kdbench.outcome", result.outcome)]
         if result.error:
             tags.append(RunTag("kdbench.error", result.error[-5000:]))
