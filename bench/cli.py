@@ -25,6 +25,7 @@ class CliError(Exception):
 
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
+    from bench.analysis import AnalysisError
     from bench.config import ConfigError
     from bench.data import DataError
     from bench.method import ParamError
@@ -36,6 +37,7 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
         ConfigError,
         DataError,
         CliError,
+        AnalysisError,
         FileNotFoundError,
         ImportError,
     )
@@ -260,6 +262,156 @@ def _add_leaderboard(sub: Any, *, selected: bool) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# profile, explain, compress: analyses of models and recorded runs (bench.analysis)
+# --------------------------------------------------------------------------------------------
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:
+        import torch
+
+        if threads < 1:
+            raise CliError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
+def _print_json(payload: Any) -> None:
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and value != value:
+            return None  # NaN is not JSON
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        return value
+
+    print(json.dumps(clean(payload)))
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from bench.analysis.profile import format_table, profile_names
+
+    _set_threads(args.threads)
+    profiles = profile_names(
+        args.models,
+        dataset=args.dataset,
+        data_root=args.data_root,
+        batch_sizes=args.batch_sizes,
+        repeats=args.repeats,
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+    )
+    if args.json:
+        _print_json([p.as_json() for p in profiles])
+    else:
+        print(format_table(profiles))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from bench.analysis.explain import explain_run
+
+    _set_threads(args.threads)
+    report = explain_run(
+        args.run_key,
+        images=args.images,
+        masks=args.masks,
+        grid=args.grid,
+        keep=args.keep,
+        seed=args.seed,
+        out=args.out,
+        baseline_method=args.baseline_method,
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+    )
+    if args.json:
+        _print_json(report.as_json())
+    else:
+        print(report.format())
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from bench.analysis.compress import compress_run
+
+    if not args.sparsity and not args.int8:
+        raise CliError("nothing to do: give --sparsity S [S ...] and/or --int8")
+    _set_threads(args.threads)
+    report = compress_run(
+        args.run_key,
+        sparsities=args.sparsity,
+        int8=args.int8,
+        repeats=args.repeats,
+        batch_sizes=args.batch_sizes,
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+        record=not args.no_record,
+    )
+    if args.json:
+        _print_json(report.as_json())
+    else:
+        print(report.format())
+    return 0
+
+
+def _add_analyses(sub: Any) -> None:
+    profile = sub.add_parser(
+        "profile", help="parameters, FLOPs and CPU latency of models (or of a run's models)"
+    )
+    profile.add_argument(
+        "models", nargs="+", help="model names, or run keys (a run's teacher and student)"
+    )
+    profile.add_argument(
+        "--dataset", default=None, help="input size and classes of this dataset (default: digits)"
+    )
+    profile.add_argument("--data-root", default=None, help="folder holding on-disk datasets")
+    _add_timing(profile)
+    profile.add_argument("--json", action="store_true", help="print one JSON list")
+    _add_tracking(profile)
+    profile.set_defaults(func=cmd_profile)
+
+    explain = sub.add_parser(
+        "explain", help="RISE saliency of a run's teacher, KD student and student alone"
+    )
+    explain.add_argument("run_key", help="run key of a distillation run (or a unique prefix)")
+    explain.add_argument("--images", type=int, default=8, help="test images to explain")
+    explain.add_argument("--masks", type=int, default=1000, help="RISE masks per image")
+    explain.add_argument("--grid", type=int, default=7, help="RISE grid cells per side")
+    explain.add_argument("--keep", type=float, default=0.5, help="share of grid cells kept")
+    explain.add_argument("--seed", type=int, default=0, help="seed of the images and masks")
+    explain.add_argument("--out", default=None, help="PNG path (default explain-<run key>.png)")
+    explain.add_argument(
+        "--baseline-method", default="ce", help="method of the student-alone run (default ce)"
+    )
+    explain.add_argument("--threads", type=int, default=None, help="torch threads")
+    explain.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_tracking(explain)
+    explain.set_defaults(func=cmd_explain)
+
+    compress = sub.add_parser(
+        "compress", help="prune and int8-quantise a run's student; record MLflow child runs"
+    )
+    compress.add_argument("run_key", help="run key of the trial (or a unique prefix)")
+    compress.add_argument(
+        "--sparsity", type=float, nargs="+", default=[], help="global pruning sparsities"
+    )
+    compress.add_argument("--int8", action="store_true", help="int8 post-training quantization")
+    _add_timing(compress)
+    compress.add_argument("--no-record", action="store_true", help="do not log child runs")
+    compress.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_tracking(compress)
+    compress.set_defaults(func=cmd_compress)
+
+
+def _add_timing(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repeats", type=int, default=20, help="timed passes (median reported)")
+    p.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=[1, 64], help="latency batch sizes"
+    )
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+
+
+# --------------------------------------------------------------------------------------------
 # parser
 # --------------------------------------------------------------------------------------------
 
@@ -360,6 +512,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check_method)
 
     _add_sweep(sub)
+    _add_analyses(sub)
     _add_leaderboard(sub, selected="leaderboard" in (sys.argv[1:] if argv is None else argv))
     return parser
 
