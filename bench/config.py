@@ -21,6 +21,10 @@ Optimizer = Literal["sgd", "adam", "adamw"]
 Schedule = Literal["cosine", "step", "constant"]
 Phase = Literal["tune", "final"]
 
+#: Field metadata of options added after the first release: at their default they are left out
+#: of every hash (run keys, teacher cache keys), so adding them changed no existing key.
+OMIT_DEFAULT_FROM_KEY = {"omit_default_from_key": True}
+
 
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the key and the fix."""
@@ -43,6 +47,10 @@ class Recipe:
         gamma: Step-schedule decay factor.
         warmup_epochs: Linear learning-rate warm-up.
         augment: Random crop (+ flip where the dataset allows it) on the training split.
+        trainable: Train only these parts of the student, freezing the rest (weights and
+            BatchNorm statistics): ``head`` is the classifier, any other entry a parameter
+            name prefix (``layer3``, ``blocks.2``). Empty (the default) trains everything.
+            For transfer learning from a pretrained ``student_checkpoint``.
     """
 
     epochs: int = 30
@@ -56,8 +64,15 @@ class Recipe:
     gamma: float = 0.1
     warmup_epochs: int = 0
     augment: bool = True
+    trainable: tuple[str, ...] = field(default=(), metadata=OMIT_DEFAULT_FROM_KEY)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "trainable", tuple(self.trainable))
+        if any(not isinstance(t, str) or not t.strip() for t in self.trainable):
+            raise ConfigError(
+                f"recipe.trainable must list non-empty names ('head' or parameter name "
+                f"prefixes), got {list(self.trainable)}"
+            )
         if self.epochs < 1:
             raise ConfigError(f"recipe.epochs must be ≥ 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -121,6 +136,9 @@ class TrialConfig:
         val_fraction: Share of the training split held out for validation.
         data_root: Where on-disk datasets live (not part of the run key).
         download: Whether a missing dataset may be downloaded (not part of the run key).
+        student_checkpoint: A pretrained state dict the student starts from (transfer
+            learning; ``weights_only``); tensors whose shape differs from the student's (a
+            classifier for another number of classes) keep their fresh initialisation.
     """
 
     dataset: str
@@ -134,6 +152,7 @@ class TrialConfig:
     val_fraction: float = 0.1
     data_root: str | None = field(default=None, compare=False)
     download: bool = field(default=False, compare=False)
+    student_checkpoint: str | None = field(default=None, metadata=OMIT_DEFAULT_FROM_KEY)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", tuple(sorted(_freeze(dict(self.params)).items())))
@@ -173,18 +192,41 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def key_jsonable(value: Any) -> Any:
+    """:func:`to_jsonable` for hashing: fields marked :data:`OMIT_DEFAULT_FROM_KEY` are left
+    out while they hold their default, so keys made before those fields existed still hold."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {
+            f.name: key_jsonable(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if not _omitted(f, getattr(value, f.name))
+        }
+    if isinstance(value, Mapping):
+        return {str(k): key_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [key_jsonable(v) for v in value]
+    return value
+
+
+def _omitted(f: dataclasses.Field, value: Any) -> bool:
+    if not f.metadata.get("omit_default_from_key"):
+        return False
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return value == default
+
+
 def stable_hash(obj: Any, length: int = 16) -> str:
-    """Hex digest of the canonical JSON of ``obj``."""
-    text = json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"), default=str)
+    """Hex digest of the canonical JSON of ``obj`` (see :func:`key_jsonable`)."""
+    text = json.dumps(key_jsonable(obj), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
 def key_fields(config: TrialConfig, method_version: int) -> dict[str, Any]:
     """The fields a run key is made of: every field that defines the result."""
     fields = {
-        f.name: to_jsonable(getattr(config, f.name))
+        f.name: key_jsonable(getattr(config, f.name))
         for f in dataclasses.fields(config)
-        if f.compare
+        if f.compare and not _omitted(f, getattr(config, f.name))
     }
     fields["method_version"] = method_version
     fields["harness_version"] = HARNESS_VERSION

@@ -17,6 +17,15 @@ The schema (``leaderboards/digits/suite.yaml`` is a complete example)::
     pairs:                       # teacher → student
       - {teacher: resnet20, student: resnet8}
       - {teacher: vgg8, student: mobile_half, teacher_checkpoint: ckpt/vgg8.pt}
+      - teacher: vgg13           # a pair's own recipe, merged over the suite's (below)
+        student: mobile_half
+        recipe: {student: {lr: 0.01}}
+      - {teacher: resnet20, student: resnet8, teacher_epochs: [1, 2, 4]}
+                                 # early-stopped teachers: checkpoints of one teacher training
+                                 # after 1, 2 and 4 of its recipe's epochs, one pair each
+      - {teacher: resnet20, student: resnet8, student_checkpoint: ckpt/resnet8-pretrained.pt}
+                                 # the student starts from a pretrained state dict (shapes that
+                                 # differ, e.g. another classifier width, stay freshly drawn)
     methods:
       - ce                                   # the method's default params
       - {name: kd, params: {temperature: 4}} # fixed params
@@ -26,15 +35,26 @@ The schema (``leaderboards/digits/suite.yaml`` is a complete example)::
     recipe:
       student: {epochs: 30, batch_size: 64, lr: 0.05}   # any bench.config.Recipe field
       teacher: {epochs: 60}      # default: the student's recipe
+      # transfer learning: student: {trainable: [head]} trains the classifier only (any other
+      # entry is a parameter name prefix); the rest keeps its weights and BatchNorm statistics
     teacher_seed: 0
     resources: {cpu: 1, gpu: 0.25}          # per student trial (fractional GPUs pack)
     teacher_resources: {cpu: 4, gpu: 1}      # per teacher; default: ``resources``
     tune: {budget: 4}            # phase tune: configurations per method (equal budget)
     max_failures: 3              # retries of a trial whose worker or node died
     plugins: [my_method.py]      # method files to load, relative to the suite
+    study: {parameter: temperature, method: kd}   # optional: the leaderboard plots accuracy
+                                 # against this method parameter, or against the teacher's
+                                 # training epochs with {parameter: teacher_epoch}
 
 A method that uses no teacher (``ce``, self-distillation, online methods) runs once per
-distinct student rather than once per pair: same config, same run key, one trial.
+distinct student rather than once per pair: same config, same run key, one trial. The same
+method may be listed several times with different params (a temperature study lists ``kd``
+once per temperature); the leaderboard shows each setting as its own row.
+
+A pair's ``recipe`` is merged over the suite's: its ``student`` fields over
+``recipe.student``, its ``teacher`` fields over ``recipe.teacher`` (a pair's student override
+does not change the teacher, which other pairs may share).
 """
 
 from __future__ import annotations
@@ -83,14 +103,25 @@ TOP_KEYS = (
     "tune",
     "max_failures",
     "plugins",
+    "study",
 )
 REQUIRED_KEYS = ("datasets", "pairs", "methods", "seeds")
 DATASET_KEYS = ("name", "data_root", "download")
-PAIR_KEYS = ("teacher", "student", "teacher_checkpoint")
+PAIR_KEYS = (
+    "teacher",
+    "student",
+    "teacher_checkpoint",
+    "recipe",
+    "teacher_epochs",
+    "student_checkpoint",
+)
 METHOD_KEYS = ("name", "params", "search", "resources")
 RECIPE_KEYS = ("student", "teacher")
 RESOURCE_KEYS = ("cpu", "gpu")
 TUNE_KEYS = ("budget",)
+STUDY_KEYS = ("parameter", "method")
+#: The study parameter that is the teacher's training epochs rather than a method parameter.
+TEACHER_EPOCH = "teacher_epoch"
 
 
 # --------------------------------------------------------------------------------------------
@@ -179,11 +210,26 @@ class DatasetEntry:
 
 @dataclass(frozen=True)
 class Pair:
-    """A teacher → student pair."""
+    """A teacher → student pair.
+
+    Attributes:
+        teacher: Teacher model name.
+        student: Student model name.
+        teacher_checkpoint: A trained teacher's state dict to load instead of training one.
+        recipe: The pair's student recipe when it overrides the suite's, else None.
+        teacher_recipe: The pair's teacher recipe when it overrides the suite's, else None.
+        teacher_epochs: Early-stopped teachers: distil from the checkpoints of one teacher
+            training after each of these epochs (one pair each); None: the trained teacher.
+        student_checkpoint: A pretrained state dict the student starts from.
+    """
 
     teacher: str
     student: str
     teacher_checkpoint: str | None = None
+    recipe: Recipe | None = None
+    teacher_recipe: Recipe | None = None
+    teacher_epochs: tuple[int, ...] | None = None
+    student_checkpoint: str | None = None
 
     @property
     def label(self) -> str:
@@ -249,7 +295,7 @@ class PlannedTrial:
     @property
     def pair(self) -> str:
         c = self.config
-        return f"{c.teacher.arch}->{c.student}" if c.teacher else c.student
+        return f"{teacher_label(c.teacher)}->{c.student}" if c.teacher else c.student
 
     @property
     def params_label(self) -> str:
@@ -270,7 +316,29 @@ class TeacherJob:
     resources: Resources
 
     def describe(self) -> str:
-        return f"{self.spec.arch} on {self.dataset.name} (seed {self.spec.seed})"
+        stop = f", checkpoint after epoch {self.spec.stop_epoch}" if self.spec.stop_epoch else ""
+        return f"{self.spec.arch} on {self.dataset.name} (seed {self.spec.seed}{stop})"
+
+
+def teacher_label(spec: TeacherSpec) -> str:
+    """How a teacher is named in trial lists: its architecture, and ``@ep<k>`` for the
+    checkpoint after epoch k of its training (the leaderboard names cells the same way)."""
+    return f"{spec.arch}@ep{spec.stop_epoch}" if spec.stop_epoch else spec.arch
+
+
+@dataclass(frozen=True)
+class Study:
+    """What a study suite varies, for the leaderboard's study figure.
+
+    Attributes:
+        parameter: A parameter of ``method`` (``temperature``), or ``teacher_epoch``: the
+            teacher's training epochs (pairs with ``teacher_epochs``).
+        method: The method whose parameter varies (for ``teacher_epoch``: the distillation
+            method plotted; default ``kd``).
+    """
+
+    parameter: str
+    method: str = "kd"
 
 
 @dataclass(frozen=True)
@@ -294,6 +362,7 @@ class Suite:
     max_failures: int = 3
     plugins: tuple[str, ...] = ()
     description: str = ""
+    study: Study | None = None
     path: str | None = field(default=None, compare=False)
 
     @property
@@ -313,37 +382,45 @@ class Suite:
         planned: dict[str, PlannedTrial] = {}
         for dataset, pair, entry in itertools.product(self.datasets, self.pairs, self.methods):
             method_cls = get_method(entry.name)
-            teacher = self._teacher_of(pair) if method_cls.uses_teacher else None
+            teachers = self._teachers_of(pair) if method_cls.uses_teacher else [None]
             resources = entry.resources or self.resources
-            for params, seed in itertools.product(entry.configurations(self.budget), self.seeds):
+            combos = itertools.product(teachers, entry.configurations(self.budget), self.seeds)
+            for teacher, params, seed in combos:
                 config = TrialConfig(
                     dataset=dataset.name,
                     student=pair.student,
                     method=entry.name,
                     params=tuple(params.items()),
                     seed=seed,
-                    recipe=self.recipe,
+                    recipe=pair.recipe or self.recipe,
                     teacher=teacher,
                     phase=self.phase,
                     val_fraction=self.val_fraction,
                     data_root=dataset.data_root,
                     download=dataset.download,
+                    student_checkpoint=pair.student_checkpoint,
                 )
                 key = run_key(config, method_cls.version)
+                label = f"{teacher_label(teacher)}->{pair.student}" if teacher else pair.label
                 if key in planned:
                     known = planned[key]
-                    planned[key] = dataclasses.replace(known, pairs=(*known.pairs, pair.label))
+                    if label not in known.pairs:
+                        planned[key] = dataclasses.replace(known, pairs=(*known.pairs, label))
                 else:
-                    planned[key] = PlannedTrial(config, key, resources, (pair.label,))
+                    planned[key] = PlannedTrial(config, key, resources, (label,))
         return tuple(planned.values())
 
-    def _teacher_of(self, pair: Pair) -> TeacherSpec:
-        return TeacherSpec(
+    def _teachers_of(self, pair: Pair) -> list[TeacherSpec]:
+        """The teacher of a pair, or one early-stopped checkpoint per ``teacher_epochs``."""
+        base = TeacherSpec(
             arch=pair.teacher,
-            recipe=self.teacher_recipe,
+            recipe=pair.teacher_recipe or self.teacher_recipe,
             seed=self.teacher_seed,
             checkpoint=pair.teacher_checkpoint,
         )
+        if not pair.teacher_epochs:
+            return [base]
+        return [dataclasses.replace(base, stop_epoch=e) for e in pair.teacher_epochs]
 
     def teachers(self, trials: Sequence[PlannedTrial] | None = None) -> list[TeacherJob]:
         """The distinct teachers that ``trials`` (default: all) distil from, in order."""
@@ -362,15 +439,44 @@ class Suite:
     def smoke(self) -> Suite:
         """The same suite cut to one seed, one configuration per method and one epoch (student
         and teacher), in its own experiment: a quick check that every trial can run."""
-        one_epoch = dataclasses.replace(self.recipe, epochs=1, warmup_epochs=0)
-        teacher = dataclasses.replace(self.teacher_recipe, epochs=1, warmup_epochs=0)
         return dataclasses.replace(
-            self,
+            self.with_recipes(epochs=1, warmup_epochs=0),
             experiment=f"{self.experiment}-smoke",
             seeds=self.seeds[:1],
-            recipe=one_epoch,
-            teacher_recipe=teacher,
             budget=1 if self.phase == "tune" else None,
+        )
+
+    def with_recipes(self, **changes: Any) -> Suite:
+        """The same suite with ``changes`` (Recipe fields) applied to every recipe: the
+        student's and the teacher's, the suite's and each pair's. Early-stopped teachers keep
+        their stop epochs where the changed teacher recipe still has them, else stop at its
+        last epoch.
+
+        Raises:
+            ConfigError: A change no recipe accepts (e.g. ``epochs=0``).
+        """
+
+        def changed(recipe: Recipe | None) -> Recipe | None:
+            return None if recipe is None else dataclasses.replace(recipe, **changes)
+
+        teacher = changed(self.teacher_recipe)
+        pairs = []
+        for pair in self.pairs:
+            own = changed(pair.teacher_recipe)
+            epochs = (own or teacher).epochs
+            stops = pair.teacher_epochs
+            if stops:
+                stops = tuple(sorted({min(e, epochs) for e in stops}))
+            pairs.append(
+                dataclasses.replace(
+                    pair, recipe=changed(pair.recipe), teacher_recipe=own, teacher_epochs=stops
+                )
+            )
+        return dataclasses.replace(
+            self,
+            recipe=changed(self.recipe),
+            teacher_recipe=teacher,
+            pairs=tuple(pairs),
         )
 
     def check_resources(self, node_types: Sequence[Mapping[str, float]], where: str) -> None:
@@ -576,10 +682,11 @@ class _Checker:
             self.fail(("phase",), _unknown("phase", str(phase), ("tune", "final")))
         plugins = self.plugins(top.get("plugins", []))
         datasets = self.datasets(top["datasets"]) if "datasets" in top else None
+        student, teacher = self.recipes(top.get("recipe", {}))
         pairs = self.pairs(top["pairs"]) if "pairs" in top else None
         methods = self.methods(top["methods"], phase) if "methods" in top else None
         seeds = self.seeds(top["seeds"]) if "seeds" in top else None
-        student, teacher = self.recipes(top.get("recipe", {}))
+        study = self.study(top["study"], methods, pairs) if "study" in top else None
         budget = self.budget(top.get("tune"), phase, methods)
         scalars = {
             "description": (str, ""),
@@ -625,6 +732,7 @@ class _Checker:
             max_failures=values["max_failures"],
             plugins=plugins,
             description=values["description"],
+            study=study,
         )
 
     def name(self, value: Any) -> str:
@@ -705,16 +813,156 @@ class _Checker:
                 for n, r in zip(names, ("teacher", "student"), strict=True)
             ):
                 continue
-            checkpoint = entry.get("teacher_checkpoint")
-            if not self.typed(checkpoint, str | None, (*path, "teacher_checkpoint")):
+            checkpoint = self.checkpoint(entry.get("teacher_checkpoint"), path, "teacher")
+            student_checkpoint = self.checkpoint(entry.get("student_checkpoint"), path, "student")
+            epochs = self.teacher_epochs(entry.get("teacher_epochs"), (*path, "teacher_epochs"))
+            recipes = self.pair_recipes(entry.get("recipe"), (*path, "recipe"))
+            if checkpoint is False or student_checkpoint is False or epochs is False:
                 continue
-            if checkpoint is not None:
-                checkpoint = self.local_path(checkpoint)
-                if not Path(checkpoint).is_file():
-                    self.fail((*path, "teacher_checkpoint"), f"no such file: {checkpoint}")
+            if recipes is None:
+                continue
+            student_recipe, teacher_recipe = recipes
+            if epochs and checkpoint:
+                self.fail(
+                    (*path, "teacher_epochs"),
+                    "early-stopped teachers are checkpoints of a teacher kdbench trains; a "
+                    "pair with teacher_checkpoint loads a finished one. Drop one of the two.",
+                )
+                continue
+            if epochs:
+                last = (teacher_recipe or self.teacher_recipe).epochs
+                late = [e for e in epochs if e > last]
+                if late:
+                    self.fail(
+                        (*path, "teacher_epochs"),
+                        f"epochs {late} are past the teacher's {last} training epochs; raise "
+                        "recipe.teacher.epochs or drop them",
+                    )
                     continue
-            out.append(Pair(names[0], names[1], checkpoint))
+            out.append(
+                Pair(
+                    names[0],
+                    names[1],
+                    checkpoint,
+                    recipe=student_recipe,
+                    teacher_recipe=teacher_recipe,
+                    teacher_epochs=epochs,
+                    student_checkpoint=student_checkpoint,
+                )
+            )
         return self.unique(out, ("pairs",), "pair")
+
+    def checkpoint(self, value: Any, path: tuple, role: str) -> str | bool | None:
+        """A pair's checkpoint file as an absolute path; None when not given; False (after
+        reporting) when it is not a string or no such file exists."""
+        key = f"{role}_checkpoint"
+        if not self.typed(value, str | None, (*path, key)):
+            return False
+        if value is None:
+            return None
+        checkpoint = self.local_path(value)
+        if not Path(checkpoint).is_file():
+            self.fail((*path, key), f"no such file: {checkpoint}")
+            return False
+        return checkpoint
+
+    def teacher_epochs(self, value: Any, path: tuple) -> tuple[int, ...] | bool | None:
+        if value is None:
+            return None
+        if not isinstance(value, list) or not value:
+            self.fail(path, f"expected a non-empty list of epochs, e.g. [1, 2, 4]; got {value!r}")
+            return False
+        if not all(self.typed(e, int, (*path, i)) for i, e in enumerate(value)):
+            return False
+        if any(e < 1 for e in value) or len(set(value)) != len(value):
+            self.fail(path, f"epochs must be distinct and ≥ 1, got {value}")
+            return False
+        return tuple(sorted(value))
+
+    def pair_recipes(self, value: Any, path: tuple) -> tuple[Recipe | None, Recipe | None] | None:
+        """A pair's (student, teacher) recipes merged over the suite's; (None, None) when the
+        pair has no recipe of its own; None after reporting a problem."""
+        if value is None:
+            return None, None
+        entry = self.mapping(value, path, RECIPE_KEYS)
+        if entry is None:
+            return None
+        base_student, base_teacher = self.recipe_values_seen
+        if base_student is None or base_teacher is None:
+            return None  # the suite's own recipe is broken; reported there
+        student = teacher = None
+        if "student" in entry:
+            own = self.recipe_values(entry["student"], (*path, "student"))
+            if own is None:
+                return None
+            student = self.build_recipe({**base_student, **own}, (*path, "student"))
+            if student is None:
+                return None
+        if "teacher" in entry:
+            own = self.recipe_values(entry["teacher"], (*path, "teacher"))
+            if own is None or not self.teacher_recipe_ok(own, (*path, "teacher")):
+                return None
+            teacher = self.build_recipe({**base_teacher, **own}, (*path, "teacher"))
+            if teacher is None:
+                return None
+        return student, teacher
+
+    def teacher_recipe_ok(self, values: dict[str, Any], path: tuple) -> bool:
+        if values.get("trainable"):
+            self.fail(
+                (*path, "trainable"),
+                "teachers train every layer; freezing applies to students only (give a "
+                "fine-tuned teacher as teacher_checkpoint, or move trainable to the student)",
+            )
+            return False
+        return True
+
+    def study(
+        self, value: Any, methods: Sequence[MethodEntry] | None, pairs: Sequence[Pair] | None
+    ) -> Study | None:
+        entry = self.mapping(value, ("study",), STUDY_KEYS)
+        if entry is None or methods is None or pairs is None:
+            return None
+        parameter = entry.get("parameter")
+        method = entry.get("method", "kd")
+        if not self.typed(parameter, str, ("study", "parameter")):
+            return None
+        if not self.typed(method, str, ("study", "method")):
+            return None
+        listed = [m for m in methods if m.name == method]
+        if not listed:
+            self.fail(
+                ("study", "method"),
+                _unknown("method of this suite", method, sorted({m.name for m in methods})),
+            )
+            return None
+        if parameter == TEACHER_EPOCH:
+            if not any(p.teacher_epochs for p in pairs):
+                self.fail(
+                    ("study", "parameter"),
+                    "a teacher_epoch study needs a pair with teacher_epochs: [...]",
+                )
+                return None
+            return Study(parameter, method)
+        from bench.method import get_method
+
+        fields = get_method(method).Params.fields()
+        if parameter not in fields:
+            self.fail(
+                ("study", "parameter"),
+                _unknown(f"parameter of {method}", parameter, [*fields, TEACHER_EPOCH]),
+            )
+            return None
+        varied = {dict(m.params).get(parameter) for m in listed}
+        varied |= {v for m in listed for k, vs in m.search if k == parameter for v in vs}
+        if len(varied) < 2:
+            self.fail(
+                ("study", "parameter"),
+                f"{method} is listed with one value of {parameter}; list it once per value "
+                f"(- {{name: {method}, params: {{{parameter}: …}}}}) to study it",
+            )
+            return None
+        return Study(parameter, method)
 
     def model(self, name: str, path: tuple) -> bool:
         from bench.models import resolve
@@ -861,17 +1109,30 @@ class _Checker:
         return self.unique(items, ("seeds",), "seed")
 
     def recipes(self, value: Any) -> tuple[Recipe | None, Recipe | None]:
+        """The suite's (student, teacher) recipes; the values behind them are kept for the
+        pairs' own recipes, which merge over them."""
+        self.recipe_values_seen: tuple[dict | None, dict | None] = (None, None)
+        self.teacher_recipe: Recipe = Recipe()
         entry = self.mapping(value, ("recipe",), RECIPE_KEYS)
         if entry is None:
             return None, None
         student_values = self.recipe_values(entry.get("student", {}), ("recipe", "student"))
         teacher_values = self.recipe_values(entry.get("teacher", {}), ("recipe", "teacher"))
+        if teacher_values is not None and not self.teacher_recipe_ok(
+            teacher_values, ("recipe", "teacher")
+        ):
+            teacher_values = None
         student = teacher = None
         if student_values is not None:
             student = self.build_recipe(student_values, ("recipe", "student"))
             if student is not None and teacher_values is not None:
-                merged = {**student_values, **teacher_values}
+                # The teacher inherits the student's fields, but never its frozen layers.
+                inherited = {k: v for k, v in student_values.items() if k != "trainable"}
+                merged = {**inherited, **teacher_values}
                 teacher = self.build_recipe(merged, ("recipe", "teacher"))
+                if teacher is not None:
+                    self.recipe_values_seen = (student_values, merged)
+                    self.teacher_recipe = teacher
         return student, teacher
 
     def recipe_values(self, value: Any, path: tuple) -> dict[str, Any] | None:

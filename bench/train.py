@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from bench.config import Recipe, TeacherSpec, TrialConfig, run_key
 from bench.data import DataBundle, Split, load_dataset
+from bench.finetune import prepare_student
 from bench.method import Batch, Method, ModelInfo, Outputs, TaskInfo, build_method, get_method
 from bench.models import create_model, forward_outputs, model_info
 
@@ -489,6 +490,7 @@ def execute(
         seed_everything(config.seed)
         image = data.info.input_size
         student = create_model(config.student, data.info.num_classes, image_size=image[1])
+        prepare_student(student, config)  # pretrained start and frozen parts (transfer)
         student.to(device)
         s_info = model_info(student, config.student, image)
         teacher_model = teacher_info = None

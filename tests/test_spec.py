@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.config import Recipe
+from bench.config import Recipe, key_fields
 from bench.models import MODELS
 from bench.spec import Resources, SuiteError, load_suite, parse_suite
 
@@ -214,3 +214,137 @@ def test_a_folder_or_file_path_loads_and_a_missing_one_says_so(tmp_path):
     assert suite.name == tmp_path.name and suite.path == str(tmp_path / "suite.yaml")
     with pytest.raises(SuiteError, match="no such suite file"):
         load_suite(tmp_path / "nothing")
+
+
+# ------------------------------------------------------------------ per-pair keys and studies
+
+PAIRS = """\
+name: pairs
+datasets: [digits]
+pairs:
+  - {teacher: test_resnet_wide, student: test_resnet_narrow}
+  - teacher: test_resnet_wide
+    student: test_mobile
+    recipe: {student: {lr: 0.01}}
+  - {teacher: test_vgg, student: test_resnet_narrow, teacher_epochs: [4, 1, 2]}
+methods:
+  - ce
+  - {name: kd, params: {temperature: 1.0}}
+  - {name: kd, params: {temperature: 4.0}}
+seeds: 2
+recipe:
+  student: {epochs: 3, batch_size: 32, lr: 0.05}
+  teacher: {epochs: 4}
+study: {parameter: temperature, method: kd}
+"""
+
+
+def test_a_pair_recipe_overrides_the_suite_recipe_for_that_pair_only():
+    suite = parse_suite(PAIRS)
+    trials = suite.trials()
+    lr = {(t.config.student, t.method): t.config.recipe.lr for t in trials}
+    assert lr[("test_mobile", "kd")] == lr[("test_mobile", "ce")] == 0.01
+    assert lr[("test_resnet_narrow", "kd")] == lr[("test_resnet_narrow", "ce")] == 0.05
+    mobile = next(t for t in trials if t.config.student == "test_mobile" and t.method == "kd")
+    assert mobile.config.recipe == Recipe(epochs=3, batch_size=32, lr=0.01)
+    # The student override leaves the teacher alone: both pairs share one wide teacher.
+    wide = {t.config.teacher for t in trials if t.pair.startswith("test_resnet_wide")}
+    assert len(wide) == 1 and next(iter(wide)).recipe == Recipe(epochs=4, batch_size=32)
+    own_teacher = parse_suite(
+        PAIRS.replace("{student: {lr: 0.01}}", "{teacher: {epochs: 2}}")
+    ).trials()
+    teachers = {t.config.teacher.recipe.epochs for t in own_teacher if t.config.teacher}
+    assert teachers == {2, 4}
+
+
+def test_bad_pair_recipes_are_reported_with_their_key_path():
+    typo = problems_of(PAIRS.replace("{lr: 0.01}", "{lrr: 0.01}"))
+    assert "pairs[1].recipe.student.lrr: unknown recipe field 'lrr'. Did you mean 'lr'?" in str(
+        typo
+    )
+    assert typo.problems[0].line == 7
+    assert "recipe.lr must be > 0" in str(problems_of(PAIRS.replace("lr: 0.01", "lr: -1.0")))
+    frozen_teacher = problems_of(
+        PAIRS.replace("{lr: 0.01}", "{lr: 0.01}, teacher: {trainable: [head]}")
+    )
+    assert "pairs[1].recipe.teacher.trainable: teachers train every layer" in str(frozen_teacher)
+
+
+def test_teacher_epochs_give_one_pair_per_early_stopped_checkpoint_of_one_training():
+    suite = parse_suite(PAIRS)
+    trials = [t for t in suite.trials() if t.pair.startswith("test_vgg")]
+    stops = Counter(t.config.teacher.stop_epoch for t in trials)
+    assert stops == {1: 4, 2: 4, 4: 4}  # two kd settings x two seeds each
+    assert {t.pair for t in trials} == {
+        "test_vgg@ep1->test_resnet_narrow",
+        "test_vgg@ep2->test_resnet_narrow",
+        "test_vgg@ep4->test_resnet_narrow",
+    }
+    vgg_jobs = [j for j in suite.teachers() if j.spec.arch == "test_vgg"]
+    assert [j.spec.stop_epoch for j in vgg_jobs] == [1, 2, 4]
+    assert "checkpoint after epoch 2" in vgg_jobs[1].describe()
+    # ce uses no teacher: still one trial per student and seed.
+    assert Counter(t.method for t in suite.trials())["ce"] == 2 * 2
+    late = problems_of(PAIRS.replace("[4, 1, 2]", "[1, 8]"))
+    assert "epochs [8] are past the teacher's 4 training epochs" in str(late)
+    assert "distinct and ≥ 1" in str(problems_of(PAIRS.replace("[4, 1, 2]", "[2, 2]")))
+
+
+def test_smoke_cuts_pair_recipes_and_teacher_epochs_to_one_epoch():
+    smoke = parse_suite(PAIRS).smoke()
+    trials = smoke.trials()
+    assert all(t.config.recipe.epochs == 1 for t in trials)
+    assert {t.config.recipe.lr for t in trials} == {0.05, 0.01}
+    teachers = {t.config.teacher for t in trials if t.config.teacher}
+    assert {(s.recipe.epochs, s.stop_epoch) for s in teachers} == {(1, None), (1, 1)}
+
+
+def test_the_same_method_runs_once_per_setting_and_a_study_names_what_varies():
+    suite = parse_suite(PAIRS)
+    temperatures = Counter(
+        dict(t.config.params)["temperature"] for t in suite.trials() if t.method == "kd"
+    )
+    assert temperatures == {1.0: 10, 4.0: 10}  # 5 pairs (3 early-stopped) x 2 seeds
+    assert (suite.study.parameter, suite.study.method) == ("temperature", "kd")
+    one_value = PAIRS.replace("  - {name: kd, params: {temperature: 1.0}}\n", "")
+    assert "kd is listed with one value of temperature" in str(problems_of(one_value))
+    typo = problems_of(PAIRS.replace("parameter: temperature", "parameter: temprature"))
+    assert "Did you mean 'temperature'?" in str(typo)
+    epochs = parse_suite(PAIRS.replace("parameter: temperature", "parameter: teacher_epoch"))
+    assert epochs.study.parameter == "teacher_epoch"
+    no_epochs = PAIRS.replace(", teacher_epochs: [4, 1, 2]", "").replace(
+        "parameter: temperature", "parameter: teacher_epoch"
+    )
+    assert "needs a pair with teacher_epochs" in str(problems_of(no_epochs))
+
+
+def test_transfer_options_change_the_run_key_only_when_they_are_used(tmp_path):
+    checkpoint = tmp_path / "pretrained.pt"
+    checkpoint.write_bytes(b"state")
+    plain = parse_suite(GOOD)
+    base = {t.key for t in plain.trials()}
+    transfer = GOOD.replace(
+        "{teacher: test_vgg, student: test_resnet_narrow}",
+        f"{{teacher: test_vgg, student: test_resnet_narrow, student_checkpoint: {checkpoint}}}",
+    ).replace("{epochs: 1, batch_size: 32}", "{epochs: 1, batch_size: 32, trainable: [head]}")
+    suite = parse_suite(transfer)
+    trials = suite.trials()
+    assert all(t.config.recipe.trainable == ("head",) for t in trials)
+    assert {t.config.student_checkpoint for t in trials if t.pair.startswith("test_vgg")} == {
+        str(checkpoint)
+    }
+    assert not base & {t.key for t in trials}
+    # The teacher inherits the student's fields but never its frozen parts.
+    assert all(t.config.teacher.recipe.trainable == () for t in trials if t.config.teacher)
+    # At their defaults the new options are not part of the key: keys made before they
+    # existed still name the same trials.
+    fields = key_fields(plain.trials()[0].config, 1)
+    assert "student_checkpoint" not in fields and "trainable" not in fields["recipe"]
+    missing = problems_of(
+        GOOD.replace(
+            "student: test_resnet_narrow}",
+            "student: test_resnet_narrow, student_checkpoint: nope.pt}",
+            1,
+        )
+    )
+    assert "pairs[0].student_checkpoint: no such file" in str(missing)
