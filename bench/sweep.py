@@ -238,7 +238,7 @@ def run_sweep(
     report = SweepReport(
         planned=trials, tracking_uri=uri, experiment=suite.experiment, storage=str(storage)
     )
-    if options.address is None:
+    if options.address is None and not options.dry_run:
         suite.check_resources([local_capacity()], "this machine")
     unreachable = check_reachable(uri)
     if unreachable:  # before MLflow's client spends minutes retrying it
@@ -250,6 +250,8 @@ def run_sweep(
     sweep = ledger.sweep_key(suite.experiment, [t.key for t in trials])
     if options.dry_run:
         print_matrix(suite, trials, done, uri, home, out)
+        if options.address is None:
+            _print_local_fit(suite, out)
         _finish_report(report, grouped, trials, started)
         report.exit_code = EXIT_OK
         return report
@@ -764,6 +766,16 @@ def print_matrix(
                     f"  {t.key}  {run.info.status:<8} {t.describe()}  run {run.info.run_id}",
                     file=out,
                 )
+
+
+def _print_local_fit(suite: Suite, out: TextIO) -> None:
+    """A dry run lists a cluster suite's trials on any machine; it says when this one could
+    not run them (a real sweep stops there)."""
+    try:
+        suite.check_resources([local_capacity()], "this machine")
+    except SuiteError as exc:
+        reasons = "; ".join(p.render(suite.source) for p in exc.problems)
+        print(f"\nnot runnable here as it stands (use --address on a cluster): {reasons}", file=out)
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO) -> None:
