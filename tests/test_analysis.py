@@ -14,11 +14,14 @@ from bench.analysis.explain import CELL_PX, rise_masks, rise_saliency
 from bench.analysis.runs import WEIGHTS_SOURCE_TAG, config_from_json
 from bench.cli import EXIT_BAD_INPUT, main
 from bench.config import Recipe, TeacherSpec, TrialConfig, run_key, to_jsonable
+from bench.data import load_dataset
+from bench.method import get_method
 from bench.models import create_model
 from bench.tracking import STUDENT_ARTIFACT, Tracker
-from bench.train import run_trial
+from bench.train import TrialResult, labels_of, predict, run_trial, topk_accuracy
 
 ONE_EPOCH = Recipe(epochs=1, batch_size=64)
+CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
@@ -196,6 +199,28 @@ def test_compress_prunes_and_quantises_the_student_and_records_child_runs(store,
     assert again[0]["test_acc"] == fp32["test_acc"]
     assert again[1]["size_bytes"] == half["size_bytes"]
     assert len(tracker.search(f"tags.`mlflow.parentRunId` = '{kd.mlflow_run_id}'")) == 4
+
+
+def test_a_result_carrying_its_student_is_logged_and_analysed_without_retraining(store, capsys):
+    tracker, _ = store
+    config = TrialConfig(dataset="digits", student="test_resnet_narrow", method="ce", seed=9)
+    key = run_key(config, get_method("ce").version)
+    torch.manual_seed(9)
+    student = create_model("test_resnet_narrow", 10, image_size=32).eval()
+    test = load_dataset("digits").test
+    accuracy = topk_accuracy(predict(student, test, CPU), labels_of(test, CPU))
+    with tracker.trial_run(config, key, get_method("ce")) as run:
+        result = TrialResult(run_key=key, status="FINISHED", outcome="ok", test_acc=accuracy)
+        result.student = student
+        run.finish(result)
+    assert STUDENT_ARTIFACT in {a.path for a in tracker.client.list_artifacts(run.run_id)}
+    code = cli(tracker, "compress", key, "--sparsity", "0.3", "--repeats", "1",
+               "--batch-sizes", "1", "--no-record", "--json")  # fmt: skip
+    assert code == 0
+    fp32, pruned = last_json(capsys)["variants"]
+    assert fp32["test_acc"] == accuracy
+    assert abs(pruned["sparsity"] - 0.3) < 1e-3
+    assert WEIGHTS_SOURCE_TAG not in tracker.client.get_run(run.run_id).data.tags
 
 
 def test_compress_refuses_a_model_that_cannot_be_quantised(store, capsys):

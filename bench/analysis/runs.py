@@ -11,6 +11,7 @@ accuracy, and the weights are added to the run as ``student.pt`` so this happens
 from __future__ import annotations
 
 import difflib
+import os
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -65,6 +66,8 @@ def mlflow_client(tracking_uri: str | None, experiment: str) -> tuple[Any, str]:
     from bench.tracking import _quiet_mlflow
 
     _quiet_mlflow()
+    # Artifacts here are small files; MLflow's progress bars would only clutter stderr.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     uri = tracking_uri or default_tracking_uri()
     client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
