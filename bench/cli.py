@@ -222,7 +222,8 @@ def cmd_check_method(args: argparse.Namespace) -> int:
     from bench.conformance import run_conformance
 
     _load_plugins(args.plugins)
-    params = dict(parse_param(p) for p in args.param)
+    # No --param: each method's own conformance_params apply.
+    params = dict(parse_param(p) for p in args.param) if args.param else None
     report = run_conformance(args.method, params=params, verbose=not args.quiet)
     print(report.format())
     return 0 if report.passed else EXIT_FAILED

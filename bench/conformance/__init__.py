@@ -128,7 +128,12 @@ def check_method(
         results = [CheckResult("load", wide, "failed", str(exc))]
         _report(results, progress)
         return results
-    typed = cls.Params.from_mapping(dict(params or {}), where=f"{name} params")
+    # No parameters given: the method's own conformance_params over its defaults.
+    typed = (
+        cls.Params.from_mapping(dict(params), where=f"{name} params")
+        if params is not None
+        else None
+    )
     results = [CheckResult("load", wide, "passed", f"registered at {METHODS.origin(name)}")]
     _report(results, progress)
     outcomes: list[PairOutcome] = []
