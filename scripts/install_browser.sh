@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the headless browser the leaderboard page test drives: Debian's chromium and its
-# chromedriver. Idempotent (does nothing when both are present) and quiet; CI calls it before
-# the tests. Needs root or password-less sudo, and apt (Debian or Ubuntu).
+# chromedriver. Idempotent (does nothing when both are present) and quiet; scripts/test.sh
+# calls it before the tests. Needs root or password-less sudo, and apt (Debian or Ubuntu).
 set -euo pipefail
 if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
     exit 0
