@@ -120,6 +120,7 @@ def build_trial_config(args: argparse.Namespace) -> Any:
         optimizer=args.optimizer,
         schedule=args.schedule,
         augment=not args.no_augment,
+        image_size=args.image_size,
     )
     teacher = None
     if args.teacher:
@@ -130,6 +131,7 @@ def build_trial_config(args: argparse.Namespace) -> Any:
             optimizer=args.optimizer,
             schedule=args.schedule,
             augment=not args.no_augment,
+            image_size=args.image_size,
         )
         teacher = TeacherSpec(
             arch=args.teacher,
@@ -464,6 +466,12 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     tr.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
     tr.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
     tr.add_argument("--no-augment", action="store_true")
+    tr.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="resize the dataset's images to this square size (teacher and student)",
+    )
     tr.add_argument(
         "--teacher-epochs",
         type=int,

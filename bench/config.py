@@ -51,6 +51,8 @@ class Recipe:
             BatchNorm statistics): ``head`` is the classifier, any other entry a parameter
             name prefix (``layer3``, ``blocks.2``). Empty (the default) trains everything.
             For transfer learning from a pretrained ``student_checkpoint``.
+        image_size: Train and evaluate on images resized to this square size (None: the
+            dataset's own). A teacher must be trained at its student's size.
     """
 
     epochs: int = 30
@@ -65,8 +67,11 @@ class Recipe:
     warmup_epochs: int = 0
     augment: bool = True
     trainable: tuple[str, ...] = field(default=(), metadata=OMIT_DEFAULT_FROM_KEY)
+    image_size: int | None = field(default=None, metadata=OMIT_DEFAULT_FROM_KEY)
 
     def __post_init__(self) -> None:
+        if self.image_size is not None and self.image_size < 8:
+            raise ConfigError(f"recipe.image_size must be ≥ 8 pixels, got {self.image_size}")
         object.__setattr__(self, "trainable", tuple(self.trainable))
         if any(not isinstance(t, str) or not t.strip() for t in self.trainable):
             raise ConfigError(

@@ -124,6 +124,7 @@ def obtain_teacher(
             root=data_root,
             classes=spec.classes,
             device=device,
+            image_size=spec.recipe.image_size,
         )
     image = data.info.input_size
     model = create_model(spec.arch, data.info.num_classes, image_size=image[1]).to(device)

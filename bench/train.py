@@ -443,6 +443,22 @@ class Prepared:
     device: torch.device
 
 
+def check_teacher_image_size(config: TrialConfig) -> None:
+    """A teacher sees its student's batches, so it must have been trained at their size.
+
+    Raises:
+        ConfigError: the two recipes name different image sizes.
+    """
+    from bench.config import ConfigError
+
+    student, teacher = config.recipe.image_size, config.teacher.recipe.image_size
+    if config.teacher.checkpoint is None and student != teacher:
+        raise ConfigError(
+            f"the student trains at image_size {student} but its teacher {config.teacher.arch} "
+            f"at {teacher}; give both recipes the same image_size"
+        )
+
+
 def prepare_trial(config: TrialConfig, device: torch.device | None = None) -> Prepared:
     """Validate every name and parameter, load the data, obtain the teacher. Raises before
     anything is recorded when an input is wrong."""
@@ -455,12 +471,14 @@ def prepare_trial(config: TrialConfig, device: torch.device | None = None) -> Pr
     resolve(config.student)
     if config.teacher is not None:
         resolve(config.teacher.arch)
+        check_teacher_image_size(config)
     data = load_dataset(
         config.dataset,
         root=config.data_root,
         download=config.download,
         val_fraction=config.val_fraction,
         device=device,
+        image_size=config.recipe.image_size,
     )
     teacher = None
     if method_cls.uses_teacher:

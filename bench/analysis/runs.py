@@ -234,7 +234,11 @@ def load_test_data(config: TrialConfig) -> Any:
     from bench.data import load_dataset
 
     return load_dataset(
-        config.dataset, root=config.data_root, val_fraction=config.val_fraction, device="cpu"
+        config.dataset,
+        root=config.data_root,
+        val_fraction=config.val_fraction,
+        device="cpu",
+        image_size=config.recipe.image_size,
     )
 
 
