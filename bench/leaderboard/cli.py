@@ -22,6 +22,7 @@ import pandas as pd
 
 from bench.leaderboard.aggregate import RANKABLE_METRICS, Leaderboard, Settings, build_leaderboard
 from bench.leaderboard.runs import LeaderboardError, read_results_csv, runs_from_mlflow
+from bench.leaderboard.study import StudySpec
 
 EXIT_BAD_INPUT = 2
 SUITE_FILE = "suite.yaml"
@@ -35,11 +36,13 @@ class SuiteInfo:
         name: ``name:``, else the folder name.
         experiment: ``experiment:``, else the name.
         phase: ``phase:``, else ``final``.
+        study: ``study:`` (what a study suite varies), else None.
     """
 
     name: str
     experiment: str
     phase: str
+    study: StudySpec | None = None
 
 
 def read_suite_info(folder: str | Path) -> SuiteInfo:
@@ -68,7 +71,23 @@ def read_suite_info(folder: str | Path) -> SuiteInfo:
     if not isinstance(data, dict):
         raise LeaderboardError(f"{path}: expected a mapping at the top (name: …, methods: …).")
     name = str(data.get("name") or fallback)
-    return SuiteInfo(name, str(data.get("experiment") or name), str(data.get("phase") or "final"))
+    return SuiteInfo(
+        name,
+        str(data.get("experiment") or name),
+        str(data.get("phase") or "final"),
+        _study(data.get("study"), path),
+    )
+
+
+def _study(value: object, path: Path) -> StudySpec | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("parameter"), str):
+        raise LeaderboardError(
+            f"{path}: study must be a mapping like {{parameter: temperature, method: kd}}; "
+            f"got {value!r}."
+        )
+    return StudySpec(value["parameter"], str(value.get("method", "kd")))
 
 
 def leaderboard_from_runs(
@@ -78,6 +97,7 @@ def leaderboard_from_runs(
     name: str,
     settings: Settings | None = None,
     mlflow_url: str | None = None,
+    study: StudySpec | None = None,
 ) -> Leaderboard:
     """Build the leaderboard of a runs table and write every output into ``out_dir``.
 
@@ -87,6 +107,7 @@ def leaderboard_from_runs(
         name: Suite name shown in the outputs.
         settings: Statistics settings (defaults of :class:`Settings`).
         mlflow_url: MLflow UI URL for links in index.html.
+        study: What a study suite varies (its table and figures/study.png), or None.
 
     Returns:
         The leaderboard written.
@@ -94,7 +115,7 @@ def leaderboard_from_runs(
     from bench.leaderboard.render import write_outputs
 
     board = build_leaderboard(runs, settings, name=name)
-    write_outputs(board, runs, out_dir, mlflow_url=mlflow_url)
+    write_outputs(board, runs, out_dir, mlflow_url=mlflow_url, study=study)
     return board
 
 
@@ -193,7 +214,7 @@ def leaderboard_main(args: argparse.Namespace) -> int:
                 mlflow_url = uri
             runs, notes = runs_from_mlflow(uri, args.experiment or suite.experiment)
         board = leaderboard_from_runs(
-            runs, folder, name=name, settings=settings, mlflow_url=mlflow_url
+            runs, folder, name=name, settings=settings, mlflow_url=mlflow_url, study=suite.study
         )
     except LeaderboardError as exc:
         print(f"kdbench leaderboard: error: {exc}", file=sys.stderr)

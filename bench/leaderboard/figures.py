@@ -265,3 +265,89 @@ def draw_gain_heatmap(board: Leaderboard):
         color="#57606a",
     )
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Study suites (PNG: the figure a README shows inline)
+# --------------------------------------------------------------------------------------------
+
+
+def draw_study(result):
+    """Accuracy of the studied method against what varies: mean over seeds with its
+    t-interval, each seed as a dot; the student alone as a band (mean ± sd); the teacher's
+    own accuracy where the runs logged it.
+
+    Args:
+        result: A :class:`bench.leaderboard.study.StudyResult`.
+    """
+    from bench.leaderboard.study import log_scale
+
+    points = result.points
+    xs = np.array([p.x for p in points], dtype=float)
+    means = np.array([p.summary.mean for p in points])
+    low = np.array([p.summary.ci_low for p in points])
+    high = np.array([p.summary.ci_high for p in points])
+    with matplotlib_rc():
+        fig = _figure(6.0, 3.6)
+        ax = fig.add_subplot()
+        base = result.baseline
+        if base is not None and not math.isnan(base.mean):
+            spread = 0.0 if math.isnan(base.sd) else base.sd
+            ax.axhspan(base.mean - spread, base.mean + spread, color="#d0d7de", alpha=0.6, lw=0)
+            ax.axhline(base.mean, color="#57606a", lw=1.2, ls="--")
+            ax.text(
+                xs.min(),
+                base.mean,
+                f" {result.baseline_method} (student alone) {base.mean:.2f}",
+                va="bottom",
+                ha="left",
+                color="#57606a",
+                fontsize=8,
+            )
+        teacher = np.array([p.teacher for p in points])
+        if np.isfinite(teacher).any():
+            ax.plot(xs, teacher, color="#8250df", marker="s", ms=4, lw=1.2, label="teacher")
+        spread = (
+            np.where(np.isnan(low), 0.0, means - low),
+            np.where(np.isnan(high), 0.0, high - means),
+        )
+        ax.errorbar(
+            xs,
+            means,
+            yerr=spread,
+            color="#0969da",
+            marker="o",
+            ms=5,
+            lw=1.6,
+            capsize=3,
+            label=f"{result.spec.method} (mean, 95% t-interval)",
+        )
+        ax.set_xlabel(result.spec.axis_label)
+        ax.set_ylabel(f"{result.metric} (%)")
+        if log_scale(xs):
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(xs, [f"{x:g}" for x in xs])
+        ax.minorticks_off()
+        ax.grid(axis="y", color="#eaeef2", lw=0.8)
+        ax.legend(loc="lower right", fontsize=8, frameon=False)
+        seeds = max(p.summary.n for p in points)
+        ax.set_title(
+            f"{result.spec.method}: student {result.metric} against the "
+            f"{result.spec.axis_label} ({seeds} seeds per point)",
+            fontsize=9,
+        )
+    return fig
+
+
+def matplotlib_rc():
+    """The figures' shared style, as a context manager."""
+    import matplotlib
+
+    return matplotlib.rc_context(_RC)
+
+
+def save_png(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG with no timestamp, so the same figure gives the same bytes."""
+    path = Path(path)
+    fig.savefig(path, format="png", dpi=150, metadata={"Software": None})
+    return path

@@ -10,6 +10,10 @@ cells.csv          one row per cell and method: seeds, statistics, verdicts, run
 pairwise.csv       every pair of methods: Wilcoxon signed-rank across cells, Holm-corrected
 figures/*.svg      critical-difference diagram, gain intervals, per-cell gain heatmap
 index.html         the static page (opens from disk)
+published_         with a published.csv in the folder: each published number beside kdbench's
+comparison.csv     mean, deviations over one point flagged (:mod:`bench.leaderboard.published`)
+study.csv,         for a study suite (``study:`` in suite.yaml): accuracy against what the
+figures/study.png  study varies (:mod:`bench.leaderboard.study`)
 =================  ============================================================================
 
 Nothing written depends on the clock or on where the runs came from, so rebuilding from
@@ -28,7 +32,21 @@ from bench.leaderboard import stats
 from bench.leaderboard.aggregate import Leaderboard
 from bench.leaderboard.figures import FIGURES, write_figures
 from bench.leaderboard.html import render_html
+from bench.leaderboard.published import (
+    COMPARISON_FILE,
+    PublishedRow,
+    comparison_frame,
+    published_comparison,
+    published_markdown,
+)
 from bench.leaderboard.runs import write_results_csv
+from bench.leaderboard.study import (
+    StudyResult,
+    StudySpec,
+    study_markdown,
+    study_points,
+    write_study,
+)
 
 OUTPUT_FILES = (
     "README.md",
@@ -44,21 +62,47 @@ _FLOAT_FORMAT = "%.10g"
 
 
 def write_outputs(
-    board: Leaderboard, runs: pd.DataFrame, folder: str | Path, *, mlflow_url: str | None = None
+    board: Leaderboard,
+    runs: pd.DataFrame,
+    folder: str | Path,
+    *,
+    mlflow_url: str | None = None,
+    study: StudySpec | None = None,
 ) -> list[Path]:
     """Write every output file of a leaderboard.
 
     Args:
         board: The leaderboard built from ``runs``.
         runs: The runs table it was built from (written as results.csv).
-        folder: The suite folder (created if needed).
+        folder: The suite folder (created if needed). A published.csv there is compared.
         mlflow_url: MLflow UI base URL for links in index.html, or None.
+        study: What a study suite varies, for its table and figure; None for others.
 
     Returns:
-        The paths written, in :data:`OUTPUT_FILES` order.
+        The paths written: :data:`OUTPUT_FILES` in order, then the published comparison and
+        the study's files when there are any.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    extra: list[Path] = []
+    published = published_comparison(board, folder)
+    if published is not None:
+        comparison_frame(published).to_csv(
+            folder / COMPARISON_FILE, index=False, float_format=_FLOAT_FORMAT, lineterminator="\n"
+        )
+        extra.append(folder / COMPARISON_FILE)
+    study_result = None
+    if study is not None:
+        s = board.settings
+        study_result = study_points(
+            runs,
+            study,
+            metric=s.metric,
+            phase=s.phase,
+            baseline=s.baseline,
+            confidence=s.confidence,
+        )
+        extra += write_study(study_result, folder)
     write_results_csv(runs, folder / "results.csv")
     summary_frame(board).to_csv(
         folder / "summary.csv", index=False, float_format=_FLOAT_FORMAT, lineterminator="\n"
@@ -70,9 +114,11 @@ def write_outputs(
         folder / "pairwise.csv", index=False, float_format=_FLOAT_FORMAT, lineterminator="\n"
     )
     write_figures(board, folder / "figures")
-    (folder / "README.md").write_text(render_markdown(board), encoding="utf-8")
+    (folder / "README.md").write_text(
+        render_markdown(board, published=published, study=study_result), encoding="utf-8"
+    )
     (folder / "index.html").write_text(render_html(board, mlflow_url=mlflow_url), encoding="utf-8")
-    return [folder / name for name in OUTPUT_FILES]
+    return [folder / name for name in OUTPUT_FILES] + extra
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,8 +281,14 @@ def _mark(verdict: stats.Verdict) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def render_markdown(board: Leaderboard) -> str:
-    """The suite folder's README: main table first, then the evidence behind it."""
+def render_markdown(
+    board: Leaderboard,
+    *,
+    published: list[PublishedRow] | None = None,
+    study: StudyResult | None = None,
+) -> str:
+    """The suite folder's README: main table first, then the evidence behind it (with the
+    study's table and figure, and published numbers beside kdbench's, when given)."""
     s = board.settings
     lines = [
         f"# Leaderboard: {board.name}",
@@ -257,7 +309,12 @@ def render_markdown(board: Leaderboard) -> str:
             "",
         ]
     lines += [f"![{title}](figures/{name})" for name, title in FIGURES.items()]
-    lines += ["", "## How to read this", "", " ".join(fmt.how_to_read(board)), ""]
+    lines += [""]
+    if study is not None:
+        lines += study_markdown(study)
+    if published:
+        lines += published_markdown(published)
+    lines += ["## How to read this", "", " ".join(fmt.how_to_read(board)), ""]
     lines += ["## Cells", ""]
     for cell in board.cells:
         lines += _cell_markdown(board, cell)

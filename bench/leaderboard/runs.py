@@ -9,8 +9,10 @@ column                    meaning
 ========================  =====================================================================
 run_key                   deterministic identity of the trial (unique per row)
 dataset                   dataset name
-teacher                   teacher architecture; empty for methods that use no teacher (their
-                          runs count in every teacher's cell of the same dataset and student)
+teacher                   teacher architecture, ``<arch>@ep<k>`` for the checkpoint after epoch
+                          k of its training (early-stopped teachers); empty for methods that
+                          use no teacher (their runs count in every teacher's cell of the same
+                          dataset and student)
 student                   student architecture
 method                    method name (``ce``: student alone; ``kd``: vanilla KD)
 method_version            integer version of the method's behaviour
@@ -464,7 +466,7 @@ def _record(run: Any) -> dict[str, Any]:
     record: dict[str, Any] = {
         "run_key": tags.get("kdbench.run_key", ""),
         "dataset": tags.get("kdbench.dataset", ""),
-        "teacher": tags.get("kdbench.teacher", ""),
+        "teacher": _teacher_label(tags.get("kdbench.teacher", ""), params),
         "student": tags.get("kdbench.student", ""),
         "method": tags.get("kdbench.method", ""),
         "method_version": tags.get("kdbench.method_version", ""),
@@ -487,6 +489,13 @@ def _record(run: Any) -> dict[str, Any]:
         if metric in metrics:
             record[column] = float(metrics[metric])
     return record
+
+
+def _teacher_label(arch: str, params: Mapping[str, str]) -> str:
+    """The teacher's architecture, ``@ep<k>`` added for a checkpoint after epoch k of its
+    training (an early-stopped teacher), so that each checkpoint is its own cell."""
+    stop = params.get("teacher.stop_epoch", "None")
+    return f"{arch}@ep{stop}" if arch and stop not in ("", "None") else arch
 
 
 def _param_value(text: str) -> Any:
