@@ -258,6 +258,7 @@ def save_grid(
             axes[r][c].set_title(title, fontsize=8)
     for ax in axes.flat:
         ax.set_axis_off()
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.25 / rows, hspace=0.25)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, format="png")
