@@ -167,12 +167,12 @@ def profile_names(
         except UnknownNameError as unknown:
             models = _run_models(name, unknown, tracking_uri, experiment)
         else:
-            models = [(name, "model", dataset, data_root)]
-        for arch, role, model_dataset, root in models:
+            models = [(name, "model", dataset, data_root, None)]
+        for arch, role, model_dataset, root, image_size in models:
             size, classes = (
                 (input_size, num_classes)
-                if model_dataset == dataset
-                else _shape_of(model_dataset, root)
+                if (model_dataset, image_size) == (dataset, None)
+                else _shape_of(model_dataset, root, image_size)
             )
             model = create_model(arch, classes, image_size=size[1])
             profiles.append(
@@ -183,19 +183,22 @@ def profile_names(
     return profiles
 
 
-def _shape_of(dataset: str | None, data_root: str | None) -> tuple[tuple[int, int, int], int]:
+def _shape_of(
+    dataset: str | None, data_root: str | None, image_size: int | None = None
+) -> tuple[tuple[int, int, int], int]:
     if dataset is None:
         return DEFAULT_INPUT_SIZE, DEFAULT_NUM_CLASSES
     from bench.data import load_dataset
 
-    info = load_dataset(dataset, root=data_root).info
+    info = load_dataset(dataset, root=data_root, image_size=image_size).info
     return info.input_size, info.num_classes
 
 
 def _run_models(
     name: str, unknown: Exception, tracking_uri: str | None, experiment: str
-) -> list[tuple[str, str, str | None, str | None]]:
-    """(arch, role, dataset, data root) of a run's teacher and student; re-raises ``unknown``
+) -> list[tuple[str, str, str | None, str | None, int | None]]:
+    """(arch, role, dataset, data root, image size) of a run's teacher and student (at the
+    run's image size); re-raises ``unknown``
     when ``name`` is not a run key either."""
     import re
 
@@ -210,9 +213,10 @@ def _run_models(
         raise unknown from None
     config = run.config
     models = []
+    size = config.recipe.image_size
     if config.teacher is not None:
-        models.append((config.teacher.arch, "teacher", config.dataset, config.data_root))
-    models.append((config.student, "student", config.dataset, config.data_root))
+        models.append((config.teacher.arch, "teacher", config.dataset, config.data_root, size))
+    models.append((config.student, "student", config.dataset, config.data_root, size))
     return models
 
 
