@@ -43,9 +43,11 @@ The schema (``leaderboards/digits/suite.yaml`` is a complete example)::
     tune: {budget: 4}            # phase tune: configurations per method (equal budget)
     max_failures: 3              # retries of a trial whose worker or node died
     plugins: [my_method.py]      # method files to load, relative to the suite
-    study: {parameter: temperature, method: kd}   # optional: the leaderboard plots accuracy
-                                 # against this method parameter, or against the teacher's
-                                 # training epochs with {parameter: teacher_epoch}
+    study: {parameter: temperature, method: kd, reference: 4.0}
+                                 # optional: the leaderboard plots accuracy against this
+                                 # method parameter, or against the teacher's training epochs
+                                 # with {parameter: teacher_epoch}; reference: the setting
+                                 # its "gain over kd" column compares with
 
 A method that uses no teacher (``ce``, self-distillation, online methods) runs once per
 distinct student rather than once per pair: same config, same run key, one trial. The same
@@ -119,7 +121,7 @@ METHOD_KEYS = ("name", "params", "search", "resources")
 RECIPE_KEYS = ("student", "teacher")
 RESOURCE_KEYS = ("cpu", "gpu")
 TUNE_KEYS = ("budget",)
-STUDY_KEYS = ("parameter", "method")
+STUDY_KEYS = ("parameter", "method", "reference")
 #: The study parameter that is the teacher's training epochs rather than a method parameter.
 TEACHER_EPOCH = "teacher_epoch"
 
@@ -955,6 +957,14 @@ class _Checker:
             return None
         varied = {dict(m.params).get(parameter) for m in listed}
         varied |= {v for m in listed for k, vs in m.search if k == parameter for v in vs}
+        reference = entry.get("reference")
+        if reference is not None and reference not in varied:
+            self.fail(
+                ("study", "reference"),
+                f"{reference!r} is not one of the {parameter} values the suite runs "
+                f"({', '.join(map(str, sorted(v for v in varied if v is not None)))})",
+            )
+            return None
         if len(varied) < 2:
             self.fail(
                 ("study", "parameter"),

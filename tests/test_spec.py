@@ -310,6 +310,11 @@ def test_the_same_method_runs_once_per_setting_and_a_study_names_what_varies():
     assert "kd is listed with one value of temperature" in str(problems_of(one_value))
     typo = problems_of(PAIRS.replace("parameter: temperature", "parameter: temprature"))
     assert "Did you mean 'temperature'?" in str(typo)
+    bad_reference = problems_of(PAIRS.replace("method: kd}", "method: kd, reference: 2.0}"))
+    assert (
+        "study.reference: 2.0 is not one of the temperature values the suite runs (1.0, 4.0)"
+        in str(bad_reference)
+    )
     epochs = parse_suite(PAIRS.replace("parameter: temperature", "parameter: teacher_epoch"))
     assert epochs.study.parameter == "teacher_epoch"
     no_epochs = PAIRS.replace(", teacher_epochs: [4, 1, 2]", "").replace(

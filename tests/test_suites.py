@@ -188,7 +188,7 @@ def temperature_runs() -> pd.DataFrame:
 
 def test_a_temperature_study_summarises_each_value_over_its_seeds(tmp_path):
     (tmp_path / "suite.yaml").write_text(
-        "name: temps\nstudy: {parameter: temperature, method: kd}\n"
+        "name: temps\nstudy: {parameter: temperature, method: kd, reference: 16.0}\n"
     )
     runs = temperature_runs()
     runs.to_csv(tmp_path / "runs.csv", index=False)
@@ -203,6 +203,12 @@ def test_a_temperature_study_summarises_each_value_over_its_seeds(tmp_path):
     assert study["ce_mean"].tolist() == pytest.approx([91.0] * 3)
     assert study["gain_vs_ce"].tolist() == pytest.approx([1.2, 4.2, 2.2])
     assert study["n"].tolist() == [3, 3, 3] and len(study["run_keys"][0].split(";")) == 3
+    # The study names which kd setting the main table's "gain over kd" compares with.
+    summary = pd.read_csv(tmp_path / "summary.csv").set_index("entry")
+    assert math.isnan(summary.loc["kd@1[temperature=16.0]", "gain_vs_kd[temperature=16.0]"])
+    assert summary.loc["kd@1[temperature=4.0]", "gain_vs_kd[temperature=16.0]"] == pytest.approx(
+        2.0
+    )
     png = (tmp_path / "figures" / "study.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     readme = (tmp_path / "README.md").read_text()

@@ -478,8 +478,15 @@ def _entry_sort_key(entry: str) -> tuple[str, int, str]:
 
 
 def _pick_entry(table: pd.DataFrame, method: str) -> str | None:
-    """The entry of ``method`` with the highest version (and most finished runs)."""
-    rows = table[(table["method"] == method) & (table["status"] == "FINISHED")]
+    """The entry of ``method`` with the highest version (and most finished runs).
+
+    ``method`` may name one setting of a method run with several, as its entries show it:
+    ``kd[temperature=4.0]`` picks the entry ``kd@<version>[temperature=4.0]``.
+    """
+    name, bracket, variant = method.partition("[")
+    rows = table[(table["method"] == name) & (table["status"] == "FINISHED")]
+    if bracket:
+        rows = rows[rows["entry"].str.endswith(f"[{variant}")]
     if rows.empty:
         return None
     counts = rows.groupby("entry").size()

@@ -87,7 +87,7 @@ def _study(value: object, path: Path) -> StudySpec | None:
             f"{path}: study must be a mapping like {{parameter: temperature, method: kd}}; "
             f"got {value!r}."
         )
-    return StudySpec(value["parameter"], str(value.get("method", "kd")))
+    return StudySpec(value["parameter"], str(value.get("method", "kd")), value.get("reference"))
 
 
 def leaderboard_from_runs(
@@ -117,6 +117,14 @@ def leaderboard_from_runs(
     board = build_leaderboard(runs, settings, name=name)
     write_outputs(board, runs, out_dir, mlflow_url=mlflow_url, study=study)
     return board
+
+
+def _reference(given: str, study: StudySpec | None) -> str:
+    """The reference method: the suite's study names the setting when the reference method
+    is the one the study varies (``--reference`` other than ``kd`` wins)."""
+    if study is not None and study.reference_entry and given == study.method:
+        return study.reference_entry
+    return given
 
 
 def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
@@ -160,7 +168,12 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
         help="ranked metric (default: val_acc for the tune phase, test_acc for final)",
     )
     parser.add_argument("--baseline", default="ce", help="the student-alone method (default: ce)")
-    parser.add_argument("--reference", default="kd", help="the reference method (default: kd)")
+    parser.add_argument(
+        "--reference",
+        default="kd",
+        help="the reference method (default: kd; one setting of it as kd[temperature=4.0]; a "
+        "study suite's study.reference sets it)",
+    )
     parser.add_argument("--alpha", type=float, default=0.05, help="family-wise level")
     parser.add_argument(
         "--cell-test",
@@ -189,7 +202,7 @@ def leaderboard_main(args: argparse.Namespace) -> int:
             phase=phase,
             metric=args.metric or ("val_acc" if phase == "tune" else "test_acc"),
             baseline=args.baseline,
-            reference=args.reference,
+            reference=_reference(args.reference, suite.study),
             alpha=args.alpha,
             cell_test=args.cell_test,
             n_boot=args.n_boot,

@@ -37,10 +37,21 @@ class StudySpec:
     Attributes:
         parameter: A parameter of ``method`` or ``teacher_epoch``.
         method: The method whose accuracy is plotted.
+        reference: The parameter value whose entry is the leaderboard's reference (the
+            "gain over kd" column) when the method was run with several; None: the
+            leaderboard's default pick.
     """
 
     parameter: str
     method: str = "kd"
+    reference: object = None
+
+    @property
+    def reference_entry(self) -> str | None:
+        """The reference as the leaderboard names it (``kd[temperature=4.0]``), or None."""
+        if self.reference is None or self.parameter == TEACHER_EPOCH:
+            return None
+        return f"{self.method}[{self.parameter}={self.reference}]"
 
     @property
     def axis_label(self) -> str:
