@@ -421,9 +421,12 @@ class TrialResult:
     error: str | None = None
     mlflow_run_id: str | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    #: The trained student of a finished trial (logged with the run as ``student.pt``).
+    student: nn.Module | None = field(default=None, repr=False)
 
     def summary(self) -> dict[str, Any]:
-        """The JSON the CLI prints (no per-epoch history; NaN → None so it is valid JSON)."""
+        """The JSON the CLI prints (no per-epoch history or model; NaN → None so it is valid
+        JSON)."""
         return {
             k: (None if isinstance(v, float) and v != v else v)
             for k, v in self.__dict__.items()
@@ -561,6 +564,7 @@ def execute(
         if teacher_model is not None and teacher_info.num_classes == s_info.num_classes:
             teacher_pred = predict(teacher_model, data.test, device).argmax(1)
             result.agreement = (test_logits.argmax(1) == teacher_pred).float().mean().item()
+        result.student = student
         result.status = "FINISHED"
     except TrialFailed as exc:
         result.status, result.outcome, result.error = "FAILED", exc.outcome, exc.reason
