@@ -20,6 +20,7 @@ HARNESS_VERSION = 1
 Optimizer = Literal["sgd", "adam", "adamw"]
 Schedule = Literal["cosine", "step", "constant"]
 Phase = Literal["tune", "final"]
+DataPath = Literal["device", "loader"]
 
 #: Field metadata of options added after the first release: at their default they are left out
 #: of every hash (run keys, teacher cache keys), so adding them changed no existing key.
@@ -51,6 +52,12 @@ class Recipe:
             BatchNorm statistics): ``head`` is the classifier, any other entry a parameter
             name prefix (``layer3``, ``blocks.2``). Empty (the default) trains everything.
             For transfer learning from a pretrained ``student_checkpoint``.
+        data_path: ``device``: in-memory datasets live on the training device and are
+            augmented there a batch at a time; ``loader``: the training split streams through
+            a ``DataLoader`` whose workers augment one sample at a time (the reference
+            codebases' path). Folder datasets always stream.
+        compile: Run the student and teacher through ``torch.compile`` (fused kernels may
+            round differently, so a compiled trial has its own run key).
         image_size: Train and evaluate on images resized to this square size (None: the
             dataset's own). A teacher must be trained at its student's size.
     """
@@ -67,11 +74,17 @@ class Recipe:
     warmup_epochs: int = 0
     augment: bool = True
     trainable: tuple[str, ...] = field(default=(), metadata=OMIT_DEFAULT_FROM_KEY)
+    data_path: DataPath = field(default="device", metadata=OMIT_DEFAULT_FROM_KEY)
+    compile: bool = field(default=False, metadata=OMIT_DEFAULT_FROM_KEY)
     image_size: int | None = field(default=None, metadata=OMIT_DEFAULT_FROM_KEY)
 
     def __post_init__(self) -> None:
         if self.image_size is not None and self.image_size < 8:
             raise ConfigError(f"recipe.image_size must be ≥ 8 pixels, got {self.image_size}")
+        if self.data_path not in ("device", "loader"):
+            raise ConfigError(
+                f"recipe.data_path {self.data_path!r} is not one of 'device', 'loader'"
+            )
         object.__setattr__(self, "trainable", tuple(self.trainable))
         if any(not isinstance(t, str) or not t.strip() for t in self.trainable):
             raise ConfigError(
