@@ -19,12 +19,14 @@ import torch.nn.functional as F
 from bench.data import (
     DATASETS,
     DataError,
+    LoaderSplit,
     RawImages,
     Split,
     TensorSplit,
     list_datasets,
     load_dataset,
     register_dataset,
+    with_loader,
 )
 from bench.registry import DuplicateNameError, UnknownNameError
 
@@ -327,6 +329,51 @@ def test_crop_padding_brings_in_zeros():
     padded_pixels = augmented == zero_level
     assert torch.all((augmented == 1.0) | padded_pixels)
     assert 0.1 < padded_pixels.float().mean() < 0.6
+
+
+def _loader_split(images, labels, workers=0, pad=2, flip=True):
+    return LoaderSplit(
+        images, labels, mean=(0.0,) * 3, std=(1.0,) * 3, crop_padding=pad, flip=flip,
+        num_workers=workers,
+    )  # fmt: skip
+
+
+def test_loader_split_covers_the_split_and_augments_one_sample_at_a_time(digits):
+    images, labels = digits.train.images[:300], digits.train.labels[:300]
+    split = _loader_split(images, labels)
+    batches = _one_epoch(split, 64, augment=True, seed=4)
+    index = torch.cat([i for _, _, i in batches])
+    assert sorted(index.tolist()) == list(range(300))
+    assert torch.equal(torch.cat([y for _, y, _ in batches]), labels[index])
+    levels = (torch.cat([x for x, _, _ in batches]) * 255).round().to(torch.uint8)
+    source = images[index]
+    plain = _is_translation(levels, source, 2)
+    mirrored = _is_translation(levels, source, 2, mirrored=True)
+    assert (plain | mirrored).all()
+    assert 90 < int((mirrored & ~plain).sum()) < 210  # about half flipped
+    assert int((levels != source).flatten(1).any(1).sum()) > 250  # most moved
+    unaugmented = torch.cat([x for x, _, _ in _one_epoch(split, 64, seed=4)])
+    assert torch.equal((unaugmented * 255).round().to(torch.uint8), source)
+
+
+def test_loader_split_epochs_follow_the_generator_not_the_worker_count(digits):
+    images, labels = digits.train.images[:96], digits.train.labels[:96]
+    in_process = _one_epoch(_loader_split(images, labels, 0), 32, augment=True, seed=7)
+    two_workers = _one_epoch(_loader_split(images, labels, 2), 32, augment=True, seed=7)
+    other_seed = _one_epoch(_loader_split(images, labels, 0), 32, augment=True, seed=8)
+    for (x0, y0, i0), (x1, y1, i1) in zip(in_process, two_workers, strict=True):
+        assert torch.equal(x0, x1) and torch.equal(y0, y1) and torch.equal(i0, i1)
+    assert not torch.equal(in_process[0][0], other_seed[0][0])
+
+
+def test_with_loader_streams_the_train_split_and_keeps_the_others(digits):
+    bundle = with_loader(digits, num_workers=0)
+    assert isinstance(bundle.train, LoaderSplit) and bundle.val is digits.val
+    assert len(bundle.train) == len(digits.train) and bundle.info == digits.info
+    device_epoch = _one_epoch(digits.train, 128, shuffle=False)
+    loader_epoch = _one_epoch(bundle.train, 128, shuffle=False)
+    for (x0, y0, _), (x1, y1, _) in zip(device_epoch, loader_epoch, strict=True):
+        assert torch.equal(x0, x1) and torch.equal(y0, y1)  # same normalised samples
 
 
 def test_batches_rejects_bad_arguments(digits):
