@@ -120,6 +120,10 @@ def run_trial_once(
     config = context.trials[key]
     resources = context.resources.get(key, Resources())
     prepare_worker(context.home, resources.threads, context.plugins)
+    if 0 < resources.gpu < 1:  # a packed trial: its allocator stays within its share
+        from bench.packing import limit_process_memory
+
+        limit_process_memory(resources.gpu)
     tracker = tracker_for(context.tracking_uri, context.experiment)
     runs = ledger.key_runs(tracker, key)
     settled = [r for r in runs if ledger.is_done(r, context.retry_failed)]

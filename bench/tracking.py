@@ -244,6 +244,8 @@ class RunHandle:
             "ece": "ece",
             "student_flops": "student_flops",
             "train_seconds": "train_seconds",
+            "peak_rss_mb": "peak_rss_mb",
+            "peak_gpu_allocated_mb": "peak_gpu_allocated_mb",
             "student_params": "student_params",
             "extra_params": "extra_params",
         }

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,8 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from bench.config import Recipe, TeacherSpec, TrialConfig, run_key
-from bench.data import DataBundle, Split, load_dataset
+from bench.data import DataBundle, Split, load_dataset, with_loader
 from bench.finetune import prepare_student
+from bench.memory import PeakMemory
 from bench.method import Batch, Method, ModelInfo, Outputs, TaskInfo, build_method, get_method
 from bench.models import create_model, forward_outputs, model_info
 
@@ -48,6 +51,53 @@ def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a trial's models run on its device. None of it changes what a CPU trial computes.
+
+    Attributes:
+        channels_last: Models and training inputs in channels-last memory order (CUDA).
+        teacher_dtype: The frozen teacher's weights and inputs in this dtype, or None (the
+            default everywhere) to keep fp32 weights: on CUDA the teacher then computes in
+            bf16 under autocast like the student, with its BatchNorm statistics in fp32.
+        compile: Run the models' forward passes through ``torch.compile``.
+    """
+
+    channels_last: bool = False
+    teacher_dtype: torch.dtype | None = None
+    compile: bool = False
+
+    @classmethod
+    def for_device(cls, device: torch.device, recipe: Recipe) -> Execution:
+        """The fast settings for ``device``: channels-last on CUDA; compiled if the recipe
+        asks."""
+        return cls(channels_last=device.type == "cuda", compile=recipe.compile)
+
+    def apply(self, model: nn.Module, *, teacher: bool = False) -> nn.Module:
+        """Put ``model`` in this execution's memory format, dtype (for a frozen teacher) and
+        compiled form; returns the same module."""
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if teacher and self.teacher_dtype is not None:
+            model.to(self.teacher_dtype)
+        if self.compile:
+            compile_model(model)
+        return model
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """Compile the forward passes kdbench calls (``forward_features``,
+    ``forward_intermediates``, ``forward_head``) in place; the module, its parameters and its
+    state dict stay the same objects. ``KDBENCH_COMPILE_BACKEND`` picks the backend
+    (default ``inductor``)."""
+    backend = os.environ.get("KDBENCH_COMPILE_BACKEND", "inductor")
+    for name in ("forward_features", "forward_intermediates", "forward_head"):
+        method = getattr(model, name, None)
+        if method is not None and not hasattr(method, "_torchdynamo_orig_callable"):
+            object.__setattr__(model, name, torch.compile(method, backend=backend))
+    return model
 
 
 def make_optimizer(params: list[nn.Parameter], recipe: Recipe) -> torch.optim.Optimizer:
@@ -146,6 +196,8 @@ class TrainContext:
         seed: int,
         config: TrialConfig | None = None,
         log: Callable[[dict[str, float]], None] | None = None,
+        execution: Execution | None = None,
+        teacher_outputs: Any = None,
     ) -> None:
         self.student = student
         self.student_info = student_info
@@ -161,6 +213,12 @@ class TrainContext:
         self._data_generator = torch.Generator().manual_seed(seed)
         self._log = log
         self._models_created = 0
+        self.execution = execution or Execution()
+        #: A :class:`bench.teacher_cache.TeacherOutputs` of ``teacher`` on the training split,
+        #: or None: set when the inputs are deterministic and the teacher frozen.
+        self.teacher_outputs = teacher_outputs
+        self._batch: Batch | None = None
+        self._batch_version = -1
 
     # -- forward passes ----------------------------------------------------------------------
 
@@ -181,9 +239,26 @@ class TrainContext:
         return self.forward(self.student, x, needs)
 
     def forward_teacher(self, x: Tensor, needs: frozenset[str] = frozenset()) -> Outputs:
+        """The frozen teacher's outputs on ``x``: looked up in the teacher outputs cache when
+        ``x`` is the current training batch, unmodified, else one forward pass under
+        ``inference_mode`` in the teacher's dtype."""
         if self.teacher is None:
             raise RuntimeError("this trial has no teacher (the method declares uses_teacher)")
-        return self.forward(self.teacher, x, needs, grad=False)
+        cached = self._cached_teacher_outputs(x, needs)
+        if cached is not None:
+            return cached
+        dtype = next(self.teacher.parameters()).dtype
+        with torch.inference_mode(), autocast_for(self.device):
+            out = forward_outputs(self.teacher, x.to(dtype), needs)
+        return _normal_tensors(out)
+
+    def _cached_teacher_outputs(self, x: Tensor, needs: frozenset[str]) -> Outputs | None:
+        batch, cache = self._batch, self.teacher_outputs
+        if cache is None or batch is None or x is not batch.x:
+            return None
+        if x._version != self._batch_version or not cache.covers(needs):
+            return None  # changed in place since it was yielded, or asks for more
+        return cache.take(batch.index, needs)
 
     # -- building blocks for methods that change the step ------------------------------------
 
@@ -239,7 +314,9 @@ class TrainContext:
             )
         ):
             step = epoch * steps + i
-            yield Batch(
+            if self.execution.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            batch = Batch(
                 x=x,
                 y=y,
                 index=index,
@@ -247,6 +324,9 @@ class TrainContext:
                 step=step,
                 progress=min(step / max(1, self.task.total_steps), 1.0 - 1e-9),
             )
+            self._batch, self._batch_version = batch, x._version
+            yield batch
+        self._batch = None
 
     def make_optimizer(self, params: Any) -> torch.optim.Optimizer:
         return make_optimizer(list(params), self.recipe)
@@ -290,6 +370,17 @@ class TrainContext:
             self._log(metrics)
 
 
+def _normal_tensors(out: Outputs) -> Outputs:
+    """Copies of ``out``'s tensors made outside inference mode, so that loss code may save
+    them for backward (inference tensors may not be)."""
+    return Outputs(
+        logits=out.logits.clone(),
+        features=[f.clone() for f in out.features],
+        preact_features=[f.clone() for f in out.preact_features],
+        embedding=None if out.embedding is None else out.embedding.clone(),
+    )
+
+
 def _replace(obj: Any, **changes: Any) -> Any:
     import dataclasses
 
@@ -326,13 +417,64 @@ class EpochRecord:
         return out
 
 
-def check_finite(total: Tensor, terms: dict[str, Tensor], batch: Batch) -> None:
-    if not torch.isfinite(total):
-        values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+#: Steps between finiteness checks. A check reads a value back from the device: on the CPU
+#: that costs nothing and a diverged step is caught before it is applied; on an accelerator
+#: each read stalls the queue of kernels, so the loss is checked once per window.
+CHECK_EVERY = {"cpu": 1}
+DEFAULT_CHECK_EVERY = 32
+
+
+class StepLog:
+    """One epoch's per-step loss terms, kept on the device as one small tensor per step;
+    checked for finiteness every ``check_every`` steps and averaged at the end."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.check_every = CHECK_EVERY.get(device.type, DEFAULT_CHECK_EVERY)
+        self.names: list[str] | None = None
+        self.rows: list[Tensor] = []
+        self.steps: list[tuple[int, int]] = []
+        self._checked = 0
+
+    def add(self, terms: dict[str, Tensor], total: Tensor, batch: Batch) -> None:
+        names = [*terms, "loss"]
+        if self.names is None:
+            self.names = names
+        elif names != self.names:
+            raise TrialFailed(
+                f"the method returned loss terms {names[:-1]} at step {batch.step} but "
+                f"{self.names[:-1]} before; train_step must return the same terms every step"
+            )
+        row = torch.stack([v.detach().float() for v in terms.values()] + [total.detach().float()])
+        self.rows.append(row)
+        self.steps.append((batch.epoch, batch.step))
+        if len(self.rows) - self._checked >= self.check_every:
+            self.check()
+
+    def check(self) -> None:
+        """Raise :class:`TrialFailed` naming the first non-finite step since the last check."""
+        if self._checked == len(self.rows):
+            return
+        window = torch.stack(self.rows[self._checked :])
+        self._checked = len(self.rows)
+        finite = torch.isfinite(window).all(dim=1)
+        if bool(finite.all()):
+            return
+        first = int((~finite).nonzero()[0, 0])
+        row = window[first].tolist()
+        epoch, step = self.steps[len(self.rows) - len(window) + first]
+        values = ", ".join(f"{k}={v:.4g}" for k, v in zip(self.names[:-1], row, strict=False))
         raise TrialFailed(
-            f"non-finite loss at epoch {batch.epoch}, step {batch.step}: {values}. "
+            f"non-finite loss at epoch {epoch}, step {step}: {values}. "
             "The trial diverged; try a smaller learning rate or loss weight."
         )
+
+    def means(self) -> dict[str, float]:
+        """Each term's mean over the epoch's steps (``loss`` is their sum's mean)."""
+        self.check()
+        if not self.rows:
+            return {}
+        means = torch.stack(self.rows).double().mean(dim=0).tolist()
+        return dict(zip(self.names, means, strict=True))
 
 
 def train_loop(
@@ -342,9 +484,11 @@ def train_loop(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     start_epoch: int = 0,
     evaluate_val: bool = True,
+    max_steps: int | None = None,
 ) -> list[dict[str, float]]:
     """Train ``ctx.student`` with ``method`` for ``ctx.recipe.epochs``; returns per-epoch
-    metrics. Raises :class:`TrialFailed` on a non-finite loss."""
+    metrics. Raises :class:`TrialFailed` on a non-finite loss. ``max_steps`` stops after that
+    many optimizer steps (a pilot run), ending the epoch there."""
     recipe = ctx.recipe
     params = list(ctx.student.parameters())
     seen = {id(p) for p in params}
@@ -356,8 +500,7 @@ def train_loop(
         started = time.perf_counter()
         ctx.student.train()
         method.train()
-        sums: dict[str, Tensor] = {}
-        n = 0
+        steps = StepLog(ctx.device)
         lr = recipe.lr
         for batch in ctx.train_batches(epoch=epoch):
             lr = recipe.lr * lr_factor(recipe, batch.step / total_steps)
@@ -365,15 +508,13 @@ def train_loop(
                 group["lr"] = lr
             terms = method.train_step(ctx, batch)
             total = sum(terms.values())
-            check_finite(total, terms, batch)
+            steps.add(terms, total, batch)
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
             method.after_step(ctx, batch)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v.detach().float()
-            sums["loss"] = sums.get("loss", 0.0) + total.detach().float()
-            n += 1
+            if max_steps is not None and len(steps.rows) >= max_steps:
+                break
         val_acc = float("nan")
         if evaluate_val and len(ctx.data.val):
             val_acc = topk_accuracy(
@@ -381,7 +522,7 @@ def train_loop(
             )
         record = EpochRecord(
             epoch=epoch,
-            terms={k: (v / max(n, 1)).item() for k, v in sums.items()},
+            terms=steps.means(),
             val_acc=val_acc,
             lr=lr,
             seconds=time.perf_counter() - started,
@@ -389,6 +530,8 @@ def train_loop(
         history.append(record.metrics())
         if on_epoch is not None:
             on_epoch(record)
+        if max_steps is not None:
+            break
     return history
 
 
@@ -416,6 +559,8 @@ class TrialResult:
     student_flops: int = 0
     final_loss: float = float("nan")
     train_seconds: float = float("nan")
+    peak_rss_mb: float = float("nan")
+    peak_gpu_allocated_mb: float = float("nan")
     student_params: int = 0
     extra_params: int = 0
     error: str | None = None
@@ -430,7 +575,7 @@ class TrialResult:
         return {
             k: (None if isinstance(v, float) and v != v else v)
             for k, v in self.__dict__.items()
-            if k != "history"
+            if k not in ("history", "student")
         }
 
 
@@ -493,8 +638,105 @@ def prepare_trial(config: TrialConfig, device: torch.device | None = None) -> Pr
         teacher = obtain_teacher(
             config.dataset, config.teacher, data_root=config.data_root, device=device, data=data
         )
+    if config.recipe.data_path == "loader":
+        data = with_loader(data, loader_workers())
     key = run_key(config, method_cls.version)
     return Prepared(config, key, method_cls, data, teacher, device)
+
+
+def loader_workers() -> int:
+    """DataLoader workers of the ``loader`` data path (``KDBENCH_LOADER_WORKERS``, default 2,
+    as the reference codebases use per GPU)."""
+    raw = os.environ.get("KDBENCH_LOADER_WORKERS", "2")
+    if not raw.isdigit():
+        raise ValueError(f"KDBENCH_LOADER_WORKERS must be a whole number >= 0, got {raw!r}")
+    return int(raw)
+
+
+@dataclass
+class Built:
+    """A prepared trial's models, method and context, ready for :func:`train_loop`."""
+
+    ctx: TrainContext
+    method: Method
+    student: nn.Module
+    student_info: ModelInfo
+    teacher: nn.Module | None
+    teacher_info: ModelInfo | None
+
+
+def build_trial(
+    prepared: Prepared, *, log: Callable[[dict[str, float]], None] | None = None
+) -> Built:
+    """Seed, build the student and the method, set up the teacher (and its outputs cache when
+    the inputs are deterministic) and the training context. Raises :class:`TrialFailed` when
+    the method refuses the pair."""
+    config, data, device = prepared.config, prepared.data, prepared.device
+    execution = Execution.for_device(device, config.recipe)
+    seed_everything(config.seed)
+    image = data.info.input_size
+    student = create_model(config.student, data.info.num_classes, image_size=image[1])
+    prepare_student(student, config)  # pretrained start and frozen parts (transfer)
+    student.to(device)
+    s_info = model_info(student, config.student, image)
+    execution.apply(student)
+    teacher_model = teacher_info = None
+    if prepared.teacher is not None:
+        teacher_model = execution.apply(freeze(prepared.teacher.model), teacher=True)
+        teacher_info = prepared.teacher.info
+    batch = config.recipe.batch_size
+    steps = len(data.train) // batch if len(data.train) > batch else 1
+    task = TaskInfo(
+        dataset=config.dataset,
+        num_classes=data.info.num_classes,
+        input_size=image,
+        num_train=len(data.train),
+        epochs=config.recipe.epochs,
+        steps_per_epoch=steps,
+    )
+    method = build_method(config.method, config.params_dict)
+    ok, reason = method.supports(s_info, teacher_info, task)
+    if not ok:
+        raise TrialFailed(
+            f"{config.method} does not support this pair: {reason}", outcome="refused"
+        )
+    method.setup(s_info, teacher_info, task)
+    method.to(device)
+    ctx = TrainContext(
+        student=student,
+        student_info=s_info,
+        teacher=teacher_model,
+        teacher_info=teacher_info,
+        task=task,
+        recipe=config.recipe,
+        device=device,
+        data=data,
+        seed=config.seed,
+        config=config,
+        log=log,
+        execution=execution,
+        teacher_outputs=_teacher_outputs_for(prepared, method, teacher_model),
+    )
+    return Built(ctx, method, student, s_info, teacher_model, teacher_info)
+
+
+def _teacher_outputs_for(prepared: Prepared, method: Method, teacher: nn.Module | None) -> Any:
+    """The teacher outputs cache entry of this trial, when its teacher is frozen and its
+    training inputs are the same every epoch; else None."""
+    from bench.teacher_cache import inputs_are_deterministic, teacher_outputs
+
+    if teacher is None or method.mode != "offline" or prepared.teacher is None:
+        return None
+    if not inputs_are_deterministic(prepared.config.recipe, prepared.data.info):
+        return None
+    return teacher_outputs(
+        teacher,
+        prepared.teacher.key,
+        Path(prepared.teacher.path),
+        prepared.data.train,
+        method.needs_of_teacher(),
+        prepared.device,
+    )
 
 
 def execute(
@@ -504,53 +746,17 @@ def execute(
     log: Callable[[dict[str, float]], None] | None = None,
 ) -> TrialResult:
     """Train and evaluate a prepared trial. Failures are returned, not raised."""
-    config, data, device = prepared.config, prepared.data, prepared.device
+    data, device = prepared.data, prepared.device
     result = TrialResult(run_key=prepared.key, status="RUNNING", outcome="ok")
+    if prepared.teacher is not None:
+        result.teacher_test_acc = prepared.teacher.test_acc
     started = time.perf_counter()
+    memory = PeakMemory(device).start()
     try:
-        seed_everything(config.seed)
-        image = data.info.input_size
-        student = create_model(config.student, data.info.num_classes, image_size=image[1])
-        prepare_student(student, config)  # pretrained start and frozen parts (transfer)
-        student.to(device)
-        s_info = model_info(student, config.student, image)
-        teacher_model = teacher_info = None
-        if prepared.teacher is not None:
-            teacher_model = freeze(prepared.teacher.model)
-            teacher_info = prepared.teacher.info
-            result.teacher_test_acc = prepared.teacher.test_acc
-        batch = config.recipe.batch_size
-        steps = len(data.train) // batch if len(data.train) > batch else 1
-        task = TaskInfo(
-            dataset=config.dataset,
-            num_classes=data.info.num_classes,
-            input_size=image,
-            num_train=len(data.train),
-            epochs=config.recipe.epochs,
-            steps_per_epoch=steps,
-        )
-        method = build_method(config.method, config.params_dict)
-        ok, reason = method.supports(s_info, teacher_info, task)
-        if not ok:
-            raise TrialFailed(
-                f"{config.method} does not support this pair: {reason}", outcome="refused"
-            )
-        method.setup(s_info, teacher_info, task)
-        method.to(device)
+        built = build_trial(prepared, log=log)
+        ctx, method, student = built.ctx, built.method, built.student
+        teacher_model, teacher_info, s_info = built.teacher, built.teacher_info, built.student_info
         result.student_params = s_info.num_params
-        ctx = TrainContext(
-            student=student,
-            student_info=s_info,
-            teacher=teacher_model,
-            teacher_info=teacher_info,
-            task=task,
-            recipe=config.recipe,
-            device=device,
-            data=data,
-            seed=config.seed,
-            config=config,
-            log=log,
-        )
         method.before_training(ctx)
         result.extra_params = method.extra_parameters()
         result.history = train_loop(ctx, method, on_epoch=on_epoch)
@@ -575,6 +781,10 @@ def execute(
         result.status, result.outcome = "FAILED", "failed"
         result.error = f"{type(exc).__name__}: {exc}\n{tail}"
     result.train_seconds = time.perf_counter() - started
+    peak = memory.read()
+    result.peak_rss_mb = peak.rss / 2**20
+    if peak.gpu_reserved:
+        result.peak_gpu_allocated_mb = peak.gpu_allocated / 2**20
     return result
 
 

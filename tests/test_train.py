@@ -18,7 +18,11 @@ TEACHER = TeacherSpec(arch="test_resnet_wide", recipe=Recipe(epochs=2, batch_siz
 
 def kd_config(**changes) -> TrialConfig:
     base = TrialConfig(
-        dataset="digits", student="test_resnet_narrow", method="kd", seed=3, recipe=TINY,
+        dataset="digits",
+        student="test_resnet_narrow",
+        method="kd",
+        seed=3,
+        recipe=TINY,
         teacher=TEACHER,
     )
     return base.with_changes(**changes)
@@ -96,11 +100,29 @@ def test_diverging_trial_is_a_failed_run_with_its_reason(tracker):
 
 
 def test_cli_train_json_last_line(capsys, tmp_path):
-    code = main([
-        "train", "--dataset", "digits", "--student", "test_resnet_narrow", "--teacher",
-        "test_resnet_wide", "--method", "kd", "--param", "temperature=2", "--epochs", "1",
-        "--seed", "5", "--json", "--quiet", "--tracking-uri", f"sqlite:///{tmp_path}/m.db",
-    ])
+    code = main(
+        [
+            "train",
+            "--dataset",
+            "digits",
+            "--student",
+            "test_resnet_narrow",
+            "--teacher",
+            "test_resnet_wide",
+            "--method",
+            "kd",
+            "--param",
+            "temperature=2",
+            "--epochs",
+            "1",
+            "--seed",
+            "5",
+            "--json",
+            "--quiet",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/m.db",
+        ]
+    )
     assert code == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     payload = json.loads(last)
@@ -119,8 +141,10 @@ def test_cli_train_json_last_line(capsys, tmp_path):
         (["--method", "kdd"], ["unknown method 'kdd'", "'kd'"]),
         (["--param", "temprature=4"], ["unknown parameter 'temprature'", "temperature"]),
         (["--param", "temperature=hot"], ["temperature", "expected float", "'hot'"]),
-        (["--dataset", "cifar100", "--data-root", "/nonexistent/data"],
-         ["cifar-100-python", "--download"]),
+        (
+            ["--dataset", "cifar100", "--data-root", "/nonexistent/data"],
+            ["cifar-100-python", "--download"],
+        ),
     ],
     ids=["student", "teacher", "dataset", "method", "param-name", "param-type", "data-root"],
 )
@@ -135,3 +159,109 @@ def test_bad_input_exits_2_with_a_helpful_message_and_records_nothing(
         assert fragment in err, f"{fragment!r} not in: {err}"
     runs = Tracker(f"sqlite:///{db}").search()
     assert runs == []
+
+
+# --------------------------------------------------------------------------------------------
+# Performance paths: teacher outputs cache, peak memory, the DataLoader path
+# --------------------------------------------------------------------------------------------
+
+
+def curves(result) -> list[tuple[float, float]]:
+    return [(h["train/loss"], h["val_acc"]) for h in result.history]
+
+
+@pytest.mark.parametrize("method", ["kd", "at"])  # logits only; logits and features
+def test_teacher_outputs_cache_gives_the_uncached_results(method, monkeypatch):
+    from bench.paths import kdbench_home
+
+    no_augment = Recipe(epochs=2, batch_size=64, augment=False)
+    config = kd_config(method=method, recipe=no_augment, seed=21)
+    monkeypatch.setenv("KDBENCH_TEACHER_CACHE_MB", "0")
+    uncached = run_trial(config)
+    monkeypatch.setenv("KDBENCH_TEACHER_CACHE_MB", "512")
+    stored = set((kdbench_home() / "teacher_outputs").glob("*.pt"))
+    cached = run_trial(config)
+    assert uncached.status == cached.status == "FINISHED", (uncached.error, cached.error)
+    assert set((kdbench_home() / "teacher_outputs").glob("*.pt")) - stored  # it was used
+    assert cached.test_acc == uncached.test_acc
+    assert cached.final_loss == uncached.final_loss
+    assert curves(cached) == curves(uncached)
+    assert cached.agreement == uncached.agreement
+
+
+def test_only_unaugmented_digits_count_as_deterministic_inputs():
+    from bench.data import load_dataset
+    from bench.teacher_cache import inputs_are_deterministic
+
+    data_info = load_dataset("digits").info
+    assert not inputs_are_deterministic(Recipe(augment=True), data_info)  # crop padding 2
+    assert inputs_are_deterministic(Recipe(augment=False), data_info)
+
+
+def test_peak_memory_is_recorded_with_the_run(tracker):
+    result = run_trial(kd_config(recipe=Recipe(epochs=1, batch_size=64), seed=8), tracker=tracker)
+    assert result.status == "FINISHED", result.error
+    run = tracker.client.get_run(result.mlflow_run_id)
+    peak = run.data.metrics["peak_rss_mb"]
+    assert peak == pytest.approx(result.peak_rss_mb)
+    assert 50 < peak < 64_000  # a Python process with torch loaded, well below the machine
+    assert "peak_gpu_allocated_mb" not in run.data.metrics  # no CUDA here
+
+
+def test_loader_data_path_trains_and_does_not_depend_on_the_worker_count(monkeypatch):
+    config = kd_config(recipe=Recipe(epochs=2, batch_size=64, data_path="loader"), seed=5)
+    assert run_key(config, 1) != run_key(kd_config(seed=5), 1)
+    monkeypatch.setenv("KDBENCH_LOADER_WORKERS", "0")
+    in_process = run_trial(config)
+    monkeypatch.setenv("KDBENCH_LOADER_WORKERS", "2")
+    with_workers = run_trial(config)
+    assert in_process.status == with_workers.status == "FINISHED", in_process.error
+    assert curves(in_process) == curves(with_workers)
+    assert in_process.test_acc == with_workers.test_acc
+    first, last = in_process.history[0]["train/loss"], in_process.history[-1]["train/loss"]
+    assert last < first  # it learns
+    device_path = run_trial(kd_config(recipe=Recipe(epochs=2, batch_size=64), seed=5))
+    assert curves(device_path) != curves(in_process)  # another augmentation stream
+
+
+def test_new_recipe_settings_keep_existing_run_keys():
+    assert run_key(kd_config(recipe=Recipe(epochs=2, batch_size=64, data_path="device")), 1) == (
+        run_key(kd_config(), 1)
+    )
+    assert run_key(kd_config(recipe=Recipe(epochs=2, batch_size=64, compile=True)), 1) != (
+        run_key(kd_config(), 1)
+    )
+
+
+def test_pilot_measures_a_trials_memory_and_gpu_shares_are_checked_against_it():
+    from bench.packing import PackingError, check_gpu_fraction, pilot_memory
+
+    pilot = pilot_memory(kd_config(), steps=2)
+    assert pilot.steps == 2 and pilot.device == "cpu"
+    assert pilot.need_bytes == pilot.peak.rss > 50 * 2**20
+    need = pilot.need_bytes
+    check_gpu_fraction(0.75, need, 2 * need)  # 1.5 × need >= need + 25% headroom
+    with pytest.raises(PackingError, match=r"gpu: 0\.25 .* ask for gpu: 0\.625 or more"):
+        check_gpu_fraction(0.25, need, 2 * need, where="kd digits")
+
+
+def test_compiled_trial_matches_the_eager_one(monkeypatch):
+    monkeypatch.setenv("KDBENCH_COMPILE_BACKEND", "eager")  # traces; no C++ toolchain needed
+    plain = run_trial(kd_config(recipe=Recipe(epochs=1, batch_size=64), seed=9))
+    compiled = run_trial(kd_config(recipe=Recipe(epochs=1, batch_size=64, compile=True), seed=9))
+    assert compiled.status == "FINISHED", compiled.error
+    assert compiled.final_loss == pytest.approx(plain.final_loss, rel=1e-5)
+    assert compiled.test_acc == pytest.approx(plain.test_acc, abs=0.01)
+
+
+def test_channels_last_and_a_bf16_teacher_train_and_leave_the_teacher_frozen(monkeypatch):
+    import torch
+
+    from bench.train import Execution
+
+    fast = Execution(channels_last=True, teacher_dtype=torch.bfloat16)
+    monkeypatch.setattr(Execution, "for_device", classmethod(lambda cls, device, recipe: fast))
+    result = run_trial(kd_config(recipe=Recipe(epochs=1, batch_size=64), seed=13))
+    assert result.status == "FINISHED", result.error
+    assert math.isfinite(result.final_loss) and result.test_acc > 0
+    assert 0.0 <= result.agreement <= 1.0  # the bf16 teacher predicted the test split

@@ -1,0 +1,288 @@
+"""Teacher outputs computed once and reused across epochs and trials.
+
+A frozen teacher fed deterministic inputs (no augmentation, or an augmentation that changes
+nothing) gives every training sample the same outputs in every epoch of every trial. Those
+outputs (the logits, plus whatever the method's ``needs`` asks of the teacher) are computed in
+one pass over the training split and looked up by sample position during training.
+
+Entries are kept in memory within a process and on disk under
+``<kdbench home>/teacher_outputs/<key>.pt``, keyed by the teacher's checkpoint, a fingerprint
+of the split's images and labels, the needs and the device type (whose precision decides the
+values). A teacher evaluates in eval mode, one sample independently of the others, so a
+looked-up row equals what the same forward pass on a training batch computes; the tests check
+that a cached trial and an uncached one end bit-identical.
+
+``KDBENCH_TEACHER_CACHE_MB`` bounds one entry's size (default 2048; 0 turns the cache off):
+features of a deep teacher on a large split are left to be computed per step instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from bench.config import Recipe, stable_hash
+from bench.data import DatasetInfo, Split
+from bench.method import Outputs
+from bench.paths import kdbench_home
+
+__all__ = [
+    "TeacherOutputs",
+    "budget_bytes",
+    "inputs_are_deterministic",
+    "split_fingerprint",
+    "teacher_outputs",
+]
+
+#: Bump when the stored format or the way outputs are computed changes.
+OUTPUTS_FORMAT = 1
+_MEMORY_ENTRIES = 4
+_memory: OrderedDict[str, TeacherOutputs] = OrderedDict()
+
+
+@dataclass
+class TeacherOutputs:
+    """A teacher's outputs for every sample of a split, by split position, on the device.
+
+    Attributes:
+        key: The cache key.
+        needs: What besides logits is stored (``features``, ``preact_features``, ``embedding``).
+        logits: N×K.
+        embedding: N×D, or None.
+        features: Per-stage N×… tensors (empty unless in ``needs``).
+        preact_features: The same before the stages' last ReLU (empty unless in ``needs``).
+    """
+
+    key: str
+    needs: frozenset[str]
+    logits: Tensor
+    embedding: Tensor | None = None
+    features: list[Tensor] = field(default_factory=list)
+    preact_features: list[Tensor] = field(default_factory=list)
+
+    def covers(self, needs: frozenset[str] | set[str]) -> bool:
+        return set(needs) <= self.needs
+
+    def take(self, index: Tensor, needs: frozenset[str] | set[str]) -> Outputs:
+        """The outputs of the samples at ``index``, with only what ``needs`` asks for (as an
+        uncached forward pass would return them)."""
+        pick = lambda t: t.index_select(0, index)  # noqa: E731
+        return Outputs(
+            logits=pick(self.logits),
+            features=[pick(f) for f in self.features] if "features" in needs else [],
+            preact_features=(
+                [pick(f) for f in self.preact_features] if "preact_features" in needs else []
+            ),
+            embedding=pick(self.embedding) if "embedding" in needs else None,
+        )
+
+    def nbytes(self) -> int:
+        tensors = [self.logits, *self.features, *self.preact_features]
+        if self.embedding is not None:
+            tensors.append(self.embedding)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def state(self) -> dict:
+        return {
+            "format": OUTPUTS_FORMAT,
+            "needs": sorted(self.needs),
+            "logits": self.logits.cpu(),
+            "embedding": None if self.embedding is None else self.embedding.cpu(),
+            "features": [f.cpu() for f in self.features],
+            "preact_features": [f.cpu() for f in self.preact_features],
+        }
+
+    @classmethod
+    def from_state(cls, key: str, state: dict, device: torch.device) -> TeacherOutputs:
+        embedding = state["embedding"]
+        return cls(
+            key=key,
+            needs=frozenset(state["needs"]),
+            logits=state["logits"].to(device),
+            embedding=None if embedding is None else embedding.to(device),
+            features=[f.to(device) for f in state["features"]],
+            preact_features=[f.to(device) for f in state["preact_features"]],
+        )
+
+
+def inputs_are_deterministic(recipe: Recipe, info: DatasetInfo) -> bool:
+    """Whether every epoch feeds each training sample to the teacher unchanged."""
+    return not recipe.augment or (info.crop_padding == 0 and not info.flip)
+
+
+def budget_bytes() -> int:
+    """The largest cache entry allowed (``KDBENCH_TEACHER_CACHE_MB``, default 2048 MB)."""
+    raw = os.environ.get("KDBENCH_TEACHER_CACHE_MB", "2048")
+    try:
+        megabytes = float(raw)
+    except ValueError:
+        raise ValueError(
+            f"KDBENCH_TEACHER_CACHE_MB must be a number of megabytes (0 turns the teacher "
+            f"outputs cache off), got {raw!r}"
+        ) from None
+    return int(megabytes * 2**20)
+
+
+def split_fingerprint(split: Split) -> str:
+    """A digest of the split's images, labels and positions (computed once per split)."""
+    cached = getattr(split, "_fingerprint", None)
+    if cached is not None:
+        return cached
+    digest = hashlib.blake2b(digest_size=16)
+    for name in ("images", "labels", "source_index"):
+        tensor = getattr(split, name, None)
+        if tensor is None:
+            raise TypeError(
+                f"the teacher outputs cache needs an in-memory split with .{name}; "
+                f"{type(split).__name__} has none"
+            )
+        digest.update(str((name, tuple(tensor.shape), str(tensor.dtype))).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    value = digest.hexdigest()
+    split._fingerprint = value  # type: ignore[attr-defined]
+    return value
+
+
+def _checkpoint_id(path: Path) -> str:
+    try:
+        stat = path.stat()
+        return f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    except OSError:
+        return str(path)
+
+
+def outputs_key(
+    teacher_key: str, checkpoint: Path, split: Split, needs: frozenset[str], device: torch.device
+) -> str:
+    """The cache key of a teacher's outputs on a split."""
+    return stable_hash(
+        {
+            "teacher": teacher_key,
+            "checkpoint": checkpoint.name if not teacher_key.startswith("file-") else None,
+            "file": _checkpoint_id(checkpoint) if teacher_key.startswith("file-") else None,
+            "split": split_fingerprint(split),
+            "needs": sorted(needs),
+            "device": device.type,
+            "format": OUTPUTS_FORMAT,
+        },
+        length=24,
+    )
+
+
+def teacher_outputs(
+    teacher: nn.Module,
+    teacher_key: str,
+    checkpoint: Path,
+    split: Split,
+    needs: frozenset[str],
+    device: torch.device,
+    *,
+    batch_size: int = 256,
+) -> TeacherOutputs | None:
+    """The teacher's outputs on every sample of ``split``, from memory, disk, or one pass.
+
+    Returns None when they would not fit the budget (see :func:`budget_bytes`) or the split
+    is not held in memory.
+    """
+    budget = budget_bytes()
+    if budget <= 0 or not hasattr(split, "images"):
+        return None
+    needs = frozenset(needs)
+    key = outputs_key(teacher_key, checkpoint, split, needs, device)
+    if key in _memory:
+        _memory.move_to_end(key)
+        return _memory[key]
+    path = kdbench_home() / "teacher_outputs" / f"{key}.pt"
+    if path.is_file():
+        entry = TeacherOutputs.from_state(
+            key, torch.load(path, map_location="cpu", weights_only=True), device
+        )
+    else:
+        if _estimated_bytes(teacher, split, needs, device) > budget:
+            return None
+        entry = compute_outputs(teacher, split, needs, device, key=key, batch_size=batch_size)
+        _save(entry, path)
+    _memory[key] = entry
+    while len(_memory) > _MEMORY_ENTRIES:
+        _memory.popitem(last=False)
+    return entry
+
+
+def _estimated_bytes(
+    teacher: nn.Module, split: Split, needs: frozenset[str], device: torch.device
+) -> int:
+    from bench.train import autocast_for
+
+    x, _, _ = next(split.batches(2, shuffle=False, generator=None, augment=False, device=device))
+    entry = _forward(teacher, x, needs, device, autocast_for)
+    return entry.nbytes() * len(split) // max(1, len(x))
+
+
+def _forward(teacher, x, needs, device, autocast_for) -> TeacherOutputs:
+    from bench.models import forward_outputs
+
+    with torch.inference_mode(), autocast_for(device):
+        out = forward_outputs(teacher, x, needs)
+    return TeacherOutputs(
+        key="",
+        needs=needs,
+        logits=out.logits,
+        embedding=out.embedding,
+        features=list(out.features),
+        preact_features=list(out.preact_features),
+    )
+
+
+def compute_outputs(
+    teacher: nn.Module,
+    split: Split,
+    needs: frozenset[str],
+    device: torch.device,
+    *,
+    key: str = "",
+    batch_size: int = 256,
+) -> TeacherOutputs:
+    """One eval-mode pass of ``teacher`` over ``split`` in order, kept on ``device``."""
+    from bench.train import autocast_for
+
+    was_training = teacher.training
+    teacher.eval()
+    parts = []
+    try:
+        for x, _, _ in split.batches(
+            batch_size, shuffle=False, generator=None, augment=False, device=device
+        ):
+            parts.append(_forward(teacher, x, needs, device, autocast_for))
+    finally:
+        teacher.train(was_training)
+    # Concatenated outside inference mode: the result is a normal tensor, which training code
+    # may save for backward (an inference tensor may not be).
+    cat = lambda ts: torch.cat(list(ts))  # noqa: E731
+    stages = len(parts[0].features)
+    pre_stages = len(parts[0].preact_features)
+    return TeacherOutputs(
+        key=key,
+        needs=needs,
+        logits=cat([p.logits for p in parts]),
+        embedding=cat([p.embedding for p in parts]) if "embedding" in needs else None,
+        features=[cat([p.features[i] for p in parts]) for i in range(stages)],
+        preact_features=[cat([p.preact_features[i] for p in parts]) for i in range(pre_stages)],
+    )
+
+
+def _save(entry: TeacherOutputs, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(entry.state(), tmp)
+    os.replace(tmp, path)
+
+
+def clear_memory() -> None:
+    """Forget the entries held in this process (the files on disk stay)."""
+    _memory.clear()
