@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.analysis import RunNotFoundError
+from bench.analysis import AnalysisError, RunNotFoundError
 from bench.config import Recipe, TeacherSpec, TrialConfig
 from bench.tracking import RUN_KEY_TAG, STUDENT_ARTIFACT, RunHandle, default_tracking_uri
 
@@ -295,60 +295,20 @@ def _reproduce_and_store(run: RecordedRun) -> nn.Module:
 
 
 def reproduce_student(config: TrialConfig) -> tuple[nn.Module, float]:
-    """Train a trial's student again, on the CPU, exactly as :func:`bench.train.execute`
-    does (same seeding and order of construction), without recording anything.
+    """Train a trial's student again, on the CPU, through :func:`bench.train.execute` (so
+    with the same seeding and order of construction), without recording anything.
 
     Returns:
         The student in eval mode and its test accuracy.
-    """
-    from bench.method import TaskInfo, build_method
-    from bench.models import create_model, model_info
-    from bench.train import (
-        TrainContext,
-        freeze,
-        labels_of,
-        predict,
-        prepare_trial,
-        seed_everything,
-        topk_accuracy,
-        train_loop,
-    )
 
-    device = torch.device("cpu")
-    prepared = prepare_trial(config, device)
-    data = prepared.data
-    seed_everything(config.seed)
-    image = data.info.input_size
-    student = create_model(config.student, data.info.num_classes, image_size=image[1]).to(device)
-    student_info = model_info(student, config.student, image)
-    teacher = teacher_info = None
-    if prepared.teacher is not None:
-        teacher, teacher_info = freeze(prepared.teacher.model), prepared.teacher.info
-    batch = config.recipe.batch_size
-    task = TaskInfo(
-        dataset=config.dataset,
-        num_classes=data.info.num_classes,
-        input_size=image,
-        num_train=len(data.train),
-        epochs=config.recipe.epochs,
-        steps_per_epoch=len(data.train) // batch if len(data.train) > batch else 1,
-    )
-    method = build_method(config.method, config.params_dict)
-    method.setup(student_info, teacher_info, task)
-    method.to(device)
-    ctx = TrainContext(
-        student=student,
-        student_info=student_info,
-        teacher=teacher,
-        teacher_info=teacher_info,
-        task=task,
-        recipe=config.recipe,
-        device=device,
-        data=data,
-        seed=config.seed,
-        config=config,
-    )
-    method.before_training(ctx)
-    train_loop(ctx, method)
-    accuracy = topk_accuracy(predict(student, data.test, device), labels_of(data.test, device))
-    return student.eval(), accuracy
+    Raises:
+        AnalysisError: The trial failed when trained again.
+    """
+    from bench.train import execute, prepare_trial
+
+    result = execute(prepare_trial(config, torch.device("cpu")))
+    if result.student is None:
+        raise AnalysisError(
+            f"training the student of {config.describe()} again failed: {result.error}"
+        )
+    return result.student.eval(), result.test_acc
