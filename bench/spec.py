@@ -321,6 +321,22 @@ class TeacherJob:
         stop = f", checkpoint after epoch {self.spec.stop_epoch}" if self.spec.stop_epoch else ""
         return f"{self.spec.arch} on {self.dataset.name} (seed {self.spec.seed}{stop})"
 
+    @property
+    def epoch(self) -> int:
+        """The epoch of its training whose checkpoint it is (the last unless early-stopped)."""
+        return self.spec.stop_epoch or self.spec.recipe.epochs
+
+
+def teacher_trainings(jobs: Sequence[TeacherJob]) -> list[tuple[TeacherJob, ...]]:
+    """``jobs`` grouped by the training run that produces them, in order of first appearance:
+    the early-stopped checkpoints of one teacher training form one group, sorted by epoch, so
+    that a single training can keep them all."""
+    groups: dict[tuple[str, TeacherSpec], list[TeacherJob]] = {}
+    for job in jobs:
+        run = (job.dataset.name, dataclasses.replace(job.spec, stop_epoch=None))
+        groups.setdefault(run, []).append(job)
+    return [tuple(sorted(group, key=lambda j: j.epoch)) for group in groups.values()]
+
 
 def teacher_label(spec: TeacherSpec) -> str:
     """How a teacher is named in trial lists: its architecture, and ``@ep<k>`` for the

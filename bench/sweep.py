@@ -41,7 +41,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from bench import sweep_ledger as ledger
-from bench.spec import PlannedTrial, Suite, SuiteError, TeacherJob, load_suite
+from bench.spec import (
+    PlannedTrial,
+    Suite,
+    SuiteError,
+    TeacherJob,
+    load_suite,
+    teacher_trainings,
+)
 from bench.sweep_preflight import PreflightError, check_reachable, local_capacity
 from bench.sweep_progress import ProgressBoard, format_seconds
 from bench.sweep_trial import SweepContext
@@ -491,44 +498,57 @@ def _train_teachers(
 
     jobs = suite.teachers(todo)
     missing = [j for j in jobs if not teacher_cached(j, home)]
+    # The early-stopped checkpoints of one teacher run are one task: it trains once and
+    # keeps them all, instead of one retraining per checkpoint.
+    trainings = teacher_trainings(missing)
     print(
-        f"teachers: {len(jobs)} needed, {len(jobs) - len(missing)} cached, {len(missing)} to train",
+        f"teachers: {len(jobs)} needed, {len(jobs) - len(missing)} cached, {len(missing)} to "
+        f"train in {len(trainings)} training{'' if len(trainings) == 1 else 's'}",
         file=err,
         flush=True,
     )
     if not missing:
         return {}
     task = ray.remote(train_teacher)
-    pending = {
-        task.options(
-            num_cpus=job.resources.cpu,
-            num_gpus=job.resources.gpu,
-            max_retries=suite.max_failures,
-            name=f"teacher {job.spec.arch}",
-        ).remote(job, home, plugins): job
-        for job in missing
-    }
+    pending = {}
+    for group in trainings:
+        job = group[-1]
+        pending[
+            task.options(
+                num_cpus=job.resources.cpu,
+                num_gpus=job.resources.gpu,
+                max_retries=suite.max_failures,
+                name=f"teacher {job.spec.arch}",
+            ).remote(job, home, plugins, tuple(j.epoch for j in group))
+        ] = group
     failed: dict[TeacherJob, str] = {}
     started = time.perf_counter()
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=interval)
         for ref in ready:
-            job = pending.pop(ref)
+            group = pending.pop(ref)
+            job = group[-1]
+            kept = (
+                f", checkpoints after epochs {', '.join(str(j.epoch) for j in group)}"
+                if len(group) > 1
+                else ""
+            )
             try:
                 info = ray.get(ref)
             except Exception as exc:  # reported per trial; the other teachers go on
-                failed[job] = f"teacher {job.describe()} failed: {_first_line(exc)}"
-                print(f"  FAILED {failed[job]}", file=err, flush=True)
+                reason = f"teacher {job.describe()}{kept} failed: {_first_line(exc)}"
+                failed.update(dict.fromkeys(group, reason))
+                print(f"  FAILED {reason}", file=err, flush=True)
                 continue
             print(
-                f"  teacher {job.describe()}: test_acc {info['test_acc']:.4f} "
+                f"  teacher {job.describe()}{kept}: test_acc {info['test_acc']:.4f} "
                 f"({info['seconds']:.0f}s)",
                 file=err,
                 flush=True,
             )
         if not ready:
             print(
-                f"  teachers: {len(missing) - len(pending)}/{len(missing)} trained, "
+                f"  teachers: {len(trainings) - len(pending)}/{len(trainings)} trained, "
                 f"{format_seconds(time.perf_counter() - started)} elapsed",
                 file=err,
                 flush=True,
@@ -753,7 +773,12 @@ def print_matrix(
     print("per seed: " + ", ".join(f"{s}: {n}" for s, n in per_seed.items()), file=out)
     jobs = suite.teachers(trials)
     cached = [j for j in jobs if teacher_cached(j, str(home))]
-    print(f"teachers: {len(jobs)} ({len(cached)} cached)", file=out)
+    todo = teacher_trainings([j for j in jobs if j not in cached])
+    print(
+        f"teachers: {len(jobs)} ({len(cached)} cached), {len(todo)} "
+        f"training{'' if len(todo) == 1 else 's'} to run",
+        file=out,
+    )
     for job in jobs:
         state = "cached" if job in cached else "to train"
         print(f"  {job.describe()}, {job.spec.recipe.epochs} epochs: {state}", file=out)

@@ -270,14 +270,18 @@ def _recorded_result(run: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def train_teacher(job: TeacherJob, home: str, plugins: tuple[str, ...] = ()) -> dict[str, Any]:
+def train_teacher(
+    job: TeacherJob, home: str, plugins: tuple[str, ...] = (), keep: tuple[int, ...] = ()
+) -> dict[str, Any]:
     """Train (or load from the shared cache) one teacher; returns its key and test accuracy.
-    Runs as a Ray task; concurrent requests for the same teacher wait on the cache's lock."""
+    ``keep``: further epochs of the same training to checkpoint (the other early-stopped
+    teachers of that run), so one training serves them all. Runs as a Ray task; concurrent
+    requests for the same teacher wait on the cache's lock."""
     prepare_worker(home, job.resources.threads, plugins)
     from bench.teachers import obtain_teacher
 
     started = time.perf_counter()
-    teacher = obtain_teacher(job.dataset.name, job.spec, data_root=job.dataset.data_root)
+    teacher = obtain_teacher(job.dataset.name, job.spec, data_root=job.dataset.data_root, keep=keep)
     return {
         "key": teacher.key,
         "test_acc": teacher.test_acc,

@@ -3,9 +3,11 @@ it by a content hash, or load a checkpoint file.
 
 The cache lives under ``<kdbench home>/teachers/<key>/``: ``epoch_<k>.pt`` state dicts (loaded
 with ``weights_only=True``) and ``meta.json`` (the spec, per-checkpoint test accuracy). An
-early-stopped teacher is the checkpoint after ``stop_epoch`` epochs of the same training run;
-asking for an epoch that was not kept retrains deterministically and keeps it too. Concurrent
-processes asking for the same teacher wait on a file lock, so it is trained once.
+early-stopped teacher is the checkpoint after ``stop_epoch`` epochs of the same training run.
+One training keeps every checkpoint asked for at once (``obtain_teacher(..., keep=...)``), as well
+as those already cached; asking later for an epoch that was not kept retrains deterministically
+and keeps it too. Concurrent processes asking for the same teacher wait on a file lock, so it is
+trained once.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,8 +114,26 @@ def obtain_teacher(
     device: torch.device | None = None,
     data: DataBundle | None = None,
     progress: bool = False,
+    keep: Iterable[int] = (),
 ) -> Teacher:
-    """A trained, frozen teacher for ``dataset`` (trained and cached on first use)."""
+    """A trained, frozen teacher for ``dataset`` (trained and cached on first use).
+
+    Args:
+        dataset: The dataset it is trained on.
+        spec: Which teacher; ``spec.stop_epoch`` picks an early-stopped checkpoint.
+        data_root: Where the dataset's files are.
+        device: Where it runs (default: the best available).
+        data: The dataset already loaded at the teacher's image size (reused unless the
+            teacher trains on a class subset).
+        progress: Print the training's epochs to stderr.
+        keep: Further epochs of the same training to checkpoint: when a training is needed,
+            it saves all of them (and the returned teacher is still ``spec``'s checkpoint),
+            so the early-stopped teachers of one run cost one training. Any of them missing
+            from the cache starts that training.
+
+    Raises:
+        ValueError: An epoch in ``keep`` is outside the teacher's training epochs.
+    """
     from bench.models import create_model, model_info
     from bench.train import freeze, labels_of, pick_device, predict, topk_accuracy
 
@@ -139,12 +159,13 @@ def obtain_teacher(
     key = teacher_key(dataset, spec)
     folder = cache_dir() / key
     epoch = spec.stop_epoch or spec.recipe.epochs
+    wanted = {epoch} | _checked_epochs(keep, spec)
     ckpt = folder / f"epoch_{epoch}.pt"
     with _locked(folder / ".lock"):
         meta = _read_meta(folder)
-        if not ckpt.exists() or str(epoch) not in meta.get("test_acc", {}):
+        if _missing(folder, meta, wanted):
             meta = _train_and_cache(
-                dataset, spec, data, folder, device, keep={epoch}, meta=meta, progress=progress
+                dataset, spec, data, folder, device, keep=wanted, meta=meta, progress=progress
             )
     load_checkpoint(ckpt, model)
     model.to(device)
@@ -155,6 +176,23 @@ def obtain_teacher(
         key,
         ckpt,
     )
+
+
+def _checked_epochs(keep: Iterable[int], spec: TeacherSpec) -> set[int]:
+    epochs = {int(e) for e in keep}
+    wrong = sorted(e for e in epochs if not 1 <= e <= spec.recipe.epochs)
+    if wrong:
+        raise ValueError(
+            f"teacher {spec.arch}: checkpoints to keep {wrong} are outside its training epochs "
+            f"1..{spec.recipe.epochs}; keep epochs within the teacher recipe's epochs"
+        )
+    return epochs
+
+
+def _missing(folder: Path, meta: dict, epochs: set[int]) -> set[int]:
+    """The epochs whose checkpoint or recorded test accuracy is not in the cache."""
+    recorded = meta.get("test_acc", {})
+    return {e for e in epochs if not (folder / f"epoch_{e}.pt").exists() or str(e) not in recorded}
 
 
 def _train_and_cache(
