@@ -135,11 +135,12 @@ def predict(model: nn.Module, split: Split, device: torch.device, batch_size: in
     was_training = model.training
     model.eval()
     chunks = []
+    dtype = next(model.parameters()).dtype  # a reduced-precision teacher takes its own dtype
     with autocast_for(device):
         for x, _, _ in split.batches(
             batch_size, shuffle=False, generator=None, augment=False, device=device
         ):
-            chunks.append(model(x).float().cpu())
+            chunks.append(model(x.to(dtype)).float().cpu())
     model.train(was_training)
     return torch.cat(chunks)
 
