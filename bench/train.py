@@ -135,7 +135,9 @@ def predict(model: nn.Module, split: Split, device: torch.device, batch_size: in
     was_training = model.training
     model.eval()
     chunks = []
-    dtype = next(model.parameters()).dtype  # a reduced-precision teacher takes its own dtype
+    # A reduced-precision teacher takes inputs of its own dtype; a quantised model has no
+    # floating-point parameters and takes float32.
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     with autocast_for(device):
         for x, _, _ in split.batches(
             batch_size, shuffle=False, generator=None, augment=False, device=device
