@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 #: Bump when the meaning of a trial changes in the harness itself (data path, loop, metrics),
 #: so that old run keys are not mistaken for new ones.
-HARNESS_VERSION = 1
+HARNESS_VERSION = 2  # 2: teacher outputs computed once per split (batch-size numerics)
 
 Optimizer = Literal["sgd", "adam", "adamw"]
 Schedule = Literal["cosine", "step", "constant"]
