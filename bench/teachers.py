@@ -210,13 +210,14 @@ def _train_and_cache(
     import sys
 
     from bench.config import TrialConfig
-    from bench.method import TaskInfo, build_method
+    from bench.method import build_method
     from bench.models import create_model, model_info
     from bench.train import (
         TrainContext,
         labels_of,
         predict,
         seed_everything,
+        task_info,
         topk_accuracy,
         train_loop,
     )
@@ -227,15 +228,7 @@ def _train_and_cache(
     image = data.info.input_size
     model = create_model(spec.arch, data.info.num_classes, image_size=image[1]).to(device)
     info = model_info(model, spec.arch, image)
-    batch = spec.recipe.batch_size
-    task = TaskInfo(
-        dataset=dataset,
-        num_classes=data.info.num_classes,
-        input_size=image,
-        num_train=len(data.train),
-        epochs=spec.recipe.epochs,
-        steps_per_epoch=len(data.train) // batch if len(data.train) > batch else 1,
-    )
+    task = task_info(dataset, data, spec.recipe)
     config = TrialConfig(
         dataset=dataset, student=spec.arch, method="ce", seed=spec.seed, recipe=spec.recipe
     )

@@ -243,17 +243,18 @@ class TrainContext:
 
     def forward_teacher(self, x: Tensor, needs: frozenset[str] = frozenset()) -> Outputs:
         """The frozen teacher's outputs on ``x``: looked up in the teacher outputs cache when
-        ``x`` is the current training batch, unmodified, else one forward pass under
-        ``inference_mode`` in the teacher's dtype."""
+        ``x`` is the current training batch, unmodified, else one forward pass without
+        gradients in the teacher's dtype."""
         if self.teacher is None:
             raise RuntimeError("this trial has no teacher (the method declares uses_teacher)")
         cached = self._cached_teacher_outputs(x, needs)
         if cached is not None:
             return cached
-        dtype = next(self.teacher.parameters()).dtype
-        with torch.inference_mode(), autocast_for(self.device):
-            out = forward_outputs(self.teacher, x.to(dtype), needs)
-        return _normal_tensors(out)
+        dtype = self.execution.teacher_dtype
+        # no_grad rather than inference_mode: its outputs may be saved for the student's
+        # backward pass as they are, where inference tensors would need a copy every step.
+        with torch.no_grad(), autocast_for(self.device):
+            return forward_outputs(self.teacher, x if dtype is None else x.to(dtype), needs)
 
     def _cached_teacher_outputs(self, x: Tensor, needs: frozenset[str]) -> Outputs | None:
         batch, cache = self._batch, self.teacher_outputs
@@ -371,17 +372,6 @@ class TrainContext:
     def log_metrics(self, metrics: dict[str, float]) -> None:
         if self._log is not None:
             self._log(metrics)
-
-
-def _normal_tensors(out: Outputs) -> Outputs:
-    """Copies of ``out``'s tensors made outside inference mode, so that loss code may save
-    them for backward (inference tensors may not be)."""
-    return Outputs(
-        logits=out.logits.clone(),
-        features=[f.clone() for f in out.features],
-        preact_features=[f.clone() for f in out.preact_features],
-        embedding=None if out.embedding is None else out.embedding.clone(),
-    )
 
 
 def _replace(obj: Any, **changes: Any) -> Any:
@@ -594,6 +584,20 @@ class Prepared:
     device: torch.device
 
 
+def task_info(dataset: str, data: DataBundle, recipe: Recipe) -> TaskInfo:
+    """The task a method is set up for: ``data``'s classes, input size and training split,
+    trained for ``recipe``'s epochs in steps of its batch size (at least one per epoch)."""
+    batch = recipe.batch_size
+    return TaskInfo(
+        dataset=dataset,
+        num_classes=data.info.num_classes,
+        input_size=data.info.input_size,
+        num_train=len(data.train),
+        epochs=recipe.epochs,
+        steps_per_epoch=len(data.train) // batch if len(data.train) > batch else 1,
+    )
+
+
 def check_teacher_image_size(config: TrialConfig) -> None:
     """A teacher sees its student's batches, so it must have been trained at their size.
 
@@ -687,16 +691,7 @@ def build_trial(
     if prepared.teacher is not None:
         teacher_model = execution.apply(freeze(prepared.teacher.model), teacher=True)
         teacher_info = prepared.teacher.info
-    batch = config.recipe.batch_size
-    steps = len(data.train) // batch if len(data.train) > batch else 1
-    task = TaskInfo(
-        dataset=config.dataset,
-        num_classes=data.info.num_classes,
-        input_size=image,
-        num_train=len(data.train),
-        epochs=config.recipe.epochs,
-        steps_per_epoch=steps,
-    )
+    task = task_info(config.dataset, data, config.recipe)
     method = build_method(config.method, config.params_dict)
     ok, reason = method.supports(s_info, teacher_info, task)
     if not ok:

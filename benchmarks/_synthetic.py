@@ -11,9 +11,9 @@ import torch
 
 from bench.config import Recipe
 from bench.data import DataBundle, DatasetInfo, TensorSplit
-from bench.method import TaskInfo, build_method
+from bench.method import build_method
 from bench.models import create_model, model_info
-from bench.train import Execution, TrainContext, freeze
+from bench.train import Execution, TrainContext, freeze, task_info
 
 CIFAR_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR_STD = (0.2673, 0.2564, 0.2762)
@@ -86,15 +86,7 @@ def kd_context(
         teacher = freeze(create_model(teacher_name, classes).to(device))
         t_info = model_info(teacher, teacher_name, image)
         execution.apply(teacher, teacher=True)
-    batch = recipe.batch_size
-    task = TaskInfo(
-        "synthetic-cifar",
-        classes,
-        image,
-        len(data.train),
-        recipe.epochs,
-        max(1, len(data.train) // batch),
-    )
+    task = task_info("synthetic-cifar", data, recipe)
     method = build_method(method_name)
     method.setup(s_info, t_info, task)
     method.to(device)

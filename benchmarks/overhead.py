@@ -23,9 +23,9 @@ import torch.nn.functional as F
 
 from bench.config import Recipe, TrialConfig
 from bench.data import load_dataset
-from bench.method import TaskInfo, build_method
+from bench.method import build_method
 from bench.models import create_model, model_info
-from bench.train import TrainContext, freeze, make_optimizer, train_loop
+from bench.train import TrainContext, freeze, make_optimizer, task_info, train_loop
 
 
 def build(args: argparse.Namespace):
@@ -51,14 +51,7 @@ def kdbench_epoch(data, teacher, student, args) -> float:
         model_info(student, args.student, image),
         model_info(teacher, args.teacher, image),
     )
-    task = TaskInfo(
-        "digits",
-        data.info.num_classes,
-        image,
-        len(data.train),
-        1,
-        len(data.train) // args.batch_size,
-    )
+    task = task_info("digits", data, recipe)
     method = build_method("kd")
     method.setup(s_info, t_info, task)
     ctx = TrainContext(
