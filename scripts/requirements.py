@@ -1,7 +1,11 @@
 """Print the requirements of pyproject.toml (base + the named extras), one per line."""
 
 import sys
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the TOML reader pip ships, present in every venv
+    from pip._vendor import tomli as tomllib
 
 with open(sys.argv[1], "rb") as f:
     project = tomllib.load(f)["project"]
