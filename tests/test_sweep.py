@@ -5,6 +5,7 @@ input that starts nothing."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -139,6 +140,27 @@ def test_sweep_records_every_trial_once_and_running_it_again_adds_nothing(
     assert all(key in matrix for key in planned)
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, read from /proc."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def wait_gone(pids: list[int], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.1)
+
+
 def test_a_killed_driver_is_resumed_by_the_same_command(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     suite_dir = write_suite(tmp_path / "resume", suite_text("resume", "[ce, kd]", 3, epochs=4))
@@ -160,8 +182,15 @@ def test_a_killed_driver_is_resumed_by_the_same_command(tmp_path):
             time.sleep(0.2)
         assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
     finally:
+        # Every process the driver started (Ray's raylet and its workers, whatever their
+        # process group): a worker that outlived the driver could still end its trial.
+        tree = descendants(driver.pid)
         os.killpg(driver.pid, signal.SIGKILL)
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         driver.wait()
+        wait_gone(tree)
     before = {r.info.run_id: r for r in trial_runs(uri, "resume")}
     orphans = [r for r in before.values() if r.info.status == "RUNNING"]
     done_before = {r.info.run_id for r in before.values() if r.info.status == "FINISHED"}
