@@ -354,10 +354,12 @@ class Method(nn.Module):
         """One step's loss terms. Override to change the step itself (online peers,
         discriminators, generators); the harness sums the terms, backpropagates and steps
         the optimizer."""
-        student = ctx.forward_student(batch.x, self.student_needs())
+        # The teacher goes first: its activations are freed before the student's autograd
+        # graph is built, so the allocator reuses them (student first: ~5 % slower on CPU).
         teacher = None
         if self.uses_teacher and ctx.teacher is not None:
             teacher = ctx.forward_teacher(batch.x, self.needs_of_teacher())
+        student = ctx.forward_student(batch.x, self.student_needs())
         terms = self.loss(batch, student, teacher)
         if not self.owns_ce:
             terms = {"ce": F.cross_entropy(student.logits, batch.y), **terms}

@@ -131,8 +131,8 @@ class ActivationBoundaries(Method):
         needs = frozenset({"preact_features"})
 
         def step(batch: Batch) -> Tensor:
-            student = ctx.forward_student(batch.x, needs)
             teacher = ctx.forward_teacher(batch.x, needs)
+            student = ctx.forward_student(batch.x, needs)
             return self.loss(batch, student, teacher)["ab"]
 
         candidates = [*ctx.student.parameters(), *self.connectors.parameters()]

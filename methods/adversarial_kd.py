@@ -167,8 +167,8 @@ class AdversarialKD(Method):
         return {"adv": p.adv_weight * adv, "l1": p.l1_weight * l1}
 
     def train_step(self, ctx: TrainContext, batch: Batch) -> dict[str, Tensor]:
-        student = ctx.forward_student(batch.x).logits
         teacher = ctx.forward_teacher(batch.x).logits
+        student = ctx.forward_student(batch.x).logits
         self.update_discriminator(teacher, student, batch.y)
         return {
             "ce": F.cross_entropy(student.float(), batch.y),

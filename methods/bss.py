@@ -201,8 +201,8 @@ class BSS(Method):
         if not hasattr(self, "epochs"):
             raise RuntimeError("bss: call setup(student, teacher, task) before train_step()")
         p = self.params
-        student = ctx.forward_student(batch.x).logits
         teacher = ctx.forward_teacher(batch.x).logits
+        student = ctx.forward_student(batch.x).logits
         kd_weight, bss_weight = self.weights(batch.epoch)
         terms = {
             "ce": F.cross_entropy(student.float(), batch.y),
@@ -228,7 +228,7 @@ class BSS(Method):
             lower=lower,
             upper=upper,
         )
-        student_bss = ctx.forward_student(x_bss).logits
         teacher_bss = ctx.forward_teacher(x_bss).logits
+        student_bss = ctx.forward_student(x_bss).logits
         terms["bss"] = bss_weight * soft_kl(student_bss, teacher_bss, p.temperature)
         return terms

@@ -174,8 +174,8 @@ class FitNet(Method):
             return
 
         def step(batch: Batch) -> Tensor:
-            student = ctx.forward_student(batch.x, frozenset({"features"}))
             teacher = ctx.forward_teacher(batch.x, frozenset({"features"}))
+            student = ctx.forward_student(batch.x, frozenset({"features"}))
             return self.loss(batch, student, teacher)["hint"]
 
         candidates = [*ctx.student.parameters(), *self.regressor.parameters()]
@@ -186,8 +186,8 @@ class FitNet(Method):
             return super().train_step(ctx, batch)
         # After the hint stage: KD on logits only, so the feature maps are skipped.
         p = self.params
-        student = ctx.forward_student(batch.x)
         teacher = ctx.forward_teacher(batch.x)
+        student = ctx.forward_student(batch.x)
         weight = p.kd_lambda_start + (p.kd_lambda_end - p.kd_lambda_start) * batch.progress
         return {
             "ce": F.cross_entropy(student.logits, batch.y),

@@ -136,8 +136,8 @@ class FlowOfSolutionProcedure(Method):
         needs = frozenset({"features"})
 
         def step(batch: Batch) -> Tensor:
-            student = ctx.forward_student(batch.x, needs)
             teacher = ctx.forward_teacher(batch.x, needs)
+            student = ctx.forward_student(batch.x, needs)
             return self.loss(batch, student, teacher)["fsp"]
 
         run_init_stage(ctx, "fsp", self.init_epochs, ctx.student.parameters(), step)
@@ -148,8 +148,8 @@ class FlowOfSolutionProcedure(Method):
             student = ctx.forward_student(batch.x)
             return {"ce": F.cross_entropy(student.logits, batch.y)}
         needs = frozenset({"features"})
-        student = ctx.forward_student(batch.x, needs)
         teacher = ctx.forward_teacher(batch.x, needs)
+        student = ctx.forward_student(batch.x, needs)
         return {
             "ce": F.cross_entropy(student.logits, batch.y),
             "fsp": self.params.main_weight * self.fsp_distance(student, teacher),
