@@ -12,10 +12,13 @@ The order of work:
 5. Teachers first: each distinct teacher that is not cached yet is trained once, as a Ray task
    with the suite's teacher resources, into the cache under the kdbench home (shared storage
    on a cluster). Trials whose teacher failed are not started and are reported.
-6. Students: one Ray Tune trial per run key (a function trainable, per-trial resources, FIFO
+6. Packing: trials that ask for a fraction of a GPU are piloted, one short pilot per trial
+   shape on a whole card, and their share is raised where the pilot needs more
+   (:mod:`bench.sweep_packing`), so packed trials never run out of memory.
+7. Students: one Ray Tune trial per run key (a function trainable, per-trial resources, FIFO
    order, ``FailureConfig(max_failures)`` so a trial on a dead node is retried elsewhere). Each
    trial logs its own MLflow run (:mod:`bench.sweep_trial`).
-7. Reconcile (dead attempts KILLED, duplicates demoted), close the parent run, print a
+8. Reconcile (dead attempts KILLED, duplicates demoted), close the parent run, print a
    summary of what ran, what failed and why, and where the results are.
 
 An interrupted sweep resumes with the same command: finished keys are skipped, the others run
@@ -368,6 +371,12 @@ class _SweepRun:
         )
         self.report.failed.update(lost)
         runnable = [t for t in self.todo if t.key not in lost]
+        # Packed trials get a share their pilot fits in before Ray places them.
+        from bench.sweep_packing import check_packing
+
+        runnable = check_packing(
+            runnable, str(self.home), plugins, err, cache=self.storage / "pilots"
+        )
         context = SweepContext(
             tracking_uri=self.report.tracking_uri,
             experiment=suite.experiment,

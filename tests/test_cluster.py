@@ -253,6 +253,10 @@ def test_a_sweep_survives_a_worker_node_killed_mid_trial(cluster, mlflow_server,
             driver.wait()
         cluster.add_node(num_cpus=1, num_gpus=1)  # leave the fixture as it was
 
+    # The packed trials (gpu: 0.5) were piloted first; Ray's simulated GPUs have no CUDA.
+    log = log_path.read_text()
+    assert "packing: 2 trial shapes piloted on a whole card; 0 trials get" in log, log[-3000:]
+    assert log.count("no CUDA on the pilot's node; gpu 0.5 kept") == 2, log[-3000:]
     runs = trial_runs(client, "node-failure")
     finished = Counter(r.data.tags[RUN_KEY_TAG] for r in runs if r.info.status == "FINISHED")
     assert finished == dict.fromkeys(planned, 1)
