@@ -565,7 +565,7 @@ def test_leaderboard_from_a_real_mlflow_store(mlflow_suite, capsys):
     assert set(runs["image_size"]) == {16}  # the recipe's, from the runs' MLflow params
     readme = (s.suite / "README.md").read_text(encoding="utf-8")
     assert readme.startswith("# Leaderboard: tiny")
-    assert "### digits: resnet56 → resnet20 (teacher 95.00%)" in readme
+    assert "### digits: resnet56 → resnet20 (teacher 95.00%; " in readme
     kd_row = next(line for line in readme.splitlines() if line.startswith("| `kd@2` | 85.00"))
     assert "▲ +4.00" in kd_row  # paired by seed: the same +4 points on every seed
     html = (s.suite / "index.html").read_text(encoding="utf-8")
