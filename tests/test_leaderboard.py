@@ -382,6 +382,10 @@ def small_runs() -> pd.DataFrame:
             lambda t: t.assign(params=t["params"].where(t.index != 1, "temperature=4")),
             r"row 2 \(line 3\), column 'params': not valid JSON",
         ),
+        (
+            lambda t: t.assign(image_size=t["image_size"].where(t.index != 5, "16.5")),
+            r"row 6 \(line 7\), column 'image_size': '16\.5' is not an image size",
+        ),
     ],
     ids=[
         "missing-column",
@@ -391,6 +395,7 @@ def small_runs() -> pd.DataFrame:
         "no-seed",
         "status",
         "params",
+        "image-size",
     ],
 )
 def test_malformed_csv_errors_name_row_and_column(tmp_path, small_runs, edit, message):
@@ -492,7 +497,7 @@ def mlflow_suite(tmp_path_factory):
     suite.mkdir(parents=True)
     (suite / "suite.yaml").write_text("name: tiny\nexperiment: tiny-exp\n", encoding="utf-8")
     tracker = Tracker(uri, experiment="tiny-exp")
-    recipe = Recipe(epochs=1)
+    recipe = Recipe(epochs=1, image_size=16)
     teacher = TeacherSpec(arch="resnet56", recipe=recipe)
     # Method facts as the registry's classes carry them (version, knowledge).
     kinds = {
@@ -557,9 +562,10 @@ def test_leaderboard_from_a_real_mlflow_store(mlflow_suite, capsys):
     assert json.loads(kd["params"].iloc[0]) == {"temperature": 4.0}
     assert set(runs.loc[runs["method"] == "ce", "teacher"]) == {""}
     assert sorted(runs["test_acc"]) == pytest.approx([0.80, 0.81, 0.82, 0.84, 0.85, 0.86])
+    assert set(runs["image_size"]) == {16}  # the recipe's, from the runs' MLflow params
     readme = (s.suite / "README.md").read_text(encoding="utf-8")
     assert readme.startswith("# Leaderboard: tiny")
-    assert "### digits: resnet56 → resnet20 (teacher 95.00%)" in readme
+    assert "### digits: resnet56 → resnet20 (teacher 95.00%; " in readme
     kd_row = next(line for line in readme.splitlines() if line.startswith("| `kd@2` | 85.00"))
     assert "▲ +4.00" in kd_row  # paired by seed: the same +4 points on every seed
     html = (s.suite / "index.html").read_text(encoding="utf-8")

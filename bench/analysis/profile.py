@@ -117,6 +117,7 @@ def profile_model(
     role: str = "model",
     batch_sizes: Sequence[int] = BATCH_SIZES,
     repeats: int = 20,
+    warmup: int = 3,
 ) -> ModelProfile:
     """Parameters, FLOPs and CPU latency of a built model (see the module docstring)."""
     from bench.leaderboard.metrics import count_flops
@@ -130,12 +131,29 @@ def profile_model(
         role=role,
         params=count_params(model),
         flops=count_flops(model, size),
-        latency_ms={b: measure_latency(model, size, b, repeats=repeats) for b in batch_sizes},
+        latency_ms={
+            b: measure_latency(model, size, b, repeats=repeats, warmup=warmup) for b in batch_sizes
+        },
         threads=torch.get_num_threads(),
         repeats=repeats,
         input_size=size,  # type: ignore[arg-type]
         num_classes=num_classes,
     )
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what :mod:`platform` knows)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def profile_names(

@@ -7,7 +7,10 @@
 
 The experiment is the suite's (``experiment:`` in suite.yaml, else its ``name:``, else the
 folder name), and so is the phase (``phase:``, else ``final``; a ``tune`` suite is ranked by
-validation accuracy). Exit status: 0 written, 2 bad input (the message says where and what to fix).
+validation accuracy). The Models section's costs come from the folder's models.csv, measuring
+the models it lacks (``--reprofile``: all of them). A results.csv written before it had an
+``image_size`` column takes the suite's ``recipe.student.image_size``. Exit status: 0 written,
+2 bad input (the message says where and what to fix).
 """
 
 from __future__ import annotations
@@ -37,12 +40,14 @@ class SuiteInfo:
         experiment: ``experiment:``, else the name.
         phase: ``phase:``, else ``final``.
         study: ``study:`` (what a study suite varies), else None.
+        image_size: ``recipe.student.image_size``, else None (the dataset's own size).
     """
 
     name: str
     experiment: str
     phase: str
     study: StudySpec | None = None
+    image_size: int | None = None
 
 
 def read_suite_info(folder: str | Path) -> SuiteInfo:
@@ -76,7 +81,21 @@ def read_suite_info(folder: str | Path) -> SuiteInfo:
         str(data.get("experiment") or name),
         str(data.get("phase") or "final"),
         _study(data.get("study"), path),
+        _image_size(data.get("recipe"), path),
     )
+
+
+def _image_size(recipe: object, path: Path) -> int | None:
+    """``recipe.student.image_size`` of a suite.yaml (the sweep validates it)."""
+    student = recipe.get("student") if isinstance(recipe, dict) else None
+    size = student.get("image_size") if isinstance(student, dict) else None
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise LeaderboardError(
+            f"{path}: recipe.student.image_size must be a positive integer; got {size!r}."
+        )
+    return size
 
 
 def _study(value: object, path: Path) -> StudySpec | None:
@@ -98,6 +117,8 @@ def leaderboard_from_runs(
     settings: Settings | None = None,
     mlflow_url: str | None = None,
     study: StudySpec | None = None,
+    reprofile: bool = False,
+    data_root: str | Path | None = None,
 ) -> Leaderboard:
     """Build the leaderboard of a runs table and write every output into ``out_dir``.
 
@@ -108,14 +129,21 @@ def leaderboard_from_runs(
         settings: Statistics settings (defaults of :class:`Settings`).
         mlflow_url: MLflow UI URL for links in index.html.
         study: What a study suite varies (its table and figures/study.png), or None.
+        reprofile: Measure every model of the Models section again instead of reusing
+            ``out_dir``'s models.csv.
+        data_root: Where on-disk datasets live (their input shapes, for the Models section).
 
     Returns:
         The leaderboard written.
     """
+    from bench.leaderboard.models import model_costs
     from bench.leaderboard.render import write_outputs
 
     board = build_leaderboard(runs, settings, name=name)
-    write_outputs(board, runs, out_dir, mlflow_url=mlflow_url, study=study)
+    models = model_costs(
+        runs, out_dir, phase=board.settings.phase, reprofile=reprofile, data_root=data_root
+    )
+    write_outputs(board, runs, out_dir, mlflow_url=mlflow_url, study=study, models=models)
     return board
 
 
@@ -188,6 +216,16 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also resample cells in the bootstrap (default: seeds within cells only)",
     )
+    parser.add_argument(
+        "--reprofile",
+        action="store_true",
+        help="measure every teacher's and student's cost again (default: reuse models.csv)",
+    )
+    parser.add_argument(
+        "--data-root",
+        default=None,
+        help="folder holding on-disk datasets, for the input shapes models.csv lacks",
+    )
     parser.add_argument("--quiet", action="store_true", help="print only where the files went")
 
 
@@ -212,7 +250,7 @@ def leaderboard_main(args: argparse.Namespace) -> int:
         name = args.name or suite.name
         mlflow_url = args.mlflow_url
         if args.from_csv:
-            runs = read_results_csv(args.from_csv)
+            runs = read_results_csv(args.from_csv, image_size=suite.image_size)
             notes: list[str] = []
         else:
             if not folder.is_dir():
@@ -227,7 +265,14 @@ def leaderboard_main(args: argparse.Namespace) -> int:
                 mlflow_url = uri
             runs, notes = runs_from_mlflow(uri, args.experiment or suite.experiment)
         board = leaderboard_from_runs(
-            runs, folder, name=name, settings=settings, mlflow_url=mlflow_url, study=suite.study
+            runs,
+            folder,
+            name=name,
+            settings=settings,
+            mlflow_url=mlflow_url,
+            study=suite.study,
+            reprofile=args.reprofile,
+            data_root=args.data_root,
         )
     except LeaderboardError as exc:
         print(f"kdbench leaderboard: error: {exc}", file=sys.stderr)
@@ -242,8 +287,8 @@ def leaderboard_main(args: argparse.Namespace) -> int:
         print()
     print(
         f"kdbench leaderboard: wrote {folder}/ (README.md, index.html, results.csv, summary.csv, "
-        f"cells.csv, pairwise.csv, figures/) from {board.n_used} runs, {len(board.cells)} cells, "
-        f"{len(board.entries)} methods in {elapsed:.1f} s"
+        f"cells.csv, pairwise.csv, models.csv, figures/) from {board.n_used} runs, "
+        f"{len(board.cells)} cells, {len(board.entries)} methods in {elapsed:.1f} s"
     )
     return 0
 

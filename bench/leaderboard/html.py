@@ -18,15 +18,27 @@ from bench.leaderboard import formatting as fmt
 from bench.leaderboard import stats
 from bench.leaderboard.aggregate import CellResult, EntrySummary, Leaderboard
 from bench.leaderboard.figures import FIGURES
+from bench.leaderboard.models import (
+    BATCH_SIZES,
+    HEADER,
+    ModelsTable,
+    cell_cost,
+    measurement_text,
+    problem_lines,
+    row_cells,
+)
 
 
-def render_html(board: Leaderboard, *, mlflow_url: str | None = None) -> str:
+def render_html(
+    board: Leaderboard, *, mlflow_url: str | None = None, models: ModelsTable | None = None
+) -> str:
     """The whole page.
 
     Args:
         board: The leaderboard.
         mlflow_url: Base URL of the MLflow UI (e.g. ``http://head:5000``); with it, every
             cell mean links to its runs and every seed value to its run.
+        models: The teachers' and students' costs (a Models section), or None.
 
     Returns:
         The HTML text.
@@ -50,7 +62,8 @@ def render_html(board: Leaderboard, *, mlflow_url: str | None = None) -> str:
         _notes(board),
         _main_table(board, links),
         _figures(),
-        _cells(board, links),
+        _models(models) if models is not None else "",
+        _cells(board, links, models),
         _pairwise(board),
         _how_to_read(board),
         _settings(board),
@@ -309,7 +322,47 @@ def _figures() -> str:
     return '<section id="figures"><h2>Figures</h2>' + "".join(items) + "</section>"
 
 
-def _cells(board: Leaderboard, links: _Links) -> str:
+def _models(models: ModelsTable) -> str:
+    """The Models section: one sortable row per model, how it was measured underneath."""
+    if not models.rows:
+        return ""
+    kinds = ["text", "text", "text", "num", "num", "num", *("num" for _ in BATCH_SIZES), "num"]
+    columns = [(label, kind, "ascending") for label, kind in zip(HEADER, kinds, strict=True)]
+    rows = []
+    for row in models.rows:
+        p = row.profile
+        sorts: list[str | float | None] = [None, None, None]
+        sorts += (
+            [p.num_classes, p.params, p.flops, *(p.latency_ms[b] for b in BATCH_SIZES)]
+            if p
+            else [""] * (3 + len(BATCH_SIZES))
+        )
+        sorts += [max((acc for _, acc in row.teacher_acc), default=math.nan)]
+        texts = row_cells(row)
+        rows.append(
+            "<tr>"
+            + "".join(
+                _td(escape(text), sort, "num" if kind == "num" else "")
+                for text, sort, kind in zip(texts, sorts, kinds, strict=True)
+            )
+            + "</tr>"
+        )
+    problems = "".join(f"<li>{escape(p)}</li>" for p in problem_lines(models))
+    return (
+        '<section id="models"><h2>Models</h2>'
+        '<table id="models-table" class="sortable"><caption>One row per teacher and student '
+        "architecture, input shape and classes.</caption>"
+        + _header(columns)
+        + "<tbody>"
+        + "".join(rows)
+        + "</tbody></table>"
+        + f'<p class="hint">{_inline_code(measurement_text(models))}</p>'
+        + (f"<p>Not measured:</p><ul>{problems}</ul>" if problems else "")
+        + "</section>"
+    )
+
+
+def _cells(board: Leaderboard, links: _Links, models: ModelsTable | None = None) -> str:
     s = board.settings
     columns = [
         ("Method", "text", "ascending"),
@@ -361,6 +414,9 @@ def _cells(board: Leaderboard, links: _Links) -> str:
         summary = cell.label
         if not math.isnan(teacher):
             summary += f" · teacher {teacher:.2f}%"
+        cost = cell_cost(models, cell)
+        if cost:
+            summary += f" · {cost}"
         summary += f" · {len(rows)} methods"
         blocks.append(
             f'<details class="cell" id="{_id("cell", cell.slug)}"><summary>{escape(summary)}'

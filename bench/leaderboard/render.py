@@ -14,10 +14,12 @@ published_         with a published.csv in the folder: each published number bes
 comparison.csv     mean, deviations over one point flagged (:mod:`bench.leaderboard.published`)
 study.csv,         for a study suite (``study:`` in suite.yaml): accuracy against what the
 figures/study.png  study varies (:mod:`bench.leaderboard.study`)
+models.csv         with the Models section: each teacher's and student's parameters, FLOPs and
+                   CPU latency (:mod:`bench.leaderboard.models`)
 =================  ============================================================================
 
 Nothing written depends on the clock or on where the runs came from, so rebuilding from
-``results.csv`` gives the same files.
+``results.csv`` gives the same files, latencies included while models.csv keeps them.
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ from bench.leaderboard import stats
 from bench.leaderboard.aggregate import Leaderboard
 from bench.leaderboard.figures import FIGURES, write_figures
 from bench.leaderboard.html import render_html
+from bench.leaderboard.models import (
+    MODELS_FILE,
+    ModelsTable,
+    cell_cost,
+    models_markdown,
+    write_models_csv,
+)
 from bench.leaderboard.published import (
     COMPARISON_FILE,
     PublishedRow,
@@ -68,6 +77,7 @@ def write_outputs(
     *,
     mlflow_url: str | None = None,
     study: StudySpec | None = None,
+    models: ModelsTable | None = None,
 ) -> list[Path]:
     """Write every output file of a leaderboard.
 
@@ -77,10 +87,11 @@ def write_outputs(
         folder: The suite folder (created if needed). A published.csv there is compared.
         mlflow_url: MLflow UI base URL for links in index.html, or None.
         study: What a study suite varies, for its table and figure; None for others.
+        models: The Models section (written to models.csv too), or None for none.
 
     Returns:
-        The paths written: :data:`OUTPUT_FILES` in order, then the published comparison and
-        the study's files when there are any.
+        The paths written: :data:`OUTPUT_FILES` in order, then the published comparison,
+        the study's files and models.csv when there are any.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -103,6 +114,9 @@ def write_outputs(
             confidence=s.confidence,
         )
         extra += write_study(study_result, folder)
+    if models is not None:
+        write_models_csv(models.profiles, folder / MODELS_FILE)
+        extra.append(folder / MODELS_FILE)
     write_results_csv(runs, folder / "results.csv")
     summary_frame(board).to_csv(
         folder / "summary.csv", index=False, float_format=_FLOAT_FORMAT, lineterminator="\n"
@@ -115,9 +129,12 @@ def write_outputs(
     )
     write_figures(board, folder / "figures")
     (folder / "README.md").write_text(
-        render_markdown(board, published=published, study=study_result), encoding="utf-8"
+        render_markdown(board, published=published, study=study_result, models=models),
+        encoding="utf-8",
     )
-    (folder / "index.html").write_text(render_html(board, mlflow_url=mlflow_url), encoding="utf-8")
+    (folder / "index.html").write_text(
+        render_html(board, mlflow_url=mlflow_url, models=models), encoding="utf-8"
+    )
     return [folder / name for name in OUTPUT_FILES] + extra
 
 
@@ -286,9 +303,11 @@ def render_markdown(
     *,
     published: list[PublishedRow] | None = None,
     study: StudyResult | None = None,
+    models: ModelsTable | None = None,
 ) -> str:
     """The suite folder's README: main table first, then the evidence behind it (with the
-    study's table and figure, and published numbers beside kdbench's, when given)."""
+    study's table and figure, published numbers beside kdbench's, and the models' costs,
+    when given)."""
     s = board.settings
     lines = [
         f"# Leaderboard: {board.name}",
@@ -314,10 +333,12 @@ def render_markdown(
         lines += study_markdown(study)
     if published:
         lines += published_markdown(published)
+    if models is not None:
+        lines += models_markdown(models)
     lines += ["## How to read this", "", " ".join(fmt.how_to_read(board)), ""]
     lines += ["## Cells", ""]
     for cell in board.cells:
-        lines += _cell_markdown(board, cell)
+        lines += _cell_markdown(board, cell, cell_cost(models, cell))
     lines += _pairs_markdown(board)
     lines += [
         "## Settings",
@@ -376,12 +397,14 @@ def main_table_markdown(board: Leaderboard) -> list[str]:
     return _md_table(header, rows, align=["r", "l", "r", "r", "r", "l", "r", "r", "r", "r", "l"])
 
 
-def _cell_markdown(board: Leaderboard, cell) -> list[str]:
+def _cell_markdown(board: Leaderboard, cell, cost: str = "") -> list[str]:
     s = board.settings
     teacher = board.teacher_acc.get(cell, math.nan)
     title = f"### {cell.label}"
-    if not math.isnan(teacher):
-        title += f" (teacher {teacher:.2f}%)"
+    details = [] if math.isnan(teacher) else [f"teacher {teacher:.2f}%"]
+    details += [cost] if cost else []
+    if details:
+        title += f" ({'; '.join(details)})"
     header = [
         "method",
         "mean ± sd (n)",

@@ -19,6 +19,8 @@ method_version            integer version of the method's behaviour
 params                    the method's hyperparameters as a JSON object, keys sorted
 seed                      the student's seed (integer)
 phase                     ``tune`` (selection on validation) or ``final`` (reported on test)
+image_size                side of the square images the run trained and tested at (the
+                          recipe's ``image_size``); empty: the dataset's own size
 status                    MLflow run status: FINISHED, FAILED, RUNNING, KILLED, SCHEDULED
 outcome                   ``ok``, ``failed`` or ``refused`` (the method declined the pair)
 error                     why the run failed or was refused (empty otherwise)
@@ -64,6 +66,7 @@ COLUMNS: tuple[str, ...] = (
     "params",
     "seed",
     "phase",
+    "image_size",
     "status",
     "outcome",
     "error",
@@ -122,9 +125,14 @@ COUNT_COLUMNS: tuple[str, ...] = (
     "extra_params",
 )
 
+#: Image sides in pixels (positive integers; empty: the dataset's own size).
+SIZE_COLUMNS: tuple[str, ...] = ("image_size",)
+
 NUMERIC_COLUMNS: tuple[str, ...] = FRACTION_COLUMNS + COUNT_COLUMNS
 TEXT_COLUMNS: tuple[str, ...] = tuple(
-    c for c in COLUMNS if c not in NUMERIC_COLUMNS and c not in ("method_version", "seed")
+    c
+    for c in COLUMNS
+    if c not in NUMERIC_COLUMNS + SIZE_COLUMNS and c not in ("method_version", "seed")
 )
 #: Columns that must not be empty in any row.
 NON_EMPTY: tuple[str, ...] = ("run_key", "dataset", "student", "method", "phase", "status")
@@ -216,6 +224,8 @@ def check_runs(
         texts = texts.fillna("").astype(str).str.strip()
         if column in NUMERIC_COLUMNS:
             out[column] = [_number(t, column, where(i)) for i, t in enumerate(texts)]
+        elif column in SIZE_COLUMNS:
+            out[column] = [_size(t, column, where(i)) for i, t in enumerate(texts)]
         elif column in ("seed", "method_version"):
             out[column] = pd.Series(
                 [_integer(t, column, where(i)) for i, t in enumerate(texts)],
@@ -286,6 +296,22 @@ def _integer(text: str, column: str, where: str) -> int:
     return int(value)
 
 
+def _size(text: str, column: str, where: str) -> float:
+    """An image side: a positive integer, or NaN when empty."""
+    if text == "":
+        return math.nan
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value != int(value) or value < 1:
+        raise LeaderboardError(
+            f"{where}, column {column!r}: {text!r} is not an image size; write the side in "
+            "pixels (e.g. 16), or leave it empty for the dataset's own size."
+        )
+    return value
+
+
 def _check_row(row: Any, where: str) -> None:
     for column in NON_EMPTY:
         if getattr(row, column) == "":
@@ -348,11 +374,14 @@ def _as_text(value: Any) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def read_results_csv(path: str | Path) -> pd.DataFrame:
+def read_results_csv(path: str | Path, *, image_size: int | None = None) -> pd.DataFrame:
     """Read and check a results.csv.
 
     Args:
         path: The CSV file (header row, one row per run; columns in any order).
+        image_size: The image size of every run when the file has no ``image_size`` column
+            (a results.csv written before the column existed), e.g. the suite recipe's;
+            None leaves it empty (the dataset's own size). A column in the file wins.
 
     Returns:
         The typed runs table (see :func:`check_runs`).
@@ -371,6 +400,8 @@ def read_results_csv(path: str | Path) -> pd.DataFrame:
     except pd.errors.ParserError as exc:
         raise LeaderboardError(f"{path}: not a valid CSV file: {exc}") from None
     raw.columns = [str(c).strip() for c in raw.columns]
+    if "image_size" not in raw.columns and image_size is not None:
+        raw["image_size"] = str(image_size)
     return check_runs(raw, source=path.name, first_line=2)
 
 
@@ -385,6 +416,8 @@ def write_results_csv(runs: pd.DataFrame, path: str | Path) -> None:
     table = runs[list(COLUMNS)].copy()
     for column in NUMERIC_COLUMNS:
         table[column] = [_as_text(v) for v in table[column]]
+    for column in SIZE_COLUMNS:
+        table[column] = ["" if math.isnan(v) else str(int(v)) for v in table[column]]
     table.to_csv(path, index=False, lineterminator="\n")
 
 
@@ -472,6 +505,7 @@ def _record(run: Any) -> dict[str, Any]:
         "method_version": tags.get("kdbench.method_version", ""),
         "seed": tags.get("kdbench.seed", ""),
         "phase": tags.get("kdbench.phase", ""),
+        "image_size": _image_size_param(params.get("recipe.image_size")),
         "status": run.info.status,
         "outcome": tags.get("kdbench.outcome", ""),
         "error": tags.get("kdbench.error", ""),
@@ -496,6 +530,12 @@ def _teacher_label(arch: str, params: Mapping[str, str]) -> str:
     training (an early-stopped teacher), so that each checkpoint is its own cell."""
     stop = params.get("teacher.stop_epoch", "None")
     return f"{arch}@ep{stop}" if arch and stop not in ("", "None") else arch
+
+
+def _image_size_param(text: str | None) -> str:
+    """The recipe's image size as MLflow holds it: a number, or ``None`` (the dataset's own
+    size; runs recorded before the field existed have no such param)."""
+    return "" if text in (None, "", "None") else text
 
 
 def _param_value(text: str) -> Any:
