@@ -5,6 +5,9 @@
     kdbench leaderboard leaderboards/<suite>               # runs from MLflow → the suite folder
     kdbench leaderboard --from-csv results.csv OUT_DIR     # the same outputs without MLflow
 
+A suite whose students were compressed also gets compression.csv and a "Compression"
+section; ``--from-csv`` reads the compression.csv beside the given results.csv.
+
 The experiment is the suite's (``experiment:`` in suite.yaml, else its ``name:``, else the
 folder name), and so is the phase (``phase:``, else ``final``; a ``tune`` suite is ranked by
 validation accuracy). Exit status: 0 written, 2 bad input (the message says where and what to fix).
@@ -21,6 +24,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench.leaderboard.aggregate import RANKABLE_METRICS, Leaderboard, Settings, build_leaderboard
+from bench.leaderboard.compression import COMPRESSION_FILE, compression_from_mlflow
+from bench.leaderboard.compression import beside as compression_beside
 from bench.leaderboard.runs import LeaderboardError, read_results_csv, runs_from_mlflow
 from bench.leaderboard.study import StudySpec
 
@@ -98,6 +103,7 @@ def leaderboard_from_runs(
     settings: Settings | None = None,
     mlflow_url: str | None = None,
     study: StudySpec | None = None,
+    compression: pd.DataFrame | None = None,
 ) -> Leaderboard:
     """Build the leaderboard of a runs table and write every output into ``out_dir``.
 
@@ -108,6 +114,7 @@ def leaderboard_from_runs(
         settings: Statistics settings (defaults of :class:`Settings`).
         mlflow_url: MLflow UI URL for links in index.html.
         study: What a study suite varies (its table and figures/study.png), or None.
+        compression: Compressed students' measurements (compression.csv's rows), or None.
 
     Returns:
         The leaderboard written.
@@ -115,7 +122,7 @@ def leaderboard_from_runs(
     from bench.leaderboard.render import write_outputs
 
     board = build_leaderboard(runs, settings, name=name)
-    write_outputs(board, runs, out_dir, mlflow_url=mlflow_url, study=study)
+    write_outputs(board, runs, out_dir, mlflow_url=mlflow_url, study=study, compression=compression)
     return board
 
 
@@ -213,6 +220,7 @@ def leaderboard_main(args: argparse.Namespace) -> int:
         mlflow_url = args.mlflow_url
         if args.from_csv:
             runs = read_results_csv(args.from_csv)
+            compression = compression_beside(args.from_csv)
             notes: list[str] = []
         else:
             if not folder.is_dir():
@@ -226,8 +234,15 @@ def leaderboard_main(args: argparse.Namespace) -> int:
             if mlflow_url is None and uri.startswith(("http://", "https://")):
                 mlflow_url = uri
             runs, notes = runs_from_mlflow(uri, args.experiment or suite.experiment)
+            compression = compression_from_mlflow(uri, args.experiment or suite.experiment)
         board = leaderboard_from_runs(
-            runs, folder, name=name, settings=settings, mlflow_url=mlflow_url, study=suite.study
+            runs,
+            folder,
+            name=name,
+            settings=settings,
+            mlflow_url=mlflow_url,
+            study=suite.study,
+            compression=compression,
         )
     except LeaderboardError as exc:
         print(f"kdbench leaderboard: error: {exc}", file=sys.stderr)
@@ -240,10 +255,11 @@ def leaderboard_main(args: argparse.Namespace) -> int:
 
         print("\n".join(main_table_markdown(board)))
         print()
+    compressed = ", compression.csv" if (folder / COMPRESSION_FILE).is_file() else ""
     print(
         f"kdbench leaderboard: wrote {folder}/ (README.md, index.html, results.csv, summary.csv, "
-        f"cells.csv, pairwise.csv, figures/) from {board.n_used} runs, {len(board.cells)} cells, "
-        f"{len(board.entries)} methods in {elapsed:.1f} s"
+        f"cells.csv, pairwise.csv{compressed}, figures/) from {board.n_used} runs, "
+        f"{len(board.cells)} cells, {len(board.entries)} methods in {elapsed:.1f} s"
     )
     return 0
 

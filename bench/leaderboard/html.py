@@ -17,16 +17,26 @@ from urllib.parse import quote
 from bench.leaderboard import formatting as fmt
 from bench.leaderboard import stats
 from bench.leaderboard.aggregate import CellResult, EntrySummary, Leaderboard
+from bench.leaderboard.compression import COMPRESSION_FILE, CompressionSummary
+from bench.leaderboard.compression import cells as compression_cells
+from bench.leaderboard.compression import columns as compression_columns
+from bench.leaderboard.compression import intro as compression_intro
 from bench.leaderboard.figures import FIGURES
 
 
-def render_html(board: Leaderboard, *, mlflow_url: str | None = None) -> str:
+def render_html(
+    board: Leaderboard,
+    *,
+    mlflow_url: str | None = None,
+    compression: CompressionSummary | None = None,
+) -> str:
     """The whole page.
 
     Args:
         board: The leaderboard.
         mlflow_url: Base URL of the MLflow UI (e.g. ``http://head:5000``); with it, every
             cell mean links to its runs and every seed value to its run.
+        compression: The compressed students' section, when the suite has one.
 
     Returns:
         The HTML text.
@@ -50,6 +60,7 @@ def render_html(board: Leaderboard, *, mlflow_url: str | None = None) -> str:
         _notes(board),
         _main_table(board, links),
         _figures(),
+        _compression(compression),
         _cells(board, links),
         _pairwise(board),
         _how_to_read(board),
@@ -307,6 +318,62 @@ def _figures() -> str:
             f'loading="lazy"></a><figcaption>{escape(title)}</figcaption></figure>'
         )
     return '<section id="figures"><h2>Figures</h2>' + "".join(items) + "</section>"
+
+
+def _compression(summary: CompressionSummary | None) -> str:
+    """The compressed students: one sortable table per dataset and student."""
+    if summary is None:
+        return ""
+    # Method and variant sort as text; the numbers sort best first (accuracy high, size and
+    # latency low).
+    first = ["ascending", "ascending", "descending", "descending", "descending", "ascending"]
+    first += ["descending"] + ["ascending"] * len(summary.batch_sizes)
+    labels = compression_columns(summary)
+    header = _header(
+        [
+            (label, "text" if i < 2 else "num", order)
+            for i, (label, order) in enumerate(zip(labels, first, strict=True))
+        ]
+    )
+    blocks = []
+    for dataset, student in summary.groups:
+        rows = []
+        for row in summary.rows:
+            if (row.dataset, row.student) != (dataset, student):
+                continue
+            sorts = [
+                row.entry,
+                row.variant,
+                row.sparsity,
+                row.accuracy.mean,
+                row.drop,
+                row.size_bytes,
+                row.smaller,
+                *(row.latency_ms[b] for b in sorted(row.latency_ms)),
+            ]
+            text = compression_cells(row)
+            rows.append(
+                "<tr>"
+                + "".join(
+                    _td(escape(t), v, "" if i < 2 else "num")
+                    for i, (t, v) in enumerate(zip(text, sorts, strict=True))
+                )
+                + "</tr>"
+            )
+        caption = f"{dataset}: {student}" if len(summary.groups) > 1 else ""
+        blocks.append(
+            '<table class="sortable compression">'
+            + (f"<caption>{escape(caption)}</caption>" if caption else "")
+            + header
+            + "<tbody>"
+            + "".join(rows)
+            + "</tbody></table>"
+        )
+    return (
+        '<section id="compression"><h2>Compression</h2>'
+        f'<p class="hint">{escape(compression_intro(summary))} One row per student and variant: '
+        f'<a href="{COMPRESSION_FILE}">{COMPRESSION_FILE}</a>.</p>' + "".join(blocks) + "</section>"
+    )
 
 
 def _cells(board: Leaderboard, links: _Links) -> str:

@@ -14,6 +14,8 @@ published_         with a published.csv in the folder: each published number bes
 comparison.csv     mean, deviations over one point flagged (:mod:`bench.leaderboard.published`)
 study.csv,         for a study suite (``study:`` in suite.yaml): accuracy against what the
 figures/study.png  study varies (:mod:`bench.leaderboard.study`)
+compression.csv    for a suite whose students were compressed: each pruned or int8 variant
+                   (:mod:`bench.leaderboard.compression`)
 =================  ============================================================================
 
 Nothing written depends on the clock or on where the runs came from, so rebuilding from
@@ -30,6 +32,14 @@ import pandas as pd
 from bench.leaderboard import formatting as fmt
 from bench.leaderboard import stats
 from bench.leaderboard.aggregate import Leaderboard
+from bench.leaderboard.compression import (
+    COMPRESSION_FILE,
+    CompressionSummary,
+    compression_markdown,
+    compression_table,
+    summarize,
+    write_compression_csv,
+)
 from bench.leaderboard.figures import FIGURES, write_figures
 from bench.leaderboard.html import render_html
 from bench.leaderboard.published import (
@@ -68,6 +78,7 @@ def write_outputs(
     *,
     mlflow_url: str | None = None,
     study: StudySpec | None = None,
+    compression: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Write every output file of a leaderboard.
 
@@ -77,10 +88,12 @@ def write_outputs(
         folder: The suite folder (created if needed). A published.csv there is compared.
         mlflow_url: MLflow UI base URL for links in index.html, or None.
         study: What a study suite varies, for its table and figure; None for others.
+        compression: Measurements of compressed students, one row per child run
+            (:mod:`bench.leaderboard.compression`), or None.
 
     Returns:
-        The paths written: :data:`OUTPUT_FILES` in order, then the published comparison and
-        the study's files when there are any.
+        The paths written: :data:`OUTPUT_FILES` in order, then the published comparison,
+        the study's files and compression.csv when there are any.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -103,6 +116,9 @@ def write_outputs(
             confidence=s.confidence,
         )
         extra += write_study(study_result, folder)
+    compressed = _write_compression(board, runs, compression, folder)
+    if compressed is not None:
+        extra.append(folder / COMPRESSION_FILE)
     write_results_csv(runs, folder / "results.csv")
     summary_frame(board).to_csv(
         folder / "summary.csv", index=False, float_format=_FLOAT_FORMAT, lineterminator="\n"
@@ -115,10 +131,27 @@ def write_outputs(
     )
     write_figures(board, folder / "figures")
     (folder / "README.md").write_text(
-        render_markdown(board, published=published, study=study_result), encoding="utf-8"
+        render_markdown(board, published=published, study=study_result, compression=compressed),
+        encoding="utf-8",
     )
-    (folder / "index.html").write_text(render_html(board, mlflow_url=mlflow_url), encoding="utf-8")
+    (folder / "index.html").write_text(
+        render_html(board, mlflow_url=mlflow_url, compression=compressed), encoding="utf-8"
+    )
     return [folder / name for name in OUTPUT_FILES] + extra
+
+
+def _write_compression(
+    board: Leaderboard, runs: pd.DataFrame, measured: pd.DataFrame | None, folder: Path
+) -> CompressionSummary | None:
+    """compression.csv and its summary; without compressed students, none (and a
+    compression.csv left from an earlier build is removed, so the folder stays consistent)."""
+    path = folder / COMPRESSION_FILE
+    table = compression_table(board, runs, measured) if measured is not None else None
+    if table is None or table.empty:
+        path.unlink(missing_ok=True)
+        return None
+    write_compression_csv(table, path)
+    return summarize(table, board.settings.confidence)
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,9 +319,11 @@ def render_markdown(
     *,
     published: list[PublishedRow] | None = None,
     study: StudyResult | None = None,
+    compression: CompressionSummary | None = None,
 ) -> str:
     """The suite folder's README: main table first, then the evidence behind it (with the
-    study's table and figure, and published numbers beside kdbench's, when given)."""
+    study's table and figure, the compressed students, and published numbers beside
+    kdbench's, when given)."""
     s = board.settings
     lines = [
         f"# Leaderboard: {board.name}",
@@ -312,6 +347,8 @@ def render_markdown(
     lines += [""]
     if study is not None:
         lines += study_markdown(study)
+    if compression is not None:
+        lines += compression_markdown(compression)
     if published:
         lines += published_markdown(published)
     lines += ["## How to read this", "", " ".join(fmt.how_to_read(board)), ""]
