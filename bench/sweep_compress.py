@@ -11,6 +11,8 @@ run of the trial, tagged ``kdbench.compress_of`` = its run key.
 - It runs in the sweep's driver process, after the trials and after Ray has shut down: the CPU
   latencies it measures then have the machine's cores to themselves instead of sharing them
   with trials, and one small student takes seconds, too little to be worth a Ray task.
+  Latencies are timed with as many torch threads as the trial had (its ``resources.cpu``), so
+  they do not depend on how many cores the driver's machine has.
 - A student that cannot be compressed (an int8 refusal for a model FX cannot trace, a missing
   artifact) is reported with its reason and the others go on; when only int8 is refused, the
   pruned variants are still recorded.
@@ -18,12 +20,13 @@ run of the trial, tagged ``kdbench.compress_of`` = its run key.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import statistics
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -174,7 +177,8 @@ def run_compression(
         began = time.perf_counter()
         try:
             run = recorded_run(done[trial.key], client)
-            variants, refused = _compress_one(run, plan.compression, missing)
+            with _threads(trial.resources.threads):
+                variants, refused = _compress_one(run, plan.compression, missing)
         except Exception as exc:  # reported per student; the others go on
             outcome.failed[trial.key] = _reason(exc)
             print(f"  FAILED compression of {trial.describe()}: {_reason(exc)}", file=err)
@@ -193,6 +197,18 @@ def run_compression(
     outcome.seconds = time.perf_counter() - started
     outcome.table = summary_table(plan, recorded_variants(client, experiment_id))
     return outcome
+
+
+@contextlib.contextmanager
+def _threads(count: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _compress_one(

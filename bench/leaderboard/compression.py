@@ -412,11 +412,37 @@ def cells(row: CompressionRow) -> list[str]:
         row.variant,
         f"{row.sparsity:.2f}",
         f"{a.mean:.2f}{spread} ({a.n})",
-        "—" if math.isnan(row.drop) else f"{row.drop:+.2f}",
+        _signed(row.drop),
         f"{row.size_bytes / 1e3:,.1f} kB",
         "—" if math.isnan(row.smaller) else f"{row.smaller:.2f}",
         *(f"{row.latency_ms[b]:.2f}" for b in sorted(row.latency_ms)),
     ]
+
+
+def _signed(points: float) -> str:
+    """``-1.34``; a mean that rounds to zero reads ``+0.00``, never ``-0.00``."""
+    return "—" if math.isnan(points) else f"{round(points, 2) or 0.0:+.2f}"
+
+
+def by_variant(summary: CompressionSummary, dataset: str, student: str) -> list[list[str]]:
+    """Accuracy against variant, one column per method entry: the header row, then one row
+    per variant with each entry's mean accuracy and its change from fp32 in brackets."""
+    rows = [r for r in summary.rows if (r.dataset, r.student) == (dataset, student)]
+    entries = list(dict.fromkeys(r.entry for r in rows))
+    variants = sorted({r.variant for r in rows}, key=variant_order)
+    found = {(r.entry, r.variant): r for r in rows}
+    table = [["variant", *entries]]
+    for variant in variants:
+        line = [variant]
+        for entry in entries:
+            row = found.get((entry, variant))
+            if row is None:
+                line.append("—")
+                continue
+            change = "" if math.isnan(row.drop) else f" ({_signed(row.drop)})"
+            line.append(f"{row.accuracy.mean:.2f}{change}")
+        table.append(line)
+    return table
 
 
 def compression_markdown(summary: CompressionSummary) -> list[str]:
@@ -428,6 +454,16 @@ def compression_markdown(summary: CompressionSummary) -> list[str]:
     for dataset, student in summary.groups:
         if len(summary.groups) > 1:
             lines += [f"### {dataset}: {student}", ""]
+        pivot = by_variant(summary, dataset, student)
+        if len(pivot[0]) > 2:
+            lines += [
+                "Test accuracy in percent by variant (change from fp32 in points):",
+                "",
+                "| " + " | ".join(f"`{c}`" if i else c for i, c in enumerate(pivot[0])) + " |",
+                "|:---|" + "---:|" * (len(pivot[0]) - 1),
+                *("| " + " | ".join(line) + " |" for line in pivot[1:]),
+                "",
+            ]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join(rule[a] for a in align) + "|")
         for row in summary.rows:

@@ -18,6 +18,7 @@ from bench.leaderboard import formatting as fmt
 from bench.leaderboard import stats
 from bench.leaderboard.aggregate import CellResult, EntrySummary, Leaderboard
 from bench.leaderboard.compression import COMPRESSION_FILE, CompressionSummary
+from bench.leaderboard.compression import by_variant as compression_by_variant
 from bench.leaderboard.compression import cells as compression_cells
 from bench.leaderboard.compression import columns as compression_columns
 from bench.leaderboard.compression import intro as compression_intro
@@ -361,6 +362,21 @@ def _compression(summary: CompressionSummary | None) -> str:
                 + "</tr>"
             )
         caption = f"{dataset}: {student}" if len(summary.groups) > 1 else ""
+        pivot = compression_by_variant(summary, dataset, student)
+        if len(pivot[0]) > 2:
+            blocks.append(
+                '<table class="compression-by-variant"><caption>'
+                + escape(f"{caption + ': ' if caption else ''}test accuracy (%) by variant, ")
+                + escape("change from fp32 in points")
+                + "</caption><thead><tr>"
+                + "".join(f'<th scope="col">{escape(c)}</th>' for c in pivot[0])
+                + "</tr></thead><tbody>"
+                + "".join(
+                    "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in line) + "</tr>"
+                    for line in pivot[1:]
+                )
+                + "</tbody></table>"
+            )
         blocks.append(
             '<table class="sortable compression">'
             + (f"<caption>{escape(caption)}</caption>" if caption else "")
@@ -534,6 +550,7 @@ button.drill::before{content:"▸ ";display:inline-block}
 button.drill[aria-expanded=true]::before{content:"▾ "}
 tr.drill-row>td{background:#fbfcfd;padding:8px 12px 12px 28px}
 .drill-table{width:auto;font-size:13px}
+table.compression-by-variant{width:auto;margin:6px 0 14px}
 .better{color:var(--better);font-weight:600}
 .worse{color:var(--worse);font-weight:600}
 .same{color:var(--muted)}
