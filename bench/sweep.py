@@ -144,7 +144,8 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the trial matrix and which run keys already finished; run nothing",
+        help="print the trial matrix and which run keys already finished (and, with a "
+        "compress: section, which students are compressed); run nothing",
     )
     parser.add_argument(
         "--smoke",

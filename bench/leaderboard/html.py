@@ -366,7 +366,7 @@ def _compression(summary: CompressionSummary | None) -> str:
         if len(pivot[0]) > 2:
             blocks.append(
                 '<table class="compression-by-variant"><caption>'
-                + escape(f"{caption + ': ' if caption else ''}test accuracy (%) by variant, ")
+                + escape(f"{caption + ': ' if caption else ''}Test accuracy (%) by variant, ")
                 + escape("change from fp32 in points")
                 + "</caption><thead><tr>"
                 + "".join(f'<th scope="col">{escape(c)}</th>' for c in pivot[0])
