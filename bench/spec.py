@@ -48,11 +48,22 @@ The schema (``leaderboards/digits/suite.yaml`` is a complete example)::
                                  # method parameter, or against the teacher's training epochs
                                  # with {parameter: teacher_epoch}; reference: the setting
                                  # its "gain over kd" column compares with
+    compress:                    # optional post-stage of the sweep (phase final only)
+      methods: [ce, kd]          # whose students; default: every method of the suite
+      sparsities: [0.5, 0.8]     # global magnitude pruning, each in (0, 1); may be left out
+      int8: true                 # int8 post-training quantization; default false
+                                 # after the trials, each finished student of these methods
+                                 # is measured as fp32, pruned at each sparsity and int8
+                                 # (`kdbench compress`), each variant an MLflow child run of
+                                 # its trial; the leaderboard adds a Compression section
 
 A method that uses no teacher (``ce``, self-distillation, online methods) runs once per
 distinct student rather than once per pair: same config, same run key, one trial. The same
 method may be listed several times with different params (a temperature study lists ``kd``
 once per temperature); the leaderboard shows each setting as its own row.
+
+The compression post-stage runs once per student: a sweep run again compresses only students
+that have no record of a requested variant yet (see :mod:`bench.sweep_compress`).
 
 A pair's ``recipe`` is merged over the suite's: its ``student`` fields over
 ``recipe.student``, its ``teacher`` fields over ``recipe.teacher`` (a pair's student override
@@ -106,6 +117,7 @@ TOP_KEYS = (
     "max_failures",
     "plugins",
     "study",
+    "compress",
 )
 REQUIRED_KEYS = ("datasets", "pairs", "methods", "seeds")
 DATASET_KEYS = ("name", "data_root", "download")
@@ -122,6 +134,7 @@ RECIPE_KEYS = ("student", "teacher")
 RESOURCE_KEYS = ("cpu", "gpu")
 TUNE_KEYS = ("budget",)
 STUDY_KEYS = ("parameter", "method", "reference")
+COMPRESS_KEYS = ("methods", "sparsities", "int8")
 #: The study parameter that is the teacher's training epochs rather than a method parameter.
 TEACHER_EPOCH = "teacher_epoch"
 
@@ -360,6 +373,45 @@ class Study:
 
 
 @dataclass(frozen=True)
+class Compression:
+    """The suite's compression post-stage (``compress:``): after the trials, every finished
+    student of ``methods`` is measured as trained (``fp32``), pruned at each sparsity and
+    quantised to int8 (:mod:`bench.analysis.compress`), each variant recorded as an MLflow
+    child run of its trial.
+
+    Attributes:
+        methods: Names of the suite's methods whose students are compressed.
+        sparsities: Global magnitude-pruning sparsities, each in (0, 1), ascending.
+        int8: Whether to quantise to int8 as well.
+    """
+
+    methods: tuple[str, ...]
+    sparsities: tuple[float, ...] = ()
+    int8: bool = False
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        """The variants recorded per student, as the child runs name them."""
+        from bench.analysis import FP32_VARIANT, INT8_VARIANT, pruned_variant
+
+        pruned = tuple(pruned_variant(s) for s in self.sparsities)
+        return (FP32_VARIANT, *pruned, *((INT8_VARIANT,) if self.int8 else ()))
+
+    def selects(self, trial: PlannedTrial) -> bool:
+        """Whether ``trial``'s student is compressed."""
+        return trial.method in self.methods
+
+    def describe(self) -> str:
+        """E.g. ``pruning at sparsity 0.5, 0.8 and int8 quantization of the ce, kd students``."""
+        what = []
+        if self.sparsities:
+            what.append("pruning at sparsity " + ", ".join(f"{s:g}" for s in self.sparsities))
+        if self.int8:
+            what.append("int8 quantization")
+        return f"{' and '.join(what)} of the {', '.join(self.methods)} students"
+
+
+@dataclass(frozen=True)
 class Suite:
     """A validated suite. Build it with :func:`load_suite` or :func:`parse_suite`."""
 
@@ -381,6 +433,7 @@ class Suite:
     plugins: tuple[str, ...] = ()
     description: str = ""
     study: Study | None = None
+    compress: Compression | None = None
     path: str | None = field(default=None, compare=False)
 
     @property
@@ -705,6 +758,7 @@ class _Checker:
         methods = self.methods(top["methods"], phase) if "methods" in top else None
         seeds = self.seeds(top["seeds"]) if "seeds" in top else None
         study = self.study(top["study"], methods, pairs) if "study" in top else None
+        compress = self.compress(top["compress"], methods, phase) if "compress" in top else None
         budget = self.budget(top.get("tune"), phase, methods)
         scalars = {
             "description": (str, ""),
@@ -751,6 +805,7 @@ class _Checker:
             plugins=plugins,
             description=values["description"],
             study=study,
+            compress=compress,
         )
 
     def name(self, value: Any) -> str:
@@ -990,6 +1045,71 @@ class _Checker:
             return None
         return Study(parameter, method)
 
+    def compress(
+        self, value: Any, methods: Sequence[MethodEntry] | None, phase: Any
+    ) -> Compression | None:
+        path = ("compress",)
+        entry = self.mapping(value, path, COMPRESS_KEYS)
+        if entry is None or methods is None:
+            return None
+        if phase == "tune":
+            self.fail(
+                path,
+                "compression measures test accuracy, which a tune suite never looks at; "
+                "compress the students of the final suite",
+            )
+            return None
+        known = list(dict.fromkeys(m.name for m in methods))
+        chosen = self.compress_methods(entry.get("methods", known), known)
+        sparsities = self.sparsities(entry.get("sparsities", []))
+        int8 = entry.get("int8", False)
+        if not self.typed(int8, bool, (*path, "int8")) or None in (chosen, sparsities):
+            return None
+        if not sparsities and not int8:
+            self.fail(
+                path,
+                "nothing to do: give sparsities: [0.5, …] (global magnitude pruning) and/or "
+                "int8: true",
+            )
+            return None
+        return Compression(chosen, sparsities, int8)
+
+    def compress_methods(self, value: Any, known: list[str]) -> tuple[str, ...] | None:
+        path = ("compress", "methods")
+        if value == []:
+            self.fail(path, "empty: leave methods out to compress the students of every method")
+            return None
+        items = self.nonempty_list(value, path, "methods")
+        if items is None or not all(self.typed(m, str, (*path, i)) for i, m in enumerate(items)):
+            return None
+        unknown = [(i, m) for i, m in enumerate(items) if m not in known]
+        for i, name in unknown:
+            self.fail((*path, i), _unknown("method of this suite", name, known))
+        if unknown:
+            return None
+        return self.unique(items, path, "method")
+
+    def sparsities(self, value: Any) -> tuple[float, ...] | None:
+        path = ("compress", "sparsities")
+        if not isinstance(value, list):
+            self.fail(
+                path, f"expected a list of sparsities in (0, 1), e.g. [0.5, 0.8]; got {value!r}"
+            )
+            return None
+        if not all(self.typed(s, float, (*path, i)) for i, s in enumerate(value)):
+            return None
+        outside = [(i, s) for i, s in enumerate(value) if not 0 < s < 1]
+        for i, sparsity in outside:
+            self.fail(
+                (*path, i),
+                f"{sparsity} is not in (0, 1): a sparsity is the share of weights set to zero "
+                "(0.5 prunes half of them)",
+            )
+        if outside:
+            return None
+        unique = self.unique([float(s) for s in value], path, "sparsity")
+        return None if unique is None else tuple(sorted(unique))
+
     def model(self, name: str, path: tuple) -> bool:
         from bench.models import resolve
         from bench.registry import UnknownNameError
@@ -1224,7 +1344,7 @@ class _Checker:
         seen = set()
         for i, item in enumerate(items):
             if item in seen:
-                self.fail((*path[:1], i), f"duplicate {what}: {item!r} is listed twice")
+                self.fail((*path, i), f"duplicate {what}: {item!r} is listed twice")
                 return None
             seen.add(item)
         return tuple(items)

@@ -18,7 +18,9 @@ The order of work:
 7. Students: one Ray Tune trial per run key (a function trainable, per-trial resources, FIFO
    order, ``FailureConfig(max_failures)`` so a trial on a dead node is retried elsewhere). Each
    trial logs its own MLflow run (:mod:`bench.sweep_trial`).
-8. Reconcile (dead attempts KILLED, duplicates demoted), close the parent run, print a
+8. With a ``compress:`` section: once Ray is down, compress every finished student of the
+   selected methods that is not compressed yet (:mod:`bench.sweep_compress`).
+9. Reconcile (dead attempts KILLED, duplicates demoted), close the parent run, print a
    summary of what ran, what failed and why, and where the results are.
 
 An interrupted sweep resumes with the same command: finished keys are skipped, the others run
@@ -43,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from bench import sweep_compress as compression
 from bench import sweep_ledger as ledger
 from bench.spec import (
     PlannedTrial,
@@ -110,6 +113,8 @@ class SweepReport:
         experiment: Their MLflow experiment.
         seconds: Wall time of the sweep.
         exit_code: 0 all finished, 1 something failed or did not finish, 130 interrupted.
+        compression: What the compression post-stage did (None without ``compress:`` or
+            when it did not run).
     """
 
     planned: list[PlannedTrial] = field(default_factory=list)
@@ -122,6 +127,7 @@ class SweepReport:
     storage: str = ""
     seconds: float = 0.0
     exit_code: int = EXIT_OK
+    compression: compression.CompressionOutcome | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,7 +147,8 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the trial matrix and which run keys already finished; run nothing",
+        help="print the trial matrix and which run keys already finished (and, with a "
+        "compress: section, which students are compressed); run nothing",
     )
     parser.add_argument(
         "--smoke",
@@ -260,6 +267,12 @@ def run_sweep(
     sweep = ledger.sweep_key(suite.experiment, [t.key for t in trials])
     if options.dry_run:
         print_matrix(suite, trials, done, uri, home, out)
+        if suite.compress is not None:
+            client, found = _read_experiment(uri, suite.experiment)
+            experiment_id = found.experiment_id if found is not None else None
+            recorded = compression.recorded_variants(client, experiment_id)
+            plan = compression.plan_compression(suite.compress, trials, done, recorded)
+            compression.print_plan(plan, out)
         if options.address is None:
             _print_local_fit(suite, out)
         _finish_report(report, grouped, trials, started)
@@ -272,6 +285,12 @@ def run_sweep(
             file=err,
         )
         _finish_report(report, grouped, trials, started)
+        if suite.compress is not None:
+            storage.mkdir(parents=True, exist_ok=True)
+            with _sweep_lock(storage / f"{suite.experiment}-{sweep}.lock"):
+                report.compression = _compress(suite, trials, uri, err)
+            _count_compression(report)
+        report.seconds = time.perf_counter() - started
         _print_summary(report, suite, grouped, trials, board=None, out=out)
         return report
     if options.resume and not report.skipped and not _has_parent(uri, suite.experiment, sweep):
@@ -292,6 +311,10 @@ def run_sweep(
                     )
                 run.start(err)
                 run.execute(err)
+            # In this process, after the trials and once Ray is down (when this sweep started
+            # it): the CPU latencies it measures then do not share the cores with trials.
+            if suite.compress is not None:
+                report.compression = _compress(suite, trials, uri, err)
         except KeyboardInterrupt:
             run.interrupted = True
             report.exit_code = EXIT_INTERRUPTED
@@ -406,25 +429,46 @@ class _SweepRun:
         grouped = ledger.trial_runs(self.tracker)
         _finish_report(report, grouped, report.planned, self.started, self.board)
         status = "FINISHED" if report.exit_code == EXIT_OK else "FAILED"
+        _count_compression(report)
         if self.interrupted:
             report.exit_code, status = EXIT_INTERRUPTED, "KILLED"
-        ledger.close_parent(
-            self.tracker,
-            self.parent.run_id,
-            status,
-            {
-                "trials": len(report.planned),
-                "finished": len(report.finished),
-                "failed": len(report.failed),
-                "skipped": len(report.skipped),
-                "sweep_seconds": report.seconds,
-            },
-        )
+        counts = {
+            "trials": len(report.planned),
+            "finished": len(report.finished),
+            "failed": len(report.failed),
+            "skipped": len(report.skipped),
+            "sweep_seconds": report.seconds,
+        }
+        if report.compression is not None:
+            counts["compressed"] = len(report.compression.compressed)
+            counts["compression_failed"] = len(report.compression.failed)
+        ledger.close_parent(self.tracker, self.parent.run_id, status, counts)
         _print_summary(report, self.suite, grouped, report.planned, board=self.board, out=out)
 
     def _supersede(self, reason: str) -> None:
         runs = [r for group in ledger.trial_runs(self.tracker).values() for r in group]
         ledger.supersede_stale(self.tracker, runs, self.sweep, by=reason)
+
+
+def _compress(
+    suite: Suite, trials: Sequence[PlannedTrial], uri: str, err: TextIO
+) -> compression.CompressionOutcome:
+    """The compression post-stage over the students MLflow now records as finished."""
+    client, found = _read_experiment(uri, suite.experiment)
+    experiment_id = found.experiment_id if found is not None else None
+    grouped = _recorded_runs(uri, suite.experiment)
+    done = ledger.done_runs(grouped)
+    recorded = compression.recorded_variants(client, experiment_id)
+    plan = compression.plan_compression(suite.compress, trials, done, recorded)
+    return compression.run_compression(plan, done, client, experiment_id, err)
+
+
+def _count_compression(report: SweepReport) -> None:
+    """A student that could not be compressed makes the sweep's exit status 1, as a failed
+    trial does (running the sweep again retries it)."""
+    failed = report.compression is not None and report.compression.failed
+    if failed and report.exit_code == EXIT_OK:
+        report.exit_code = EXIT_FAILED
 
 
 def _tune(
@@ -847,6 +891,8 @@ def _print_summary(
             if len(first) > 1:
                 print(f"      {first[-1].strip()}", file=out)
     _print_results(suite, grouped, trials, out)
+    if report.compression is not None:
+        compression.print_outcome(report.compression, out)
     print(f"\nresults: MLflow {report.tracking_uri}, experiment {report.experiment!r}", file=out)
     if report.parent_run_id:
         print(f"  sweep parent run {report.parent_run_id}", file=out)
@@ -856,7 +902,9 @@ def _print_summary(
         print(f"  browse: {report.tracking_uri}", file=out)
     if board is not None:
         print(f"  Ray Tune logs: {report.storage}", file=out)
-    if report.exit_code != EXIT_OK and report.failed:
+    if report.exit_code != EXIT_OK and (
+        report.failed or (report.compression is not None and report.compression.failed)
+    ):
         print(
             "  run the same command again to retry what did not finish "
             "(--retry-failed re-runs recorded failures)",

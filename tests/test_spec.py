@@ -353,3 +353,55 @@ def test_transfer_options_change_the_run_key_only_when_they_are_used(tmp_path):
         )
     )
     assert "pairs[0].student_checkpoint: no such file" in str(missing)
+
+
+COMPRESS = GOOD + "compress:\n  methods: [kd]\n  sparsities: [0.8, 0.5]\n  int8: true\n"
+
+
+def test_a_compress_section_selects_students_and_names_the_variants_it_records():
+    suite = parse_suite(COMPRESS)
+    compress = suite.compress
+    assert (compress.methods, compress.sparsities, compress.int8) == (("kd",), (0.5, 0.8), True)
+    assert compress.variants == ("fp32", "pruned-0.5", "pruned-0.8", "int8")
+    assert Counter(t.method for t in suite.trials() if compress.selects(t)) == {"kd": 6}
+    assert [t.key for t in suite.trials()] == [t.key for t in parse_suite(GOOD).trials()]
+    every = parse_suite(GOOD + "compress: {int8: true}\n").compress
+    assert every.methods == ("ce", "kd") and every.variants == ("fp32", "int8")
+    assert parse_suite(GOOD).compress is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        compress.int8 = False
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        ("{int8: true, level: 2}", "compress.level: unknown key 'level'. Known: methods"),
+        (
+            "{methods: [kdd], int8: true}",
+            "compress.methods[0]: unknown method of this suite "
+            "'kdd'. Did you mean 'kd'? Known: ce, kd.",
+        ),
+        ("{methods: [], int8: true}", "compress.methods: empty: leave methods out"),
+        ("{methods: [kd, kd], int8: true}", "compress.methods[1]: duplicate method: 'kd'"),
+        ("{sparsities: [0.5, 1.0]}", "compress.sparsities[1]: 1.0 is not in (0, 1)"),
+        ("{sparsities: [0]}", "compress.sparsities[0]: 0 is not in (0, 1)"),
+        ("{sparsities: [0.5, 0.5]}", "compress.sparsities[1]: duplicate sparsity: 0.5"),
+        ("{sparsities: 0.5}", "compress.sparsities: expected a list of sparsities in (0, 1)"),
+        ("{sparsities: ['half']}", "compress.sparsities[0]: expected a number, got 'half'"),
+        ("{sparsities: [0.5], int8: 1}", "compress.int8: expected true/false, got 1"),
+        ("{sparsities: []}", "compress: nothing to do: give sparsities"),
+        ("{methods: [kd]}", "compress: nothing to do"),
+        ("[0.5, 0.8]", "compress: expected a mapping with keys methods, sparsities, int8"),
+    ],
+)
+def test_bad_compress_sections_are_reported_with_their_key_path(section, expected):
+    error = problems_of(GOOD + f"compress: {section}\n")
+    assert len(error.problems) == 1, str(error)
+    problem = error.problems[0]
+    assert expected in f"{problem.path}: {problem.message}"
+    assert problem.line == 14
+
+
+def test_a_tune_suite_cannot_compress():
+    error = problems_of(TUNE + "compress: {int8: true}\n")
+    assert "compress: compression measures test accuracy" in str(error)

@@ -267,6 +267,25 @@ def test_the_disjoint_teachers_suite_splits_the_digits_between_two_teachers():
     assert class_groups(10, 2) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
 
 
+def test_the_compression_suite_compresses_every_student_and_its_results_cover_them():
+    suite = load_suite(LEADERBOARDS / "digits-compression")
+    compress = suite.compress
+    assert compress.methods == ("ce", "kd", "dkd", "dist") and compress.int8
+    assert compress.sparsities == (0.3, 0.5, 0.7, 0.9)
+    committed = LEADERBOARDS / "digits-compression" / "compression.csv"
+    if not committed.exists():
+        pytest.skip("digits-compression has no committed results yet")
+    table = pd.read_csv(committed, keep_default_na=False)
+    keys = {t.key for t in suite.trials()}
+    assert set(table["run_key"]) == keys  # every student of the suite, nothing else
+    assert Counter(table["variant"]) == dict.fromkeys(compress.variants, len(keys))
+    pruned = table[table["variant"].str.startswith("pruned-")]
+    requested = pruned["variant"].str.removeprefix("pruned-").astype(float)
+    assert (pruned["sparsity"] - requested).abs().max() < 1e-3
+    sizes = table.groupby("variant")["size_bytes"].mean()
+    assert sizes["int8"] < 0.35 * sizes["fp32"] and sizes["pruned-0.9"] < sizes["pruned-0.3"]
+
+
 # --------------------------------------------------------------------------------------------
 # Smoke runs of whole suites on tiny files
 # --------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import io
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,13 +32,18 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bench.analysis import AnalysisError, QuantizationError
+from bench.analysis import (
+    COMPRESS_KIND,
+    COMPRESSED_KEY_TAG,
+    FP32_VARIANT,
+    INT8_VARIANT,
+    VARIANT_TAG,
+    AnalysisError,
+    QuantizationError,
+    pruned_variant,
+)
 from bench.analysis.profile import BATCH_SIZES, measure_latency
 
-COMPRESS_KIND = "compress"
-#: Tag naming the run key a compression child run belongs to.
-COMPRESSED_KEY_TAG = "kdbench.compress_of"
-VARIANT_TAG = "kdbench.compression"
 #: Training images used to calibrate the int8 activation ranges.
 CALIBRATION_IMAGES = 512
 
@@ -332,26 +337,34 @@ def compress_model(
     model = model.cpu().eval()
     quantized = quantize_int8(model, calibration_batches(data), name) if int8 else None
     measure = dict(repeats=repeats, batch_sizes=batch_sizes)
-    variants = [measure_variant("fp32", model, data, **measure)]
+    variants = [measure_variant(FP32_VARIANT, model, data, **measure)]
     for sparsity in sparsities:
         pruned = prune_global(model, sparsity)
-        variants.append(measure_variant(f"pruned-{sparsity:g}", pruned, data, **measure))
+        variants.append(measure_variant(pruned_variant(sparsity), pruned, data, **measure))
     if quantized is not None:
         variants.append(
-            measure_variant("int8", quantized, data, sparsity=weight_sparsity(model), **measure)
+            measure_variant(
+                INT8_VARIANT, quantized, data, sparsity=weight_sparsity(model), **measure
+            )
         )
     return variants
 
 
-def record_variants(run: Any, variants: Sequence[Variant], threads: int) -> list[Variant]:
+def record_variants(
+    run: Any, variants: Sequence[Variant], threads: int, skip: Collection[str] = ()
+) -> list[Variant]:
     """One FINISHED MLflow child run of ``run`` (a :class:`~bench.analysis.runs.RecordedRun`)
     per variant, with its metrics and the change from ``fp32``; returns the variants with
-    their run ids. Child runs carry no run key, so sweeps and leaderboards ignore them."""
+    their run ids. Variants named in ``skip`` (already recorded) are returned without a new
+    run. Child runs carry no run key, so sweeps and leaderboards do not take them for trials."""
     from mlflow.entities import Metric, Param
 
     base = variants[0]
     recorded = []
     for variant in variants:
+        if variant.name in skip:
+            recorded.append(variant)
+            continue
         child = run.client.create_run(
             run.experiment_id,
             tags={
@@ -376,8 +389,8 @@ def record_variants(run: Any, variants: Sequence[Variant], threads: int) -> list
         params = {
             "variant": variant.name,
             "torch_threads": str(threads),
-            "quantization": "int8 static fx x86" if variant.name == "int8" else "none",
-            "calibration_images": str(CALIBRATION_IMAGES) if variant.name == "int8" else "0",
+            "quantization": "int8 static fx x86" if variant.name == INT8_VARIANT else "none",
+            "calibration_images": str(CALIBRATION_IMAGES) if variant.name == INT8_VARIANT else "0",
         }
         run.client.log_batch(
             child.info.run_id,
@@ -401,16 +414,50 @@ def compress_run(
     record: bool = True,
 ) -> CompressionReport:
     """Prune and/or quantise the student of a recorded trial and record each variant as a
-    child run; the entry point of ``kdbench compress`` and of a suite's post-stage.
+    child run; the entry point of ``kdbench compress``.
 
     Raises:
         RunNotFoundError: No FINISHED run has run key ``key``.
         QuantizationError: With ``int8``, the student cannot be quantised.
     """
-    from bench.analysis.runs import find_run, load_student, load_test_data
-    from bench.models import create_model
+    from bench.analysis.runs import find_run
 
     run = find_run(key, tracking_uri=tracking_uri, experiment=experiment)
+    return compress_recorded(
+        run,
+        sparsities=sparsities,
+        int8=int8,
+        repeats=repeats,
+        batch_sizes=batch_sizes,
+        record=record,
+    )
+
+
+def compress_recorded(
+    run: Any,
+    *,
+    sparsities: Sequence[float] = (),
+    int8: bool = False,
+    repeats: int = 20,
+    batch_sizes: Sequence[int] = BATCH_SIZES,
+    record: bool = True,
+    skip: Collection[str] = (),
+) -> CompressionReport:
+    """:func:`compress_run` on a run already found (a
+    :class:`~bench.analysis.runs.RecordedRun`); a suite's compression post-stage calls it
+    for each of its students.
+
+    Args:
+        skip: Variant names already recorded for this run: measured (``fp32`` is the base of
+            the others) but not recorded again.
+
+    Raises:
+        QuantizationError: With ``int8``, the student cannot be quantised; raised before the
+            trained student is loaded.
+    """
+    from bench.analysis.runs import load_student, load_test_data
+    from bench.models import create_model
+
     data = load_test_data(run.config)
     if int8:
         # Whether FX can trace a model depends on its architecture only: refuse an
@@ -431,5 +478,5 @@ def compress_run(
     )
     threads = torch.get_num_threads()
     if record:
-        variants = record_variants(run, variants, threads)
+        variants = record_variants(run, variants, threads, skip=skip)
     return CompressionReport(run.run_key, run.config.student, threads, variants)

@@ -112,10 +112,10 @@ def find_run(
         by_key.setdefault(run.data.tags.get(RUN_KEY_TAG, ""), run)
     by_key.pop("", None)
     if key in by_key:
-        return _recorded(by_key[key], client)
+        return recorded_run(by_key[key], client)
     matches = [k for k in by_key if len(key) >= MIN_PREFIX and k.startswith(key)]
     if len(matches) == 1:
-        return _recorded(by_key[matches[0]], client)
+        return recorded_run(by_key[matches[0]], client)
     where = f"experiment {experiment!r} at {tracking_uri or default_tracking_uri()}"
     if matches:
         raise RunNotFoundError(
@@ -152,7 +152,9 @@ def _describe_run(run: Any) -> str:
     )
 
 
-def _recorded(run: Any, client: Any) -> RecordedRun:
+def recorded_run(run: Any, client: Any) -> RecordedRun:
+    """The :class:`RecordedRun` of an MLflow trial run (a ``search_runs`` result) read with
+    ``client``; its config comes from the run's ``config.json`` artifact."""
     data = _load_json_artifact(client, run.info.run_id, "config.json")
     return RecordedRun(
         run_id=run.info.run_id,
@@ -206,7 +208,7 @@ def find_baseline_run(run: RecordedRun, method: str = "ce") -> RecordedRun:
         f" and tags.`kdbench.seed` = '{config.seed}'"
     )
     for candidate in _search(run.client, run.experiment_id, query):
-        recorded = _recorded(candidate, run.client)
+        recorded = recorded_run(candidate, run.client)
         same = recorded.config
         if (same.recipe, same.phase, same.val_fraction) == (
             config.recipe,

@@ -5,6 +5,11 @@
     kdbench leaderboard leaderboards/<suite>               # runs from MLflow → the suite folder
     kdbench leaderboard --from-csv results.csv OUT_DIR     # the same outputs without MLflow
 
+A suite whose students were compressed also gets compression.csv and a "Compression"
+section; ``--from-csv`` reads the compression.csv beside the given results.csv, and starts
+from the models.csv beside it when the output folder has none (so a rebuild elsewhere keeps
+the measured latencies).
+
 The experiment is the suite's (``experiment:`` in suite.yaml, else its ``name:``, else the
 folder name), and so is the phase (``phase:``, else ``final``; a ``tune`` suite is ranked by
 validation accuracy). The Models section's costs come from the folder's models.csv, measuring
@@ -24,6 +29,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench.leaderboard.aggregate import RANKABLE_METRICS, Leaderboard, Settings, build_leaderboard
+from bench.leaderboard.compression import COMPRESSION_FILE, compression_from_mlflow
+from bench.leaderboard.compression import beside as compression_beside
 from bench.leaderboard.runs import LeaderboardError, read_results_csv, runs_from_mlflow
 from bench.leaderboard.study import StudySpec
 
@@ -119,6 +126,7 @@ def leaderboard_from_runs(
     study: StudySpec | None = None,
     reprofile: bool = False,
     data_root: str | Path | None = None,
+    compression: pd.DataFrame | None = None,
 ) -> Leaderboard:
     """Build the leaderboard of a runs table and write every output into ``out_dir``.
 
@@ -132,6 +140,7 @@ def leaderboard_from_runs(
         reprofile: Measure every model of the Models section again instead of reusing
             ``out_dir``'s models.csv.
         data_root: Where on-disk datasets live (their input shapes, for the Models section).
+        compression: Compressed students' measurements (compression.csv's rows), or None.
 
     Returns:
         The leaderboard written.
@@ -143,8 +152,26 @@ def leaderboard_from_runs(
     models = model_costs(
         runs, out_dir, phase=board.settings.phase, reprofile=reprofile, data_root=data_root
     )
-    write_outputs(board, runs, out_dir, mlflow_url=mlflow_url, study=study, models=models)
+    write_outputs(
+        board,
+        runs,
+        out_dir,
+        mlflow_url=mlflow_url,
+        study=study,
+        models=models,
+        compression=compression,
+    )
     return board
+
+
+def _seed_models_csv(source: Path, folder: Path) -> None:
+    """Copy ``source``'s models.csv into ``folder`` when ``folder`` has none."""
+    from bench.leaderboard.models import MODELS_FILE
+
+    given, target = source / MODELS_FILE, folder / MODELS_FILE
+    if given.is_file() and not target.exists() and given.resolve() != target.resolve():
+        folder.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(given.read_bytes())
 
 
 def _reference(given: str, study: StudySpec | None) -> str:
@@ -251,6 +278,8 @@ def leaderboard_main(args: argparse.Namespace) -> int:
         mlflow_url = args.mlflow_url
         if args.from_csv:
             runs = read_results_csv(args.from_csv, image_size=suite.image_size)
+            compression = compression_beside(args.from_csv)
+            _seed_models_csv(Path(args.from_csv).parent, folder)
             notes: list[str] = []
         else:
             if not folder.is_dir():
@@ -264,6 +293,7 @@ def leaderboard_main(args: argparse.Namespace) -> int:
             if mlflow_url is None and uri.startswith(("http://", "https://")):
                 mlflow_url = uri
             runs, notes = runs_from_mlflow(uri, args.experiment or suite.experiment)
+            compression = compression_from_mlflow(uri, args.experiment or suite.experiment)
         board = leaderboard_from_runs(
             runs,
             folder,
@@ -273,6 +303,7 @@ def leaderboard_main(args: argparse.Namespace) -> int:
             study=suite.study,
             reprofile=args.reprofile,
             data_root=args.data_root,
+            compression=compression,
         )
     except LeaderboardError as exc:
         print(f"kdbench leaderboard: error: {exc}", file=sys.stderr)
@@ -285,9 +316,10 @@ def leaderboard_main(args: argparse.Namespace) -> int:
 
         print("\n".join(main_table_markdown(board)))
         print()
+    compressed = ", compression.csv" if (folder / COMPRESSION_FILE).is_file() else ""
     print(
         f"kdbench leaderboard: wrote {folder}/ (README.md, index.html, results.csv, summary.csv, "
-        f"cells.csv, pairwise.csv, models.csv, figures/) from {board.n_used} runs, "
+        f"cells.csv, pairwise.csv, models.csv{compressed}, figures/) from {board.n_used} runs, "
         f"{len(board.cells)} cells, {len(board.entries)} methods in {elapsed:.1f} s"
     )
     return 0

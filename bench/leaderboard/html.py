@@ -17,6 +17,11 @@ from urllib.parse import quote
 from bench.leaderboard import formatting as fmt
 from bench.leaderboard import stats
 from bench.leaderboard.aggregate import CellResult, EntrySummary, Leaderboard
+from bench.leaderboard.compression import COMPRESSION_FILE, CompressionSummary
+from bench.leaderboard.compression import by_variant as compression_by_variant
+from bench.leaderboard.compression import cells as compression_cells
+from bench.leaderboard.compression import columns as compression_columns
+from bench.leaderboard.compression import intro as compression_intro
 from bench.leaderboard.figures import FIGURES
 from bench.leaderboard.models import (
     BATCH_SIZES,
@@ -30,7 +35,11 @@ from bench.leaderboard.models import (
 
 
 def render_html(
-    board: Leaderboard, *, mlflow_url: str | None = None, models: ModelsTable | None = None
+    board: Leaderboard,
+    *,
+    mlflow_url: str | None = None,
+    models: ModelsTable | None = None,
+    compression: CompressionSummary | None = None,
 ) -> str:
     """The whole page.
 
@@ -39,6 +48,7 @@ def render_html(
         mlflow_url: Base URL of the MLflow UI (e.g. ``http://head:5000``); with it, every
             cell mean links to its runs and every seed value to its run.
         models: The teachers' and students' costs (a Models section), or None.
+        compression: The compressed students' section, when the suite has one.
 
     Returns:
         The HTML text.
@@ -63,6 +73,7 @@ def render_html(
         _main_table(board, links),
         _figures(),
         _models(models) if models is not None else "",
+        _compression(compression),
         _cells(board, links, models),
         _pairwise(board),
         _how_to_read(board),
@@ -362,6 +373,77 @@ def _models(models: ModelsTable) -> str:
     )
 
 
+def _compression(summary: CompressionSummary | None) -> str:
+    """The compressed students: one sortable table per dataset and student."""
+    if summary is None:
+        return ""
+    # Method and variant sort as text; the numbers sort best first (accuracy high, size and
+    # latency low).
+    first = ["ascending", "ascending", "descending", "descending", "descending", "ascending"]
+    first += ["descending"] + ["ascending"] * len(summary.batch_sizes)
+    labels = compression_columns(summary)
+    header = _header(
+        [
+            (label, "text" if i < 2 else "num", order)
+            for i, (label, order) in enumerate(zip(labels, first, strict=True))
+        ]
+    )
+    blocks = []
+    for dataset, student in summary.groups:
+        rows = []
+        for row in summary.rows:
+            if (row.dataset, row.student) != (dataset, student):
+                continue
+            sorts = [
+                row.entry,
+                row.variant,
+                row.sparsity,
+                row.accuracy.mean,
+                row.drop,
+                row.size_bytes,
+                row.smaller,
+                *(row.latency_ms[b] for b in sorted(row.latency_ms)),
+            ]
+            text = compression_cells(row)
+            rows.append(
+                "<tr>"
+                + "".join(
+                    _td(escape(t), v, "" if i < 2 else "num")
+                    for i, (t, v) in enumerate(zip(text, sorts, strict=True))
+                )
+                + "</tr>"
+            )
+        caption = f"{dataset}: {student}" if len(summary.groups) > 1 else ""
+        pivot = compression_by_variant(summary, dataset, student)
+        if len(pivot[0]) > 2:
+            blocks.append(
+                '<table class="compression-by-variant"><caption>'
+                + escape(f"{caption + ': ' if caption else ''}Test accuracy (%) by variant, ")
+                + escape("change from fp32 in points")
+                + "</caption><thead><tr>"
+                + "".join(f'<th scope="col">{escape(c)}</th>' for c in pivot[0])
+                + "</tr></thead><tbody>"
+                + "".join(
+                    "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in line) + "</tr>"
+                    for line in pivot[1:]
+                )
+                + "</tbody></table>"
+            )
+        blocks.append(
+            '<table class="sortable compression">'
+            + (f"<caption>{escape(caption)}</caption>" if caption else "")
+            + header
+            + "<tbody>"
+            + "".join(rows)
+            + "</tbody></table>"
+        )
+    return (
+        '<section id="compression"><h2>Compression</h2>'
+        f'<p class="hint">{escape(compression_intro(summary))} One row per student and variant: '
+        f'<a href="{COMPRESSION_FILE}">{COMPRESSION_FILE}</a>.</p>' + "".join(blocks) + "</section>"
+    )
+
+
 def _cells(board: Leaderboard, links: _Links, models: ModelsTable | None = None) -> str:
     s = board.settings
     columns = [
@@ -523,6 +605,7 @@ button.drill::before{content:"▸ ";display:inline-block}
 button.drill[aria-expanded=true]::before{content:"▾ "}
 tr.drill-row>td{background:#fbfcfd;padding:8px 12px 12px 28px}
 .drill-table{width:auto;font-size:13px}
+table.compression-by-variant{width:auto;margin:6px 0 14px}
 .better{color:var(--better);font-weight:600}
 .worse{color:var(--worse);font-weight:600}
 .same{color:var(--muted)}

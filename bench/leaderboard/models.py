@@ -348,7 +348,8 @@ def _measure(
                 num_classes=classes,
                 params=profile.params,
                 flops=profile.flops,
-                latency_ms=dict(profile.latency_ms),
+                # At models.csv's precision, so a rebuild from it writes the same pages.
+                latency_ms={b: round(ms, 4) for b, ms in profile.latency_ms.items()},
                 threads=THREADS,
                 repeats=repeats,
                 warmup=WARMUP,

@@ -16,6 +16,8 @@ study.csv,         for a study suite (``study:`` in suite.yaml): accuracy agains
 figures/study.png  study varies (:mod:`bench.leaderboard.study`)
 models.csv         with the Models section: each teacher's and student's parameters, FLOPs and
                    CPU latency (:mod:`bench.leaderboard.models`)
+compression.csv    for a suite whose students were compressed: each pruned or int8 variant
+                   (:mod:`bench.leaderboard.compression`)
 =================  ============================================================================
 
 Nothing written depends on the clock or on where the runs came from, so rebuilding from
@@ -32,6 +34,14 @@ import pandas as pd
 from bench.leaderboard import formatting as fmt
 from bench.leaderboard import stats
 from bench.leaderboard.aggregate import Leaderboard
+from bench.leaderboard.compression import (
+    COMPRESSION_FILE,
+    CompressionSummary,
+    compression_markdown,
+    compression_table,
+    summarize,
+    write_compression_csv,
+)
 from bench.leaderboard.figures import FIGURES, write_figures
 from bench.leaderboard.html import render_html
 from bench.leaderboard.models import (
@@ -78,6 +88,7 @@ def write_outputs(
     mlflow_url: str | None = None,
     study: StudySpec | None = None,
     models: ModelsTable | None = None,
+    compression: pd.DataFrame | None = None,
 ) -> list[Path]:
     """Write every output file of a leaderboard.
 
@@ -88,10 +99,12 @@ def write_outputs(
         mlflow_url: MLflow UI base URL for links in index.html, or None.
         study: What a study suite varies, for its table and figure; None for others.
         models: The Models section (written to models.csv too), or None for none.
+        compression: Measurements of compressed students, one row per child run
+            (:mod:`bench.leaderboard.compression`), or None.
 
     Returns:
         The paths written: :data:`OUTPUT_FILES` in order, then the published comparison,
-        the study's files and models.csv when there are any.
+        the study's files, models.csv and compression.csv when there are any.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -117,6 +130,9 @@ def write_outputs(
     if models is not None:
         write_models_csv(models.profiles, folder / MODELS_FILE)
         extra.append(folder / MODELS_FILE)
+    compressed = _write_compression(board, runs, compression, folder)
+    if compressed is not None:
+        extra.append(folder / COMPRESSION_FILE)
     write_results_csv(runs, folder / "results.csv")
     summary_frame(board).to_csv(
         folder / "summary.csv", index=False, float_format=_FLOAT_FORMAT, lineterminator="\n"
@@ -129,13 +145,34 @@ def write_outputs(
     )
     write_figures(board, folder / "figures")
     (folder / "README.md").write_text(
-        render_markdown(board, published=published, study=study_result, models=models),
+        render_markdown(
+            board,
+            published=published,
+            study=study_result,
+            models=models,
+            compression=compressed,
+        ),
         encoding="utf-8",
     )
     (folder / "index.html").write_text(
-        render_html(board, mlflow_url=mlflow_url, models=models), encoding="utf-8"
+        render_html(board, mlflow_url=mlflow_url, models=models, compression=compressed),
+        encoding="utf-8",
     )
     return [folder / name for name in OUTPUT_FILES] + extra
+
+
+def _write_compression(
+    board: Leaderboard, runs: pd.DataFrame, measured: pd.DataFrame | None, folder: Path
+) -> CompressionSummary | None:
+    """compression.csv and its summary; without compressed students, none (and a
+    compression.csv left from an earlier build is removed, so the folder stays consistent)."""
+    path = folder / COMPRESSION_FILE
+    table = compression_table(board, runs, measured) if measured is not None else None
+    if table is None or table.empty:
+        path.unlink(missing_ok=True)
+        return None
+    write_compression_csv(table, path)
+    return summarize(table, board.settings.confidence)
 
 
 # --------------------------------------------------------------------------------------------
@@ -304,10 +341,11 @@ def render_markdown(
     published: list[PublishedRow] | None = None,
     study: StudyResult | None = None,
     models: ModelsTable | None = None,
+    compression: CompressionSummary | None = None,
 ) -> str:
     """The suite folder's README: main table first, then the evidence behind it (with the
-    study's table and figure, published numbers beside kdbench's, and the models' costs,
-    when given)."""
+    study's table and figure, the compressed students, published numbers beside kdbench's,
+    and the models' costs, when given)."""
     s = board.settings
     lines = [
         f"# Leaderboard: {board.name}",
@@ -331,6 +369,8 @@ def render_markdown(
     lines += [""]
     if study is not None:
         lines += study_markdown(study)
+    if compression is not None:
+        lines += compression_markdown(compression)
     if published:
         lines += published_markdown(published)
     if models is not None:
