@@ -697,18 +697,10 @@ def _recorded_runs(uri: str, experiment: str) -> dict[str, list[Any]]:
     client, found = _read_experiment(uri, experiment)
     if found is None:
         return {}
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [found.experiment_id],
-            filter_string=f"{ledger.quoted(ledger.RUN_KEY_TAG)} LIKE '%'",
-            max_results=5000,
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return ledger.runs_by_key(runs)
+    from bench.tracking import search_all_runs
+
+    query = f"{ledger.quoted(ledger.RUN_KEY_TAG)} LIKE '%'"
+    return ledger.runs_by_key(search_all_runs(client, found.experiment_id, query))
 
 
 def _read_experiment(uri: str, experiment: str) -> tuple[Any, Any]:

@@ -39,6 +39,7 @@ from bench.analysis import (
     pruned_variant,
 )
 from bench.spec import Compression, PlannedTrial
+from bench.tracking import search_all_runs
 
 #: The latency column the sweep summary shows (the one a deployed student sees most).
 SUMMARY_BATCH = 1
@@ -92,19 +93,7 @@ def recorded_variants(client: Any, experiment_id: str | None) -> dict[str, dict[
     if client is None or experiment_id is None:
         return {}
     query = f"tags.`kdbench.kind` = '{COMPRESS_KIND}' and attributes.status = 'FINISHED'"
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [experiment_id],
-            filter_string=query,
-            max_results=5000,
-            page_token=token,
-            order_by=["attributes.start_time ASC"],
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
+    runs = search_all_runs(client, experiment_id, query, ["attributes.start_time ASC"])
     out: dict[str, dict[str, Any]] = defaultdict(dict)
     for run in runs:
         tags = run.data.tags

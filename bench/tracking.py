@@ -172,18 +172,36 @@ class Tracker:
 
     def search(self, filter_string: str = "") -> list:
         """Every run of the experiment matching ``filter_string`` (all pages)."""
-        runs, token = [], None
-        while True:
-            page = self.client.search_runs(
-                [self.experiment_id],
-                filter_string=filter_string,
-                max_results=5000,
-                page_token=token,
-            )
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
+        return search_all_runs(self.client, self.experiment_id, filter_string)
+
+
+def search_all_runs(
+    client: Any,
+    experiment_id: str,
+    filter_string: str = "",
+    order_by: list[str] | None = None,
+) -> list:
+    """Every run of one experiment that matches ``filter_string``, over all result pages.
+
+    Args:
+        client: An ``MlflowClient``.
+        experiment_id: The experiment's id.
+        filter_string: MLflow's search syntax; empty matches every run.
+        order_by: MLflow's ordering clauses, e.g. ``["attributes.start_time ASC"]``.
+    """
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=filter_string,
+            max_results=5000,
+            page_token=token,
+            order_by=order_by,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
 
 
 class RunHandle:

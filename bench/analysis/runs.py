@@ -81,19 +81,9 @@ def mlflow_client(tracking_uri: str | None, experiment: str) -> tuple[Any, str]:
 
 
 def _search(client: Any, experiment_id: str, query: str) -> list[Any]:
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [experiment_id],
-            filter_string=query,
-            max_results=5000,
-            page_token=token,
-            order_by=["attributes.start_time DESC"],
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    from bench.tracking import search_all_runs
+
+    return search_all_runs(client, experiment_id, query, ["attributes.start_time DESC"])
 
 
 def find_run(

@@ -46,6 +46,7 @@ import pandas as pd
 from bench.leaderboard import stats
 from bench.leaderboard.aggregate import Leaderboard
 from bench.leaderboard.runs import LeaderboardError
+from bench.tracking import search_all_runs
 
 COMPRESSION_FILE = "compression.csv"
 _LATENCY = re.compile(r"^latency_ms_batch(\d+)$")
@@ -141,19 +142,7 @@ def compression_from_mlflow(tracking_uri: str, experiment: str) -> pd.DataFrame 
     if found is None:
         return None
     query = f"tags.`kdbench.kind` = '{COMPRESS_KIND}' and attributes.status = 'FINISHED'"
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [found.experiment_id],
-            filter_string=query,
-            max_results=5000,
-            page_token=token,
-            order_by=["attributes.start_time ASC"],
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
+    runs = search_all_runs(client, found.experiment_id, query, ["attributes.start_time ASC"])
     records = []
     for run in runs:
         tags, metrics = run.data.tags, run.data.metrics

@@ -55,6 +55,8 @@ from typing import Any
 
 import pandas as pd
 
+from bench.tracking import search_all_runs
+
 #: Every column of results.csv, in file order.
 COLUMNS: tuple[str, ...] = (
     "run_key",
@@ -457,15 +459,7 @@ def runs_from_mlflow(tracking_uri: str, experiment: str) -> tuple[pd.DataFrame, 
             f"{', '.join(names) or 'none'}. Run the sweep first, or pass --experiment/"
             "--tracking-uri."
         )
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [found.experiment_id], max_results=5000, page_token=token, order_by=["start_time ASC"]
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            break
+    runs = search_all_runs(client, found.experiment_id, order_by=["start_time ASC"])
     chosen: dict[str, Any] = {}
     notes = []
     for run in runs:
