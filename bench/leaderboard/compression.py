@@ -45,7 +45,7 @@ import pandas as pd
 
 from bench.leaderboard import stats
 from bench.leaderboard.aggregate import Leaderboard
-from bench.leaderboard.runs import LeaderboardError
+from bench.leaderboard.runs import LeaderboardError, read_text_table
 from bench.tracking import search_all_runs
 
 COMPRESSION_FILE = "compression.csv"
@@ -175,13 +175,7 @@ def read_compression_csv(path: str | Path) -> pd.DataFrame:
             line and the column.
     """
     path = Path(path)
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except pd.errors.EmptyDataError:
-        raise LeaderboardError(f"{path}: the file is empty; expected a header row.") from None
-    except pd.errors.ParserError as exc:
-        raise LeaderboardError(f"{path}: not a valid CSV file: {exc}") from None
-    raw.columns = [str(c).strip() for c in raw.columns]
+    raw = read_text_table(path)
     missing = [c for c in REQUIRED if c not in raw.columns]
     if missing:
         raise LeaderboardError(

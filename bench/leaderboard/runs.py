@@ -395,6 +395,18 @@ def read_results_csv(path: str | Path, *, image_size: int | None = None) -> pd.D
     path = Path(path)
     if not path.is_file():
         raise LeaderboardError(f"{path}: no such file; pass the results.csv of a leaderboard.")
+    raw = read_text_table(path)
+    if "image_size" not in raw.columns and image_size is not None:
+        raw["image_size"] = str(image_size)
+    return check_runs(raw, source=path.name, first_line=2)
+
+
+def read_text_table(path: Path) -> pd.DataFrame:
+    """A CSV file as text cells (nothing parsed, empty stays empty), headers stripped.
+
+    Raises:
+        LeaderboardError: The file is empty or not valid CSV.
+    """
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
     except pd.errors.EmptyDataError:
@@ -402,9 +414,7 @@ def read_results_csv(path: str | Path, *, image_size: int | None = None) -> pd.D
     except pd.errors.ParserError as exc:
         raise LeaderboardError(f"{path}: not a valid CSV file: {exc}") from None
     raw.columns = [str(c).strip() for c in raw.columns]
-    if "image_size" not in raw.columns and image_size is not None:
-        raw["image_size"] = str(image_size)
-    return check_runs(raw, source=path.name, first_line=2)
+    return raw
 
 
 def write_results_csv(runs: pd.DataFrame, path: str | Path) -> None:
