@@ -21,6 +21,7 @@ Optimizer = Literal["sgd", "adam", "adamw"]
 Schedule = Literal["cosine", "step", "constant"]
 Phase = Literal["tune", "final"]
 DataPath = Literal["device", "loader"]
+AugmentStream = Literal["trial", "shared"]
 
 #: Field metadata of options added after the first release: at their default they are left out
 #: of every hash (run keys, teacher cache keys), so adding them changed no existing key.
@@ -60,6 +61,11 @@ class Recipe:
             round differently, so a compiled trial has its own run key).
         image_size: Train and evaluate on images resized to this square size (None: the
             dataset's own). A teacher must be trained at its student's size.
+        augment_stream: Where the crop offsets and flips come from. ``trial``: the trial's
+            seeded generator, so every trial augments differently. ``shared``: a fixed
+            stream keyed on (epoch, sample position) only, so every trial (any seed, order or
+            batch size) sees the same augmented image of a sample in the same epoch, and a
+            frozen teacher's outputs on it are computed once per epoch for all of them.
     """
 
     epochs: int = 30
@@ -77,6 +83,7 @@ class Recipe:
     data_path: DataPath = field(default="device", metadata=OMIT_DEFAULT_FROM_KEY)
     compile: bool = field(default=False, metadata=OMIT_DEFAULT_FROM_KEY)
     image_size: int | None = field(default=None, metadata=OMIT_DEFAULT_FROM_KEY)
+    augment_stream: AugmentStream = field(default="trial", metadata=OMIT_DEFAULT_FROM_KEY)
 
     def __post_init__(self) -> None:
         if self.image_size is not None and self.image_size < 8:
@@ -107,6 +114,19 @@ class Recipe:
             )
         if any(not 0 < m < 1 for m in self.milestones):
             raise ConfigError(f"recipe.milestones must be fractions in (0, 1): {self.milestones}")
+        self._check_augment_stream()
+
+    def _check_augment_stream(self) -> None:
+        if self.augment_stream not in ("trial", "shared"):
+            raise ConfigError(
+                f"recipe.augment_stream {self.augment_stream!r} is not one of 'trial' (each "
+                "trial draws its own crops and flips) or 'shared' (one stream for all trials)"
+            )
+        if self.augment_stream == "shared" and self.data_path == "loader":
+            raise ConfigError(
+                "recipe.augment_stream 'shared' needs data_path 'device' (the loader path "
+                "draws per-sample crops in its workers from the trial's seed); drop one of them"
+            )
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from bench.registry import Registry
 
 __all__ = [
     "DATASETS",
+    "AugmentDraws",
     "ClassSelection",
     "DataBundle",
     "DataError",
@@ -57,6 +58,7 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "register_dataset",
+    "shared_augment_draws",
     "stratified_holdout",
     "with_loader",
 ]
@@ -108,12 +110,17 @@ class Split(Protocol):
         augment: bool,
         device: torch.device,
         drop_last: bool = False,
+        shared_epoch: int | None = None,
     ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """Yield ``(x, y, index)`` batches covering the split once (one call, one epoch).
 
         ``x`` is float32, normalised, N×C×H×W on ``device``; ``y`` holds int64 labels;
         ``index`` holds the int64 positions of the samples in this split (0..len-1, stable
         across epochs, for methods that keep per-sample memory banks).
+
+        With ``shared_epoch`` (and ``augment``), the crop and flip of each sample come from
+        the shared augmentation stream of that epoch (:func:`shared_augment_draws`) instead
+        of ``generator``, which then only orders the samples.
         """
         ...
 
@@ -177,6 +184,9 @@ DATASETS: Registry[DatasetSource] = Registry("dataset")
 _TEST_STREAM = 1
 _VAL_STREAM = 2
 _FIXED_TEST_SEED = 0
+# Seed of the shared augmentation stream (recipe.augment_stream "shared"); changing it changes
+# what every shared-stream trial trains on.
+SHARED_AUGMENT_SEED = 0x5EED_A06
 
 
 def list_datasets(pattern: str | None = None) -> list[str]:
@@ -372,9 +382,16 @@ class _BatchPipeline:
         self.flip = bool(flip)
         self._affine: dict[torch.device, tuple[Tensor, Tensor]] = {}
 
-    def __call__(self, x: Tensor, *, augment: bool, generator: torch.Generator | None) -> Tensor:
+    def __call__(
+        self,
+        x: Tensor,
+        *,
+        augment: bool,
+        generator: torch.Generator | None,
+        draws: AugmentDraws | None = None,
+    ) -> Tensor:
         if augment:
-            x = self.augment(x, generator)
+            x = self.augment(x, generator, draws=draws)
         return self.normalise(x)
 
     def normalise(self, x: Tensor) -> Tensor:
@@ -390,28 +407,76 @@ class _BatchPipeline:
         scale, shift = self._affine[x.device]
         return x.float().mul_(scale).add_(shift)
 
-    def augment(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+    def draw(self, n: int, generator: torch.Generator | None) -> AugmentDraws:
+        """Crop offsets and flips of ``n`` samples, drawn on the CPU in this order: offsets
+        (2×n), then flips (n, only where the dataset allows them)."""
+        offsets = torch.randint(0, 2 * self.crop_padding + 1, (2, n), generator=generator)
+        flipped = None
+        if self.flip:
+            flipped = torch.randint(0, 2, (n, 1), generator=generator).bool()
+        return AugmentDraws(offsets, flipped)
+
+    def augment(
+        self, x: Tensor, generator: torch.Generator | None, *, draws: AugmentDraws | None = None
+    ) -> Tensor:
         """Random crop (zero padding ``crop_padding``) and, if allowed, horizontal flip.
 
         One gather does both: output pixel (i, j) of sample n is padded pixel
-        (dy[n] + i, dx[n] + j), with j mirrored for flipped samples. Draw order per batch:
-        crop offsets (2×N), then flips (N).
+        (dy[n] + i, dx[n] + j), with j mirrored for flipped samples. The draws come from
+        ``draws`` (one row per sample of ``x``) when given, else from ``generator`` (see
+        :meth:`draw`).
         """
         pad, n = self.crop_padding, x.shape[0]
         if n == 0 or (pad == 0 and not self.flip):
             return x
         _, c, h, w = x.shape
         device = x.device
-        offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(device)
+        draws = self.draw(n, generator) if draws is None else draws
+        offsets = draws.offsets.to(device)
         rows = offsets[0, :, None] + torch.arange(h, device=device)
         cols = offsets[1, :, None] + torch.arange(w, device=device)
         if self.flip:
-            flipped = torch.randint(0, 2, (n, 1), generator=generator).bool().to(device)
+            flipped = draws.flipped.to(device)
             cols = torch.where(flipped, cols.flip(1), cols)
         padded = F.pad(x, (pad, pad, pad, pad)) if pad else x
         width = w + 2 * pad
         flat = (rows[:, :, None] * width + cols[:, None, :]).view(n, 1, h * w).expand(n, c, h * w)
         return padded.reshape(n, c, -1).gather(2, flat).view(n, c, h, w)
+
+
+@dataclass(frozen=True)
+class AugmentDraws:
+    """The random choices of a crop-and-flip augmentation, one per sample.
+
+    Attributes:
+        offsets: 2×N crop offsets (row, column) into the zero-padded image.
+        flipped: N×1 booleans, or None where the dataset does not flip.
+    """
+
+    offsets: Tensor
+    flipped: Tensor | None
+
+    def take(self, index: Tensor) -> AugmentDraws:
+        """The draws of the samples at ``index`` (on the draws' device)."""
+        flipped = None if self.flipped is None else self.flipped.index_select(0, index)
+        return AugmentDraws(self.offsets.index_select(1, index), flipped)
+
+    def to(self, device: torch.device) -> AugmentDraws:
+        flipped = None if self.flipped is None else self.flipped.to(device)
+        return AugmentDraws(self.offsets.to(device), flipped)
+
+
+def shared_augment_draws(pipeline: _BatchPipeline, n: int, epoch: int) -> AugmentDraws:
+    """The shared augmentation stream's draws for the ``n`` samples of a split in ``epoch``.
+
+    They depend on the epoch, the split's size and its crop padding and flip only: every
+    trial on the split, whatever its seed, order or batch size, crops and flips sample ``i``
+    of epoch ``e`` alike.
+    """
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise DataError(f"shared_epoch must be an epoch number >= 0, got {epoch!r}")
+    generator = torch.Generator().manual_seed(SHARED_AUGMENT_SEED + 1_000_003 * epoch)
+    return pipeline.draw(n, generator)
 
 
 def _epoch_order(n: int, shuffle: bool, generator: torch.Generator | None) -> Tensor:
@@ -482,16 +547,22 @@ class TensorSplit:
         augment: bool,
         device: torch.device,
         drop_last: bool = False,
+        shared_epoch: int | None = None,
     ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """Yield ``(x, y, index)`` batches over the split once; see :class:`Split`."""
         _check_batch_size(batch_size)
         order = _epoch_order(len(self), shuffle, generator).to(self.images.device)
+        shared = None
+        if augment and shared_epoch is not None:
+            shared = shared_augment_draws(self.pipeline, len(self), shared_epoch)
+            shared = shared.to(self.images.device)
         stop = len(self) - len(self) % batch_size if drop_last else len(self)
         for start in range(0, stop, batch_size):
             index = order[start : start + batch_size]
             x = self.images.index_select(0, index).to(device, non_blocking=True)
             y = self.labels.index_select(0, index).to(device, non_blocking=True)
-            x = self.pipeline(x, augment=augment, generator=generator)
+            draws = None if shared is None else shared.take(index)
+            x = self.pipeline(x, augment=augment, generator=generator, draws=draws)
             yield x, y, index.to(device, non_blocking=True)
 
 
@@ -562,11 +633,15 @@ class FolderSplit:
         augment: bool,
         device: torch.device,
         drop_last: bool = False,
+        shared_epoch: int | None = None,
     ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         """Yield ``(x, y, index)`` batches over the split once; see :class:`Split`."""
         _check_batch_size(batch_size)
         device = torch.device(device)
         order = _epoch_order(len(self), shuffle, generator)
+        shared = None
+        if augment and shared_epoch is not None:
+            shared = shared_augment_draws(self.pipeline, len(self), shared_epoch)
         loader = torch.utils.data.DataLoader(
             _Picked(self.dataset, self.positions, order),
             batch_size=batch_size,
@@ -578,7 +653,10 @@ class FolderSplit:
         for images, index in loader:
             y = self.labels.index_select(0, index).to(device, non_blocking=True)
             x = self.pipeline(
-                images.to(device, non_blocking=True), augment=augment, generator=generator
+                images.to(device, non_blocking=True),
+                augment=augment,
+                generator=generator,
+                draws=None if shared is None else shared.take(index),
             )
             yield x, y, index.to(device, non_blocking=True)
 
@@ -669,9 +747,17 @@ class LoaderSplit:
         augment: bool,
         device: torch.device,
         drop_last: bool = False,
+        shared_epoch: int | None = None,
     ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        """Yield ``(x, y, index)`` batches over the split once; see :class:`Split`."""
+        """Yield ``(x, y, index)`` batches over the split once; see :class:`Split`. The shared
+        augmentation stream is not available here (``shared_epoch`` raises)."""
         _check_batch_size(batch_size)
+        if augment and shared_epoch is not None:
+            raise DataError(
+                "the loader data path augments one sample at a time from the trial's seed and "
+                "has no shared augmentation stream; use data_path 'device' with "
+                "augment_stream 'shared'"
+            )
         device = torch.device(device)
         order = _epoch_order(len(self), shuffle, generator)
         epoch_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())

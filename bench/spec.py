@@ -98,6 +98,8 @@ from bench.config import (
 )
 
 SUITE_FILE = "suite.yaml"
+#: Student recipe fields a suite's teacher recipe does not inherit.
+STUDENT_ONLY_RECIPE_KEYS = ("trainable", "augment_stream")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
 TOP_KEYS = (
     "name",
@@ -1272,8 +1274,11 @@ class _Checker:
         if student_values is not None:
             student = self.build_recipe(student_values, ("recipe", "student"))
             if student is not None and teacher_values is not None:
-                # The teacher inherits the student's fields, but never its frozen layers.
-                inherited = {k: v for k, v in student_values.items() if k != "trainable"}
+                # The teacher inherits the student's fields, but never its frozen layers, nor
+                # the stream its augmentation is shared across student trials by.
+                inherited = {
+                    k: v for k, v in student_values.items() if k not in STUDENT_ONLY_RECIPE_KEYS
+                }
                 merged = {**inherited, **teacher_values}
                 teacher = self.build_recipe(merged, ("recipe", "teacher"))
                 if teacher is not None:

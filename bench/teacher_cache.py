@@ -12,6 +12,13 @@ values). A teacher evaluates in eval mode, one sample independently of the other
 looked-up row equals what the same forward pass on a training batch computes; the tests check
 that a cached trial and an uncached one end bit-identical.
 
+With ``recipe.augment_stream: shared`` the inputs are augmented, but alike in every trial: the
+crop and flip of a sample depend only on the epoch and its position (see
+:func:`bench.data.shared_augment_draws`). The teacher's outputs then get one entry per epoch,
+over the split augmented as that epoch's stream augments it, keyed like the others plus the
+stream, its augmentation settings and the epoch (:class:`SharedStreamOutputs`). The first
+trial of a teacher builds each epoch's entry as it reaches that epoch; later trials load them.
+
 ``KDBENCH_TEACHER_CACHE_MB`` bounds one entry's size (default 2048; 0 turns the cache off):
 features of a deep teacher on a large split are left to be computed per step instead.
 """
@@ -28,14 +35,16 @@ import torch
 from torch import Tensor, nn
 
 from bench.config import Recipe, stable_hash
-from bench.data import DatasetInfo, Split
+from bench.data import SHARED_AUGMENT_SEED, DatasetInfo, Split
 from bench.method import Outputs
 from bench.paths import kdbench_home
 
 __all__ = [
+    "SharedStreamOutputs",
     "TeacherOutputs",
     "budget_bytes",
     "inputs_are_deterministic",
+    "shares_augmentation",
     "split_fingerprint",
     "teacher_outputs",
 ]
@@ -116,6 +125,11 @@ def inputs_are_deterministic(recipe: Recipe, info: DatasetInfo) -> bool:
     return not recipe.augment or (info.crop_padding == 0 and not info.flip)
 
 
+def shares_augmentation(recipe: Recipe, info: DatasetInfo) -> bool:
+    """Whether the training inputs are augmented by the stream all trials share."""
+    return recipe.augment_stream == "shared" and not inputs_are_deterministic(recipe, info)
+
+
 def budget_bytes() -> int:
     """The largest cache entry allowed (``KDBENCH_TEACHER_CACHE_MB``, default 2048 MB)."""
     raw = os.environ.get("KDBENCH_TEACHER_CACHE_MB", "2048")
@@ -158,21 +172,35 @@ def _checkpoint_id(path: Path) -> str:
 
 
 def outputs_key(
-    teacher_key: str, checkpoint: Path, split: Split, needs: frozenset[str], device: torch.device
+    teacher_key: str,
+    checkpoint: Path,
+    split: Split,
+    needs: frozenset[str],
+    device: torch.device,
+    *,
+    shared_epoch: int | None = None,
 ) -> str:
-    """The cache key of a teacher's outputs on a split."""
-    return stable_hash(
-        {
-            "teacher": teacher_key,
-            "checkpoint": checkpoint.name if not teacher_key.startswith("file-") else None,
-            "file": _checkpoint_id(checkpoint) if teacher_key.startswith("file-") else None,
-            "split": split_fingerprint(split),
-            "needs": sorted(needs),
-            "device": device.type,
-            "format": OUTPUTS_FORMAT,
-        },
-        length=24,
-    )
+    """The cache key of a teacher's outputs on a split (augmented by the shared stream of
+    ``shared_epoch`` when given)."""
+    fields = {
+        "teacher": teacher_key,
+        "checkpoint": checkpoint.name if not teacher_key.startswith("file-") else None,
+        "file": _checkpoint_id(checkpoint) if teacher_key.startswith("file-") else None,
+        "split": split_fingerprint(split),
+        "needs": sorted(needs),
+        "device": device.type,
+        "format": OUTPUTS_FORMAT,
+    }
+    if shared_epoch is not None:  # absent otherwise: the unaugmented entries keep their keys
+        pipeline = split.pipeline
+        fields["augment"] = {
+            "stream": "shared",
+            "seed": SHARED_AUGMENT_SEED,
+            "crop_padding": pipeline.crop_padding,
+            "flip": pipeline.flip,
+            "epoch": shared_epoch,
+        }
+    return stable_hash(fields, length=24)
 
 
 def teacher_outputs(
@@ -184,17 +212,19 @@ def teacher_outputs(
     device: torch.device,
     *,
     batch_size: int = 256,
+    shared_epoch: int | None = None,
 ) -> TeacherOutputs | None:
     """The teacher's outputs on every sample of ``split``, from memory, disk, or one pass.
 
-    Returns None when they would not fit the budget (see :func:`budget_bytes`) or the split
-    is not held in memory.
+    With ``shared_epoch``, on the split as the shared augmentation stream augments it in that
+    epoch. Returns None when they would not fit the budget (see :func:`budget_bytes`) or the
+    split is not held in memory.
     """
     budget = budget_bytes()
     if budget <= 0 or not hasattr(split, "images"):
         return None
     needs = frozenset(needs)
-    key = outputs_key(teacher_key, checkpoint, split, needs, device)
+    key = outputs_key(teacher_key, checkpoint, split, needs, device, shared_epoch=shared_epoch)
     if key in _memory:
         _memory.move_to_end(key)
         return _memory[key]
@@ -206,7 +236,15 @@ def teacher_outputs(
     else:
         if _estimated_bytes(teacher, split, needs, device) > budget:
             return None
-        entry = compute_outputs(teacher, split, needs, device, key=key, batch_size=batch_size)
+        entry = compute_outputs(
+            teacher,
+            split,
+            needs,
+            device,
+            key=key,
+            batch_size=batch_size,
+            shared_epoch=shared_epoch,
+        )
         _save(entry, path)
     _memory[key] = entry
     while len(_memory) > _MEMORY_ENTRIES:
@@ -247,16 +285,25 @@ def compute_outputs(
     *,
     key: str = "",
     batch_size: int = 256,
+    shared_epoch: int | None = None,
 ) -> TeacherOutputs:
-    """One eval-mode pass of ``teacher`` over ``split`` in order, kept on ``device``."""
+    """One eval-mode pass of ``teacher`` over ``split`` in order, kept on ``device``: the
+    images as they are, or as the shared augmentation stream of ``shared_epoch`` crops and
+    flips them."""
     from bench.train import autocast_for
 
     was_training = teacher.training
     teacher.eval()
     parts = []
+    augment = {} if shared_epoch is None else {"shared_epoch": shared_epoch}
     try:
         for x, _, _ in split.batches(
-            batch_size, shuffle=False, generator=None, augment=False, device=device
+            batch_size,
+            shuffle=False,
+            generator=None,
+            augment=bool(augment),
+            device=device,
+            **augment,
         ):
             parts.append(_forward(teacher, x, needs, device, autocast_for))
     finally:
@@ -274,6 +321,40 @@ def compute_outputs(
         features=[cat([p.features[i] for p in parts]) for i in range(stages)],
         preact_features=[cat([p.preact_features[i] for p in parts]) for i in range(pre_stages)],
     )
+
+
+@dataclass
+class SharedStreamOutputs:
+    """A frozen teacher's outputs under the shared augmentation stream, one cache entry per
+    epoch, looked up (or built) when a trial first asks for that epoch.
+
+    Attributes:
+        teacher: The frozen teacher.
+        teacher_key: Its cache key (see :mod:`bench.teachers`).
+        checkpoint: Its checkpoint file.
+        split: The training split (in memory).
+        needs: What besides logits to keep.
+        device: The training device.
+    """
+
+    teacher: nn.Module
+    teacher_key: str
+    checkpoint: Path
+    split: Split
+    needs: frozenset[str]
+    device: torch.device
+
+    def for_epoch(self, epoch: int) -> TeacherOutputs | None:
+        """The entry of ``epoch``, or None when it does not fit the budget."""
+        return teacher_outputs(
+            self.teacher,
+            self.teacher_key,
+            self.checkpoint,
+            self.split,
+            self.needs,
+            self.device,
+            shared_epoch=epoch,
+        )
 
 
 def _save(entry: TeacherOutputs, path: Path) -> None:

@@ -201,6 +201,7 @@ class TrainContext:
         log: Callable[[dict[str, float]], None] | None = None,
         execution: Execution | None = None,
         teacher_outputs: Any = None,
+        shared_teacher_outputs: Any = None,
     ) -> None:
         self.student = student
         self.student_info = student_info
@@ -220,8 +221,13 @@ class TrainContext:
         #: A :class:`bench.teacher_cache.TeacherOutputs` of ``teacher`` on the training split,
         #: or None: set when the inputs are deterministic and the teacher frozen.
         self.teacher_outputs = teacher_outputs
+        #: A :class:`bench.teacher_cache.SharedStreamOutputs` (one entry per epoch), or None:
+        #: set when the inputs come from the shared augmentation stream and the teacher is
+        #: frozen.
+        self.shared_teacher_outputs = shared_teacher_outputs
         self._batch: Batch | None = None
         self._batch_version = -1
+        self._batch_outputs: Any = None
 
     # -- forward passes ----------------------------------------------------------------------
 
@@ -257,7 +263,7 @@ class TrainContext:
             return forward_outputs(self.teacher, x if dtype is None else x.to(dtype), needs)
 
     def _cached_teacher_outputs(self, x: Tensor, needs: frozenset[str]) -> Outputs | None:
-        batch, cache = self._batch, self.teacher_outputs
+        batch, cache = self._batch, self._batch_outputs
         if cache is None or batch is None or x is not batch.x:
             return None
         if x._version != self._batch_version or not cache.covers(needs):
@@ -305,16 +311,21 @@ class TrainContext:
         return teacher.model, teacher.info
 
     def train_batches(self, augment: bool = True, *, epoch: int = 0) -> Iterator[Batch]:
-        """One epoch over the training split as :class:`Batch` objects."""
+        """One epoch over the training split as :class:`Batch` objects (augmented by the
+        shared stream of ``epoch`` when the recipe asks for it)."""
         steps = max(1, self.task.steps_per_epoch)
+        augment = augment and self.recipe.augment
+        shared = augment and self.recipe.augment_stream == "shared"
+        outputs = self._teacher_outputs_of_epoch(epoch, augment=augment, shared=shared)
         for i, (x, y, index) in enumerate(
             self.data.train.batches(
                 self.recipe.batch_size,
                 shuffle=True,
                 generator=self._data_generator,
-                augment=augment and self.recipe.augment,
+                augment=augment,
                 device=self.device,
                 drop_last=len(self.data.train) > self.recipe.batch_size,
+                **({"shared_epoch": epoch} if shared else {}),
             )
         ):
             step = epoch * steps + i
@@ -329,8 +340,16 @@ class TrainContext:
                 progress=min(step / max(1, self.task.total_steps), 1.0 - 1e-9),
             )
             self._batch, self._batch_version = batch, x._version
+            self._batch_outputs = outputs
             yield batch
-        self._batch = None
+        self._batch = self._batch_outputs = None
+
+    def _teacher_outputs_of_epoch(self, epoch: int, *, augment: bool, shared: bool) -> Any:
+        """The cache entry that holds the teacher's outputs on this epoch's batches, if any."""
+        if self.shared_teacher_outputs is None:
+            return self.teacher_outputs
+        # The per-epoch entries hold augmented inputs: batches drawn unaugmented match none.
+        return self.shared_teacher_outputs.for_epoch(epoch) if augment and shared else None
 
     def make_optimizer(self, params: Any) -> torch.optim.Optimizer:
         return make_optimizer(list(params), self.recipe)
@@ -714,6 +733,7 @@ def build_trial(
         log=log,
         execution=execution,
         teacher_outputs=_teacher_outputs_for(prepared, method, teacher_model),
+        shared_teacher_outputs=_shared_teacher_outputs_for(prepared, method, teacher_model),
     )
     return Built(ctx, method, student, s_info, teacher_model, teacher_info)
 
@@ -733,6 +753,29 @@ def _teacher_outputs_for(prepared: Prepared, method: Method, teacher: nn.Module 
         Path(prepared.teacher.path),
         prepared.data.train,
         method.needs_of_teacher(),
+        prepared.device,
+    )
+
+
+def _shared_teacher_outputs_for(
+    prepared: Prepared, method: Method, teacher: nn.Module | None
+) -> Any:
+    """The per-epoch teacher outputs cache of this trial, when its teacher is frozen and its
+    training inputs come from the shared augmentation stream; else None."""
+    from bench.teacher_cache import SharedStreamOutputs, shares_augmentation
+
+    if teacher is None or method.mode != "offline" or prepared.teacher is None:
+        return None
+    if not shares_augmentation(prepared.config.recipe, prepared.data.info):
+        return None
+    if not hasattr(prepared.data.train, "images"):
+        return None  # streamed from files: no in-memory split to compute the entries over
+    return SharedStreamOutputs(
+        teacher,
+        prepared.teacher.key,
+        Path(prepared.teacher.path),
+        prepared.data.train,
+        frozenset(method.needs_of_teacher()),
         prepared.device,
     )
 

@@ -45,3 +45,32 @@ def test_gpu_epoch_runs_on_cpu_at_tiny_sizes_and_reports_its_figures(tmp_path):
     assert set(report["packing"]) == {"1", "2"}
     assert report["packing"]["1"]["speedup"] == 1.0
     assert report["packing"]["2"]["images_per_second"] > 0
+
+
+def test_teacher_cost_runs_at_tiny_sizes_and_reads_the_shared_stream_cache():
+    command = [
+        sys.executable,
+        str(BENCHMARKS / "teacher_cost.py"),
+        "--teacher", "test_resnet_wide",
+        "--student", "test_resnet_narrow",
+        "--n", "200",
+        "--steps", "2",
+        "--repeats", "1",
+        "--device", "cpu",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ratios = {
+        line.split(":")[0].removeprefix("ratio "): float(line.split(":")[1].split()[0])
+        for line in done.stdout.splitlines()
+        if line.startswith("ratio ")
+    }
+    assert set(ratios) == {
+        "kd uncached / ce",
+        "kd cached / ce",
+        "kd aug uncached / ce aug",
+        "kd aug shared / ce aug",
+    }
+    # Read from the cache, KD skips the teacher's forward pass that the uncached steps pay.
+    assert ratios["kd aug shared / ce aug"] < ratios["kd aug uncached / ce aug"]

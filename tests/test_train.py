@@ -231,6 +231,10 @@ def test_new_recipe_settings_keep_existing_run_keys():
     assert run_key(kd_config(recipe=Recipe(epochs=2, batch_size=64, compile=True)), 1) != (
         run_key(kd_config(), 1)
     )
+    trial_stream = Recipe(epochs=2, batch_size=64, augment_stream="trial")
+    assert run_key(kd_config(recipe=trial_stream), 1) == run_key(kd_config(), 1)
+    shared_stream = Recipe(epochs=2, batch_size=64, augment_stream="shared")
+    assert run_key(kd_config(recipe=shared_stream), 1) != run_key(kd_config(), 1)
 
 
 def test_pilot_measures_a_trials_memory_and_gpu_shares_are_checked_against_it():
