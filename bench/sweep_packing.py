@@ -20,14 +20,13 @@ sweep's storage path, so resuming a sweep does not pilot again.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from bench.config import TrialConfig
+from bench.config import TrialConfig, stable_hash
 from bench.packing import HEADROOM, gpu_fraction_needed
 from bench.spec import PlannedTrial
 
@@ -220,8 +219,7 @@ def run_pilots(
 
 
 def _reading_path(cache: Path, shape: TrialConfig) -> Path:
-    digest = hashlib.sha256(repr(shape).encode()).hexdigest()[:20]
-    return cache / f"{digest}.json"
+    return cache / f"{stable_hash(shape, length=20)}.json"
 
 
 def _cached_reading(cache: Path, shape: TrialConfig) -> PilotReading | None:

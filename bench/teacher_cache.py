@@ -78,6 +78,10 @@ class TeacherOutputs:
     def covers(self, needs: frozenset[str] | set[str]) -> bool:
         return set(needs) <= self.needs
 
+    def for_epoch(self, epoch: int, *, augmented: bool) -> TeacherOutputs:
+        """This entry: its inputs are the same in every epoch, augmented or not."""
+        return self
+
     def take(self, index: Tensor, needs: frozenset[str] | set[str]) -> Outputs:
         """The outputs of the samples at ``index``, with only what ``needs`` asks for (as an
         uncached forward pass would return them)."""
@@ -344,8 +348,11 @@ class SharedStreamOutputs:
     needs: frozenset[str]
     device: torch.device
 
-    def for_epoch(self, epoch: int) -> TeacherOutputs | None:
-        """The entry of ``epoch``, or None when it does not fit the budget."""
+    def for_epoch(self, epoch: int, *, augmented: bool) -> TeacherOutputs | None:
+        """The entry of ``epoch``, or None when it does not fit the budget, the split is not
+        in memory, or the batches are drawn without augmentation (no entry holds those)."""
+        if not augmented:
+            return None
         return teacher_outputs(
             self.teacher,
             self.teacher_key,

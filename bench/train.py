@@ -201,7 +201,6 @@ class TrainContext:
         log: Callable[[dict[str, float]], None] | None = None,
         execution: Execution | None = None,
         teacher_outputs: Any = None,
-        shared_teacher_outputs: Any = None,
     ) -> None:
         self.student = student
         self.student_info = student_info
@@ -218,13 +217,11 @@ class TrainContext:
         self._log = log
         self._models_created = 0
         self.execution = execution or Execution()
-        #: A :class:`bench.teacher_cache.TeacherOutputs` of ``teacher`` on the training split,
-        #: or None: set when the inputs are deterministic and the teacher frozen.
+        #: The frozen teacher's outputs on the training split, or None: a
+        #: :class:`bench.teacher_cache.TeacherOutputs` when the inputs are the same every epoch,
+        #: a :class:`bench.teacher_cache.SharedStreamOutputs` (one entry per epoch) when they
+        #: come from the shared augmentation stream. Either answers ``for_epoch``.
         self.teacher_outputs = teacher_outputs
-        #: A :class:`bench.teacher_cache.SharedStreamOutputs` (one entry per epoch), or None:
-        #: set when the inputs come from the shared augmentation stream and the teacher is
-        #: frozen.
-        self.shared_teacher_outputs = shared_teacher_outputs
         self._batch: Batch | None = None
         self._batch_version = -1
         self._batch_outputs: Any = None
@@ -316,7 +313,8 @@ class TrainContext:
         steps = max(1, self.task.steps_per_epoch)
         augment = augment and self.recipe.augment
         shared = augment and self.recipe.augment_stream == "shared"
-        outputs = self._teacher_outputs_of_epoch(epoch, augment=augment, shared=shared)
+        cache = self.teacher_outputs
+        outputs = None if cache is None else cache.for_epoch(epoch, augmented=augment)
         for i, (x, y, index) in enumerate(
             self.data.train.batches(
                 self.recipe.batch_size,
@@ -343,13 +341,6 @@ class TrainContext:
             self._batch_outputs = outputs
             yield batch
         self._batch = self._batch_outputs = None
-
-    def _teacher_outputs_of_epoch(self, epoch: int, *, augment: bool, shared: bool) -> Any:
-        """The cache entry that holds the teacher's outputs on this epoch's batches, if any."""
-        if self.shared_teacher_outputs is None:
-            return self.teacher_outputs
-        # The per-epoch entries hold augmented inputs: batches drawn unaugmented match none.
-        return self.shared_teacher_outputs.for_epoch(epoch) if augment and shared else None
 
     def make_optimizer(self, params: Any) -> torch.optim.Optimizer:
         return make_optimizer(list(params), self.recipe)
@@ -733,44 +724,25 @@ def build_trial(
         log=log,
         execution=execution,
         teacher_outputs=_teacher_outputs_for(prepared, method, teacher_model),
-        shared_teacher_outputs=_shared_teacher_outputs_for(prepared, method, teacher_model),
     )
     return Built(ctx, method, student, s_info, teacher_model, teacher_info)
 
 
 def _teacher_outputs_for(prepared: Prepared, method: Method, teacher: nn.Module | None) -> Any:
-    """The teacher outputs cache entry of this trial, when its teacher is frozen and its
-    training inputs are the same every epoch; else None."""
-    from bench.teacher_cache import inputs_are_deterministic, teacher_outputs
-
-    if teacher is None or method.mode != "offline" or prepared.teacher is None:
-        return None
-    if not inputs_are_deterministic(prepared.config.recipe, prepared.data.info):
-        return None
-    return teacher_outputs(
-        teacher,
-        prepared.teacher.key,
-        Path(prepared.teacher.path),
-        prepared.data.train,
-        method.needs_of_teacher(),
-        prepared.device,
+    """The teacher outputs cache of this trial when its teacher is frozen and every trial on
+    the split feeds it the same inputs: one entry when they never change, one per epoch under
+    the shared augmentation stream; else None."""
+    from bench.teacher_cache import (
+        SharedStreamOutputs,
+        inputs_are_deterministic,
+        shares_augmentation,
+        teacher_outputs,
     )
 
-
-def _shared_teacher_outputs_for(
-    prepared: Prepared, method: Method, teacher: nn.Module | None
-) -> Any:
-    """The per-epoch teacher outputs cache of this trial, when its teacher is frozen and its
-    training inputs come from the shared augmentation stream; else None."""
-    from bench.teacher_cache import SharedStreamOutputs, shares_augmentation
-
     if teacher is None or method.mode != "offline" or prepared.teacher is None:
         return None
-    if not shares_augmentation(prepared.config.recipe, prepared.data.info):
-        return None
-    if not hasattr(prepared.data.train, "images"):
-        return None  # streamed from files: no in-memory split to compute the entries over
-    return SharedStreamOutputs(
+    recipe, info = prepared.config.recipe, prepared.data.info
+    source = (
         teacher,
         prepared.teacher.key,
         Path(prepared.teacher.path),
@@ -778,6 +750,11 @@ def _shared_teacher_outputs_for(
         frozenset(method.needs_of_teacher()),
         prepared.device,
     )
+    if inputs_are_deterministic(recipe, info):
+        return teacher_outputs(*source)
+    if shares_augmentation(recipe, info):
+        return SharedStreamOutputs(*source)
+    return None
 
 
 def execute(

@@ -73,7 +73,6 @@ def kd_context(
     *,
     seed: int = 0,
     teacher_outputs=None,
-    shared_teacher_outputs=None,
 ):
     """A kdbench training context and method over ``data`` (random-init models)."""
     image = data.info.input_size
@@ -103,7 +102,6 @@ def kd_context(
         seed=seed,
         execution=execution,
         teacher_outputs=teacher_outputs,
-        shared_teacher_outputs=shared_teacher_outputs,
     )
     return ctx, method
 

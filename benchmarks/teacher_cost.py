@@ -41,8 +41,8 @@ class FirstEpochOutputs:
     def __init__(self, outputs: TeacherOutputs) -> None:
         self.outputs = outputs
 
-    def for_epoch(self, epoch: int) -> TeacherOutputs | None:
-        return self.outputs if epoch == 0 else None
+    def for_epoch(self, epoch: int, *, augmented: bool) -> TeacherOutputs | None:
+        return self.outputs if epoch == 0 and augmented else None
 
 
 def timed_steps(ctx, method, steps: int, device: torch.device) -> float:
@@ -96,7 +96,7 @@ def main() -> None:
         "kd",
         shared,
         device,
-        shared_teacher_outputs=FirstEpochOutputs(epoch_outputs),
+        teacher_outputs=FirstEpochOutputs(epoch_outputs),
     )
     for ctx, _ in (kd_aug, shared_cached):
         ctx.teacher.load_state_dict(kd_ctx.teacher.state_dict())

@@ -430,31 +430,29 @@ def by_variant(summary: CompressionSummary, dataset: str, student: str) -> list[
 
 def compression_markdown(summary: CompressionSummary) -> list[str]:
     """The README's "Compression" section."""
+    from bench.leaderboard.render import _md_table
+
     lines = ["## Compression", "", intro(summary), ""]
-    header = columns(summary)
     align = ["l", "l", "r", "r", "r", "r", "r", *("r" for _ in summary.batch_sizes)]
-    rule = {"l": ":---", "r": "---:"}
     for dataset, student in summary.groups:
         if len(summary.groups) > 1:
             lines += [f"### {dataset}: {student}", ""]
         pivot = by_variant(summary, dataset, student)
         if len(pivot[0]) > 2:
+            entries = [f"`{c}`" if i else c for i, c in enumerate(pivot[0])]
             lines += [
                 "Test accuracy in percent by variant (change from fp32 in points):",
                 "",
-                "| " + " | ".join(f"`{c}`" if i else c for i, c in enumerate(pivot[0])) + " |",
-                "|:---|" + "---:|" * (len(pivot[0]) - 1),
-                *("| " + " | ".join(line) + " |" for line in pivot[1:]),
+                *_md_table(entries, pivot[1:], align=["l"] + ["r"] * (len(entries) - 1)),
                 "",
             ]
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "|".join(rule[a] for a in align) + "|")
-        for row in summary.rows:
-            if (row.dataset, row.student) == (dataset, student):
-                text = cells(row)
-                text[0] = f"`{text[0]}`"
-                lines.append("| " + " | ".join(text) + " |")
-        lines.append("")
+        rows = [
+            [f"`{text[0]}`", *text[1:]]
+            for row in summary.rows
+            if (row.dataset, row.student) == (dataset, student)
+            for text in [cells(row)]
+        ]
+        lines += [*_md_table(columns(summary), rows, align=align), ""]
     lines += [
         f"Every number traces to its runs: [{COMPRESSION_FILE}]({COMPRESSION_FILE}) has one "
         f"row per student and variant ({summary.n_runs} rows), with its trial's run key.",
