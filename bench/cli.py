@@ -28,7 +28,7 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
     from bench.analysis import AnalysisError
     from bench.config import ConfigError
     from bench.data import DataError
-    from bench.method import ParamError
+    from bench.api import ParamError
     from bench.registry import RegistryError
 
     return (
@@ -82,7 +82,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         rows = [(name, source.summary) for name, source in DATASETS.items(args.pattern)]
         _print_table(("dataset", "description"), rows)
     else:
-        from bench.method import METHODS
+        from bench.api import METHODS
 
         _load_plugins(args.plugins)
         rows = [
@@ -155,7 +155,7 @@ def build_trial_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from bench.train import run_trial
+    from bench.trial.compose import run_trial
 
     _load_plugins(args.plugins)
     config = build_trial_config(args)

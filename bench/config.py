@@ -259,8 +259,17 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-def key_fields(config: TrialConfig, method_version: int) -> dict[str, Any]:
-    """The fields a run key is made of: every field that defines the result."""
+def key_fields(
+    config: TrialConfig, method_version: int, shared_code: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The fields a run key is made of: every field that defines the result.
+
+    Args:
+        config: The trial.
+        method_version: The method's declared ``version``.
+        shared_code: Content hashes of the helper modules the method's loss runs through
+            (``bench.plugins.shared_code``); left out of the key when there are none.
+    """
     fields = {
         f.name: key_jsonable(getattr(config, f.name))
         for f in dataclasses.fields(config)
@@ -268,9 +277,13 @@ def key_fields(config: TrialConfig, method_version: int) -> dict[str, Any]:
     }
     fields["method_version"] = method_version
     fields["harness_version"] = HARNESS_VERSION
+    if shared_code:
+        fields["shared_code"] = dict(sorted(shared_code.items()))
     return fields
 
 
-def run_key(config: TrialConfig, method_version: int) -> str:
+def run_key(
+    config: TrialConfig, method_version: int, shared_code: Mapping[str, str] | None = None
+) -> str:
     """Deterministic identity of a trial: the same key means the same trial and result."""
-    return stable_hash(key_fields(config, method_version))
+    return stable_hash(key_fields(config, method_version, shared_code))

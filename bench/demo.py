@@ -18,7 +18,7 @@ def run_demo(
     """Train the three models and print a table; returns the process exit status."""
     from bench.teachers import obtain_teacher
     from bench.tracking import Tracker
-    from bench.train import run_trial
+    from bench.trial.compose import run_trial
 
     started = time.perf_counter()
     tracker = Tracker(tracking_uri, experiment="kdbench-demo")

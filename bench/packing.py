@@ -1,7 +1,7 @@
 """Packing several trials on one GPU: measure a trial's memory on a short pilot, then check
 that a fractional GPU request leaves it room.
 
-A pilot builds the trial exactly as :func:`bench.train.execute` does and runs a few optimizer
+A pilot builds the trial exactly as :func:`bench.trial.compose.execute` does and runs a few optimizer
 steps; its peak (the CUDA allocator's reserved bytes on a GPU, the resident set on the CPU) is
 what the trial needs at its batch size, since every later step repeats the same shapes.
 :func:`check_gpu_fraction` turns that into a verdict on a request such as ``gpu: 0.25``, and
@@ -65,7 +65,8 @@ def pilot_memory(
     The method's ``before_training`` stage is skipped: it runs once, and the steps it
     precedes hold the same tensors as any later one.
     """
-    from bench.train import build_trial, prepare_trial, train_loop
+    from bench.trial.compose import build_trial, prepare_trial
+    from bench.trial.loop import train_loop
 
     prepared = prepare_trial(config, torch.device(device) if device is not None else None)
     meter = PeakMemory(prepared.device).start()

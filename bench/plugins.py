@@ -7,15 +7,19 @@ listed by ``kdbench ls methods``, and fails only when selected.
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import importlib
 import importlib.util
 import pkgutil
 import sys
 import traceback
+from collections.abc import Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
-from bench.method import METHODS
+from bench.api import METHODS, Method
 
 ENTRY_POINT_GROUP = "kdbench.methods"
 _loaded = False
@@ -76,3 +80,65 @@ def load_plugin_file(path: str | Path) -> str:
         raise ImportError(f"--plugins {path} failed to import: {_error_text(exc)}") from exc
     _loaded_files[path] = module_name
     return module_name
+
+
+def get_method(name: str) -> type[Method]:
+    """The method class registered under ``name`` (loads kdbench's methods and plugins).
+
+    Raises:
+        KeyError: an unknown name (the message suggests close ones and lists all).
+    """
+    load_methods()
+    return METHODS.get(name)
+
+
+def build_method(name: str, params: Mapping[str, Any] | None = None) -> Method:
+    """Instantiate a registered method with (raw) params; raises ParamError on bad params."""
+    cls = get_method(name)
+    return cls(cls.Params.from_mapping(dict(params or {}), where=f"{name}.params"))
+
+
+def shared_code(cls: type[Method]) -> dict[str, str]:
+    """Content hashes of the private helper modules a method's file imports.
+
+    A helper module is one beside the method's file whose name starts with ``_`` (kdbench's
+    ``methods/_common.py``). Its code runs inside the method's loss without being part of the
+    method's ``version``, so the run key carries these hashes: editing shared loss math gives
+    every method that imports it new keys.
+
+    Returns:
+        Module name → first 16 hex digits of the SHA-256 of its source file; empty when the
+        method imports no helper module.
+    """
+    module = sys.modules.get(cls.__module__)
+    origin = getattr(module, "__file__", None)
+    package = (getattr(module, "__package__", None) or "").strip(".")
+    if origin is None or not package:
+        return {}
+    fingerprints = {}
+    for name in sorted(_imported_modules(Path(origin), package)):
+        if not name.rsplit(".", 1)[-1].startswith("_") or not name.startswith(package + "."):
+            continue
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin and Path(spec.origin).is_file():
+            digest = hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:16]
+            fingerprints[name] = digest
+    return fingerprints
+
+
+def _imported_modules(path: Path, package: str) -> set[str]:
+    """Absolute names of the modules ``path`` imports (relative imports resolved)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                parent = ".".join(parts[: len(parts) - node.level + 1])
+                base = f"{parent}.{base}" if base else parent
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names

@@ -450,7 +450,7 @@ class Suite:
     def trials(self) -> tuple[PlannedTrial, ...]:
         """Every student trial: datasets × pairs × methods × configurations × seeds, one per
         run key, in that order."""
-        from bench.method import get_method
+        from bench.plugins import get_method
 
         planned: dict[str, PlannedTrial] = {}
         for dataset, pair, entry in itertools.product(self.datasets, self.pairs, self.methods):
@@ -1019,7 +1019,7 @@ class _Checker:
                 )
                 return None
             return Study(parameter, method)
-        from bench.method import get_method
+        from bench.plugins import get_method
 
         fields = get_method(method).Params.fields()
         if parameter not in fields:
@@ -1129,7 +1129,7 @@ class _Checker:
         return True
 
     def methods(self, value: Any, phase: Any) -> tuple[MethodEntry, ...] | None:
-        from bench.method import get_method
+        from bench.plugins import get_method
         from bench.registry import RegistryError
 
         items = self.nonempty_list(value, ("methods",), "methods")

@@ -115,7 +115,8 @@ def run_trial_once(
     attempt_id: str = "",
 ) -> dict[str, Any]:
     """Run one trial under the sweep's rules and return (and report) its final result."""
-    from bench.train import pick_device, prepare_trial
+    from bench.trial.device import pick_device
+    from bench.trial.compose import prepare_trial
 
     config = context.trials[key]
     resources = context.resources.get(key, Resources())
@@ -143,7 +144,7 @@ def run_trial_once(
     started, cpu_started = time.perf_counter(), time.process_time()
     method_cls, prepared, error = None, None, None
     try:
-        from bench.method import get_method
+        from bench.plugins import get_method
 
         method_cls = get_method(config.method)
         prepared = prepare_trial(config, pick_device())
@@ -193,7 +194,7 @@ def run_trial_once(
 
 
 def _execute(prepared: Any, on_epoch: Callable, log: Callable) -> Any:
-    from bench.train import execute
+    from bench.trial.compose import execute
 
     return execute(prepared, on_epoch=on_epoch, log=log)
 

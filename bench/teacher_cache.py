@@ -34,10 +34,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from bench.api import Outputs
 from bench.config import Recipe, stable_hash
 from bench.data import SHARED_AUGMENT_SEED, DatasetInfo, Split
-from bench.method import Outputs
+from bench.models import forward_outputs
 from bench.paths import kdbench_home
+from bench.trial.device import autocast_for
 
 __all__ = [
     "SharedStreamOutputs",
@@ -259,16 +261,14 @@ def teacher_outputs(
 def _estimated_bytes(
     teacher: nn.Module, split: Split, needs: frozenset[str], device: torch.device
 ) -> int:
-    from bench.train import autocast_for
-
     x, _, _ = next(split.batches(2, shuffle=False, generator=None, augment=False, device=device))
-    entry = _forward(teacher, x, needs, device, autocast_for)
+    entry = _forward(teacher, x, needs, device)
     return entry.nbytes() * len(split) // max(1, len(x))
 
 
-def _forward(teacher, x, needs, device, autocast_for) -> TeacherOutputs:
-    from bench.models import forward_outputs
-
+def _forward(
+    teacher: nn.Module, x: Tensor, needs: frozenset[str], device: torch.device
+) -> TeacherOutputs:
     with torch.inference_mode(), autocast_for(device):
         out = forward_outputs(teacher, x, needs)
     return TeacherOutputs(
@@ -294,8 +294,6 @@ def compute_outputs(
     """One eval-mode pass of ``teacher`` over ``split`` in order, kept on ``device``: the
     images as they are, or as the shared augmentation stream of ``shared_epoch`` crops and
     flips them."""
-    from bench.train import autocast_for
-
     was_training = teacher.training
     teacher.eval()
     parts = []
@@ -309,7 +307,7 @@ def compute_outputs(
             device=device,
             **augment,
         ):
-            parts.append(_forward(teacher, x, needs, device, autocast_for))
+            parts.append(_forward(teacher, x, needs, device))
     finally:
         teacher.train(was_training)
     # Concatenated outside inference mode: the result is a normal tensor, which training code

@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -24,10 +25,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bench.api import ModelInfo
 from bench.config import TeacherSpec, stable_hash, to_jsonable
 from bench.data import DataBundle, load_dataset
-from bench.method import ModelInfo
+from bench.models import create_model, model_info
 from bench.paths import kdbench_home
+from bench.trial.context import make_context, task_info
+from bench.trial.device import freeze, pick_device, seed_everything
+from bench.trial.evaluate import labels_of, predict, topk_accuracy
+from bench.trial.loop import EpochRecord, SupervisedOnly, train_loop
 
 #: Bump when the way teachers are trained changes, to invalidate cached teachers.
 TEACHER_FORMAT = 1
@@ -134,9 +140,6 @@ def obtain_teacher(
     Raises:
         ValueError: An epoch in ``keep`` is outside the teacher's training epochs.
     """
-    from bench.models import create_model, model_info
-    from bench.train import freeze, labels_of, pick_device, predict, topk_accuracy
-
     device = device or pick_device()
     if data is None or spec.classes is not None:
         data = load_dataset(
@@ -207,21 +210,6 @@ def _train_and_cache(
     progress: bool,
 ) -> dict:
     """Train the teacher from scratch (deterministically) and keep the asked-for epochs."""
-    import sys
-
-    from bench.config import TrialConfig
-    from bench.method import build_method
-    from bench.models import create_model, model_info
-    from bench.train import (
-        TrainContext,
-        labels_of,
-        predict,
-        seed_everything,
-        task_info,
-        topk_accuracy,
-        train_loop,
-    )
-
     folder.mkdir(parents=True, exist_ok=True)
     keep = set(keep) | {spec.recipe.epochs} | {int(e) for e in meta.get("test_acc", {})}
     seed_everything(spec.seed)
@@ -229,27 +217,21 @@ def _train_and_cache(
     model = create_model(spec.arch, data.info.num_classes, image_size=image[1]).to(device)
     info = model_info(model, spec.arch, image)
     task = task_info(dataset, data, spec.recipe)
-    config = TrialConfig(
-        dataset=dataset, student=spec.arch, method="ce", seed=spec.seed, recipe=spec.recipe
-    )
-    ctx = TrainContext(
+    ctx = make_context(
         student=model,
         student_info=info,
-        teacher=None,
-        teacher_info=None,
         task=task,
         recipe=spec.recipe,
         device=device,
         data=data,
         seed=spec.seed,
-        config=config,
     )
-    method = build_method("ce").to(device)
+    method = SupervisedOnly().to(device)
     labels = labels_of(data.test, device)
     accs: dict[str, float] = {}
     started = time.perf_counter()
 
-    def on_epoch(record) -> None:
+    def on_epoch(record: EpochRecord) -> None:
         done = record.epoch + 1
         if progress:
             print(

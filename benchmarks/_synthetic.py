@@ -11,9 +11,10 @@ import torch
 
 from bench.config import Recipe
 from bench.data import DataBundle, DatasetInfo, TensorSplit
-from bench.method import build_method
+from bench.plugins import build_method
 from bench.models import create_model, model_info
-from bench.train import Execution, TrainContext, freeze, task_info
+from bench.trial.device import Execution, freeze
+from bench.trial.context import make_context, task_info
 
 CIFAR_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR_STD = (0.2673, 0.2564, 0.2762)
@@ -90,7 +91,7 @@ def kd_context(
     method = build_method(method_name)
     method.setup(s_info, t_info, task)
     method.to(device)
-    ctx = TrainContext(
+    ctx = make_context(
         student=student,
         student_info=s_info,
         teacher=teacher,

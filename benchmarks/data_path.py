@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from bench.config import Recipe
 from bench.models import create_model
-from bench.train import make_optimizer
+from bench.trial.context import make_optimizer
 
 
 class PilCifar(torch.utils.data.Dataset):

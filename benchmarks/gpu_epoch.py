@@ -39,7 +39,7 @@ def build(args, teacher: str, student: str, device: torch.device):
 
 
 def images_per_second(ctx, method, steps: int, batch_size: int, device: torch.device) -> float:
-    from bench.train import train_loop
+    from bench.trial.loop import train_loop
 
     syn.synchronize(device)
     started = time.perf_counter()

@@ -23,9 +23,11 @@ import torch.nn.functional as F
 
 from bench.config import Recipe, TrialConfig
 from bench.data import load_dataset
-from bench.method import build_method
+from bench.plugins import build_method
 from bench.models import create_model, model_info
-from bench.train import TrainContext, freeze, make_optimizer, task_info, train_loop
+from bench.trial.context import make_context, make_optimizer, task_info
+from bench.trial.device import freeze
+from bench.trial.loop import train_loop
 
 
 def build(args: argparse.Namespace):
@@ -54,7 +56,7 @@ def kdbench_epoch(data, teacher, student, args) -> float:
     task = task_info("digits", data, recipe)
     method = build_method("kd")
     method.setup(s_info, t_info, task)
-    ctx = TrainContext(
+    ctx = make_context(
         student=student,
         student_info=s_info,
         teacher=teacher,
@@ -64,7 +66,6 @@ def kdbench_epoch(data, teacher, student, args) -> float:
         device=torch.device("cpu"),
         data=data,
         seed=0,
-        config=TrialConfig(dataset="digits", student=args.student, method="kd"),
     )
     started = time.perf_counter()
     train_loop(ctx, method, evaluate_val=False)

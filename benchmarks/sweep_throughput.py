@@ -8,7 +8,7 @@ epochs of batch 32 at 16x16 without augmentation.
 
 What is measured:
 
-- *one process*: the N trials run back to back by :func:`bench.train.run_trial` in this
+- *one process*: the N trials run back to back by :func:`bench.trial.compose.run_trial` in this
   process, each recorded in MLflow (SQLite). Imports, data and the teacher are warm (a
   throw-away trial runs first), so this is the best a hand-written loop can do. Torch uses
   every core.
@@ -93,7 +93,7 @@ def main() -> int:
 
     from bench.spec import load_suite
     from bench.tracking import Tracker
-    from bench.train import run_trial
+    from bench.trial.compose import run_trial
 
     if args.threads:
         torch.set_num_threads(args.threads)

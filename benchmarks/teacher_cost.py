@@ -30,7 +30,7 @@ import torch
 
 from bench.config import Recipe
 from bench.teacher_cache import TeacherOutputs, compute_outputs
-from bench.train import train_loop
+from bench.trial.loop import train_loop
 
 
 class FirstEpochOutputs:

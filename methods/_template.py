@@ -28,7 +28,7 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.method import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
+from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
 
 
 # The registered name is the file's name, so a copy saved as methods/my_method.py registers

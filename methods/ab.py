@@ -44,17 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.method import (
-    Batch,
-    Method,
-    ModelInfo,
-    Outputs,
-    TaskInfo,
-    align_stages,
-    conv_connector,
-    match_spatial,
-    register_method,
-)
+from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, align_stages, conv_connector, match_spatial, register_method
 from methods.at import require_teacher, spatial_supports
 from methods.fitnet import default_init_epochs, run_init_stage
 from methods.kd import soft_kl

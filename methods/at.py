@@ -32,16 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.method import (
-    Batch,
-    Method,
-    ModelInfo,
-    Outputs,
-    TaskInfo,
-    align_stages,
-    match_spatial,
-    register_method,
-)
+from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, align_stages, match_spatial, register_method
 
 
 def attention_map(feature: Tensor, p: float) -> Tensor:

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.method import Batch, Method, ModelInfo, TaskInfo, register_method
+from bench.api import Batch, Method, ModelInfo, TaskInfo, register_method
 from methods.kd import same_classes, soft_kl
 
 if TYPE_CHECKING:

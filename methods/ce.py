@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from bench.method import Batch, Method, Outputs, register_method
+from bench.api import Batch, Method, Outputs, register_method
 
 
 @register_method("ce")

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.method import Batch, Method, ModelInfo, TaskInfo, register_method
+from bench.api import Batch, Method, ModelInfo, TaskInfo, register_method
 from methods.kd import kd_loss, same_classes
 
 if TYPE_CHECKING:

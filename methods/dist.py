@@ -28,7 +28,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from bench.method import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
+from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
 from methods.kd import require_teacher, same_classes
 
 CORRELATION_EPS = 1e-8

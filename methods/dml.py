@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.method import Batch, Method, ModelInfo, TaskInfo, register_method
+from bench.api import Batch, Method, ModelInfo, TaskInfo, register_method
 from methods.kd import soft_kl
 
 if TYPE_CHECKING:

@@ -40,17 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.method import (
-    Batch,
-    Method,
-    ModelInfo,
-    Outputs,
-    TaskInfo,
-    conv_connector,
-    hint_pair,
-    match_spatial,
-    register_method,
-)
+from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, conv_connector, hint_pair, match_spatial, register_method
 from methods.at import require_teacher, spatial_supports
 from methods.kd import soft_kl
 

@@ -36,16 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.method import (
-    Batch,
-    Method,
-    ModelInfo,
-    Outputs,
-    TaskInfo,
-    align_stages,
-    match_spatial,
-    register_method,
-)
+from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, align_stages, match_spatial, register_method
 from methods.at import require_teacher, spatial_supports
 from methods.fitnet import default_init_epochs, run_init_stage
 

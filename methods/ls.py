@@ -53,7 +53,7 @@ from typing import ClassVar, Literal
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.method import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
+from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
 from methods.dkd import dkd_loss, dkd_warmup
 from methods.kd import kd_loss, require_teacher, same_classes
 

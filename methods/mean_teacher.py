@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.method import Batch, Method, ModelInfo, TaskInfo, register_method
+from bench.api import Batch, Method, ModelInfo, TaskInfo, register_method
 
 if TYPE_CHECKING:
     from collections.abc import Iterator

@@ -26,7 +26,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from bench.method import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
+from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
 from methods.at import require_teacher
 
 EPS = 1e-7

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.method import Batch, Method, ModelInfo, Outputs, TaskInfo, align_stages, register_method
+from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, align_stages, register_method
 from methods.at import require_teacher, spatial_supports
 
 

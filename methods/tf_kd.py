@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.method import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
+from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
 
 
 def virtual_teacher(target: Tensor, num_classes: int, correct_prob: float) -> Tensor:

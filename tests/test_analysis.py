@@ -17,10 +17,11 @@ from bench.analysis.runs import WEIGHTS_SOURCE_TAG, config_from_json
 from bench.cli import EXIT_BAD_INPUT, main
 from bench.config import Recipe, TeacherSpec, TrialConfig, run_key, to_jsonable
 from bench.data import load_dataset
-from bench.method import get_method
+from bench.plugins import get_method
 from bench.models import create_model
 from bench.tracking import STUDENT_ARTIFACT, Tracker
-from bench.train import TrialResult, labels_of, predict, run_trial, topk_accuracy
+from bench.trial.compose import TrialResult, run_trial
+from bench.trial.evaluate import labels_of, predict, topk_accuracy
 
 ONE_EPOCH = Recipe(epochs=1, batch_size=64)
 CPU = torch.device("cpu")

@@ -9,7 +9,8 @@ import torch
 from bench.config import ConfigError, Recipe, TeacherSpec, TrialConfig, run_key
 from bench.data import DataError, load_dataset, with_loader
 from bench.spec import SuiteError, parse_suite
-from bench.train import TrainContext, run_trial
+from bench.trial.context import make_context
+from bench.trial.compose import run_trial
 
 CPU = torch.device("cpu")
 SHARED = Recipe(epochs=2, batch_size=64, augment_stream="shared")
@@ -76,11 +77,9 @@ def test_trials_of_any_seed_train_on_the_same_augmented_batches_per_sample(digit
     image under 'shared' for two seeds, different images under 'trial'."""
 
     def seen(recipe: Recipe, seed: int) -> list[torch.Tensor]:
-        ctx = TrainContext(
+        ctx = make_context(
             student=torch.nn.Identity(),
             student_info=None,
-            teacher=None,
-            teacher_info=None,
             task=_task(digits, recipe),
             recipe=recipe,
             device=CPU,
@@ -110,7 +109,7 @@ def test_trials_of_any_seed_train_on_the_same_augmented_batches_per_sample(digit
 
 
 def _task(data, recipe):
-    from bench.train import task_info
+    from bench.trial.context import task_info
 
     return task_info("digits", data, recipe)
 
@@ -173,7 +172,7 @@ def test_cached_shared_stream_trial_matches_the_uncached_one_and_later_trials_re
         return compute_outputs(*args, **kwargs)
 
     compute_outputs = teacher_cache.compute_outputs
-    monkeypatch.setattr("bench.train.forward_outputs", counting_forward)
+    monkeypatch.setattr("bench.trial.context.forward_outputs", counting_forward)
     monkeypatch.setattr(teacher_cache, "compute_outputs", counting_build)
     store = kdbench_home() / "teacher_outputs"
     config = kd_config(seed=31)

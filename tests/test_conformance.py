@@ -21,7 +21,7 @@ from bench.conformance import (
     refusal,
     run_conformance,
 )
-from bench.method import METHODS, Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
+from bench.api import METHODS, Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
 from bench.plugins import load_methods
 
 load_methods()
@@ -297,7 +297,7 @@ def test_refusal_without_a_reason_fails_supports(register) -> None:
 
 PLUGIN = '''
 import torch.nn.functional as F
-from bench.method import Method, register_method
+from bench.api import Method, register_method
 
 
 @register_method("conformance_test_file_kd")

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench.method import Batch, ModelInfo, Outputs, TaskInfo, build_method
+from bench.api import Batch, ModelInfo, Outputs, TaskInfo
+from bench.plugins import build_method
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fidelity_features.json"
 RTOL = 1e-5

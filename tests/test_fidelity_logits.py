@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.method import Batch, ModelInfo, Outputs, TaskInfo, build_method
+from bench.api import Batch, ModelInfo, Outputs, TaskInfo
+from bench.plugins import build_method
 from methods.bss import BSS, boundary_attack
 
 FIXTURE = Path(__file__).parent / "fixtures" / "fidelity_logits.json"

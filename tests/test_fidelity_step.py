@@ -20,7 +20,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.method import Batch, ModelInfo, Outputs, TaskInfo, build_method
+from bench.api import Batch, ModelInfo, Outputs, TaskInfo
+from bench.plugins import build_method
 from methods.adversarial_kd import discriminator_loss
 from methods.data_free import generator_losses
 from methods.dml import dml_losses

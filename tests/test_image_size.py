@@ -10,7 +10,7 @@ import pytest
 
 from bench.config import ConfigError, Recipe, TeacherSpec, TrialConfig, key_fields, run_key
 from bench.teachers import teacher_key
-from bench.train import run_trial
+from bench.trial.compose import run_trial
 
 SMALL = Recipe(epochs=1, batch_size=64, augment=False, image_size=16)
 TEACHER = TeacherSpec(arch="test_resnet_wide", recipe=SMALL, seed=0)

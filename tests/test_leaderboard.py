@@ -530,7 +530,7 @@ def mlflow_suite(tmp_path_factory):
 
 
 def _result(acc: float, *, teacher: bool) -> SimpleNamespace:
-    """What bench.train.TrialResult reports at the end of a finished trial."""
+    """What bench.trial.compose.TrialResult reports at the end of a finished trial."""
     return SimpleNamespace(
         test_acc=acc,
         test_top5=1.0,

@@ -22,7 +22,7 @@ import pytest
 
 from bench.cli import main
 from bench.conformance.fixtures import one_thread
-from bench.method import METHODS
+from bench.api import METHODS
 from bench.plugins import load_plugin_file
 
 PLUGIN_PKG = Path(__file__).parent / "plugin_pkg"
@@ -42,7 +42,7 @@ TINY_TRIAL = [
 FILE_PLUGIN = '''
 """A method given as a file with --plugins."""
 import torch.nn.functional as F
-from bench.method import Method, register_method
+from bench.api import Method, register_method
 
 
 @register_method("plugin_test_file_mse")
@@ -163,7 +163,7 @@ def test_a_plugin_file_trains_with_the_plugins_option(tmp_path: Path, capsys) ->
 def test_a_duplicate_name_raises_naming_both_files(tmp_path: Path) -> None:
     source = textwrap.dedent(
         """
-        from bench.method import Method, register_method
+        from bench.api import Method, register_method
 
 
         @register_method("{name}")

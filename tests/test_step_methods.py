@@ -13,9 +13,13 @@ from torch import nn
 
 from bench.config import Recipe, TeacherSpec, TrialConfig
 from bench.data import DataBundle, TensorSplit, load_dataset
-from bench.method import Method, TaskInfo, build_method
+from bench.api import Method, TaskInfo
+from bench.plugins import build_method
 from bench.models import create_model, model_info
-from bench.train import TrainContext, freeze, train_loop
+from bench.trial.compose import trial_services
+from bench.trial.context import TrialContext, make_context
+from bench.trial.device import freeze
+from bench.trial.loop import train_loop
 
 STUDENT, TEACHER = "test_resnet_narrow", "test_resnet_wide"
 BATCH = 64
@@ -54,9 +58,9 @@ def prepare(
     *,
     epochs: int = 1,
     batch: int = BATCH,
-) -> tuple[Method, TrainContext]:
+) -> tuple[Method, TrialContext]:
     """A method set up and past ``before_training`` for a (student, random frozen teacher)
-    pair, as ``bench.train.execute`` prepares a trial."""
+    pair, as ``bench.trial.compose.execute`` prepares a trial."""
     torch.manual_seed(0)
     method = build_method(name, params)
     recipe = Recipe(epochs=epochs, batch_size=batch, lr=0.05)
@@ -80,7 +84,7 @@ def prepare(
         recipe=recipe,
         teacher=TEACHER_SPEC if method.uses_teacher else None,
     )
-    ctx = TrainContext(
+    ctx = make_context(
         student=student,
         student_info=s_info,
         teacher=teacher,
@@ -90,7 +94,7 @@ def prepare(
         device=torch.device("cpu"),
         data=data,
         seed=0,
-        config=config,
+        services=trial_services(config.dataset, config.teacher, recipe, torch.device("cpu")),
     )
     method.before_training(ctx)
     return method, ctx
@@ -104,7 +108,7 @@ def changed(before: dict[str, torch.Tensor], module: nn.Module) -> bool:
     return any(not torch.equal(before[k], v) for k, v in module.state_dict().items())
 
 
-def first_batch(ctx: TrainContext):
+def first_batch(ctx: TrialContext):
     return next(iter(ctx.train_batches()))
 
 

@@ -432,7 +432,8 @@ def test_the_transfer_suite_starts_from_local_checkpoints_and_trains_only_the_he
     assert all(t.config.recipe.trainable == ("head",) for t in trials)
     assert all(t.config.teacher.recipe.trainable == () for t in trials if t.config.teacher)
 
-    from bench.train import execute, pick_device, prepare_trial
+    from bench.trial.compose import execute, prepare_trial
+    from bench.trial.device import pick_device
 
     kd = next(t for t in trials if t.method == "kd")
     result = execute(prepare_trial(kd.config, pick_device()))

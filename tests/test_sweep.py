@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TEACHER = "{teacher: test_resnet_wide, student: test_resnet_narrow}"
 
 BOOM = '''
-from bench.method import Method, register_method
+from bench.api import Method, register_method
 
 
 @register_method("boom")

@@ -112,7 +112,7 @@ def test_a_sweep_trains_the_early_stopped_teachers_of_one_run_as_one_training():
 
 def test_class_subset_teachers_of_a_trial_train_at_its_teachers_image_size():
     from bench.config import TrialConfig
-    from bench.train import run_trial
+    from bench.trial.compose import run_trial
 
     small = Recipe(epochs=1, batch_size=64, augment=False, image_size=8)
     config = TrialConfig(

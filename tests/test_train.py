@@ -10,7 +10,7 @@ import pytest
 from bench.cli import main
 from bench.config import Recipe, TeacherSpec, TrialConfig, run_key
 from bench.tracking import RUN_KEY_TAG, Tracker
-from bench.train import run_trial
+from bench.trial.compose import run_trial
 
 TINY = Recipe(epochs=2, batch_size=64)
 TEACHER = TeacherSpec(arch="test_resnet_wide", recipe=Recipe(epochs=2, batch_size=64), seed=0)
@@ -261,7 +261,7 @@ def test_compiled_trial_matches_the_eager_one(monkeypatch):
 def test_channels_last_and_a_bf16_teacher_train_and_leave_the_teacher_frozen(monkeypatch):
     import torch
 
-    from bench.train import Execution
+    from bench.trial.device import Execution
 
     fast = Execution(channels_last=True, teacher_dtype=torch.bfloat16)
     monkeypatch.setattr(Execution, "for_device", classmethod(lambda cls, device, recipe: fast))

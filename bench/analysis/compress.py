@@ -285,7 +285,7 @@ def measure_variant(
     batch_sizes: Sequence[int] = BATCH_SIZES,
 ) -> Variant:
     """Test accuracy, size on disk and CPU latency of one variant."""
-    from bench.train import labels_of, predict, topk_accuracy
+    from bench.trial.evaluate import labels_of, predict, topk_accuracy
 
     cpu = torch.device("cpu")
     accuracy = topk_accuracy(predict(model, data.test, cpu), labels_of(data.test, cpu))

@@ -287,7 +287,7 @@ def _reproduce_and_store(run: RecordedRun) -> nn.Module:
 
 
 def reproduce_student(config: TrialConfig) -> tuple[nn.Module, float]:
-    """Train a trial's student again, on the CPU, through :func:`bench.train.execute` (so
+    """Train a trial's student again, on the CPU, through :func:`bench.trial.compose.execute` (so
     with the same seeding and order of construction), without recording anything.
 
     Returns:
@@ -296,7 +296,7 @@ def reproduce_student(config: TrialConfig) -> tuple[nn.Module, float]:
     Raises:
         AnalysisError: The trial failed when trained again.
     """
-    from bench.train import execute, prepare_trial
+    from bench.trial.compose import execute, prepare_trial
 
     result = execute(prepare_trial(config, torch.device("cpu")))
     if result.student is None:

@@ -39,7 +39,7 @@ from bench.conformance.checks import (
 )
 from bench.conformance.fixtures import DEFAULT_PAIRS, FALLBACK_PAIRS, Pair
 from bench.conformance.report import CHECKS, CheckResult, ConformanceReport
-from bench.method import METHODS
+from bench.api import METHODS
 from bench.registry import BrokenEntryError
 
 __all__ = [
@@ -86,7 +86,7 @@ def run_conformance(
     Raises:
         bench.registry.UnknownNameError: no method of that name (suggests close names).
         FileNotFoundError: the path is not a ``.py`` file.
-        bench.method.ParamError: ``params`` names an unknown parameter or a wrong type.
+        bench.api.ParamError: ``params`` names an unknown parameter or a wrong type.
     """
     started = time.perf_counter()
     progress = _printer() if verbose else None

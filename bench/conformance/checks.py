@@ -1,6 +1,6 @@
 """The conformance checks of one method on one tiny pair.
 
-A pair runs as one short trial through :mod:`bench.train`'s own pieces (``TrainContext``,
+A pair runs as one short trial through :mod:`bench.trial`'s own pieces (``make_context``,
 ``train_loop``, ``freeze``): ``supports`` → ``setup`` → ``before_training`` → the loss on a
 fixed batch → two epochs of ``train_loop`` on 256 digits → the loss on the same batch again →
 a checkpoint round trip → the teacher compared with its snapshot. The checks observe that run
@@ -27,8 +27,10 @@ from torch import Tensor, nn
 from bench.conformance import fixtures
 from bench.conformance.fixtures import Pair
 from bench.conformance.report import CHECKS, CheckResult, Status
-from bench.method import Batch, Method, ModelInfo
-from bench.train import TrainContext, TrialFailed, train_loop
+from bench.api import Batch, Method, ModelInfo
+from bench.api import TrainContext
+from bench.api import TrialFailed
+from bench.trial.loop import train_loop
 
 #: The loss on the fixed batch must fall by at least this fraction of its starting value.
 #: Eight steps of a working method lower it by several percent; a method whose updates do not

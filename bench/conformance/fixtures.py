@@ -1,6 +1,6 @@
 """What a conformance run trains on: tiny teacher/student pairs, a fixed 256-sample subset of
 ``digits``, a two-epoch recipe, frozen teachers fitted to that subset, and training contexts built
-from :mod:`bench.train`'s public pieces. Everything runs on the CPU in seconds.
+from the public pieces of :mod:`bench.trial`. Everything runs on the CPU in seconds.
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ from torch import Tensor, nn
 
 from bench.config import Recipe
 from bench.data import DataBundle, DatasetInfo, TensorSplit, load_dataset
-from bench.method import Batch, Method, ModelInfo, TaskInfo
+from bench.api import Batch, Method, ModelInfo, TaskInfo
 from bench.models import create_model, model_info
-from bench.train import TrainContext, freeze, seed_everything
+from bench.trial.compose import trial_services
+from bench.trial.context import make_context
+from bench.trial.device import freeze, seed_everything
 
 DATASET = "digits"
 TRAIN_SAMPLES = 256
@@ -228,11 +230,11 @@ def context(
     teacher_info: ModelInfo | None = None,
     *,
     recipe: Recipe | None = None,
-) -> TrainContext:
+) -> make_context:
     """A training context over the conformance data and recipe, seeded alike every time."""
     info = task()
     recipe = recipe or student_recipe()
-    return TrainContext(
+    return make_context(
         student=student_model,
         student_info=student_info
         or model_info(student_model, _name_of(student_model), info.input_size),
@@ -243,6 +245,7 @@ def context(
         device=DEVICE,
         data=data(),
         seed=SEED,
+        services=trial_services(info.dataset, None, recipe, DEVICE),
     )
 
 

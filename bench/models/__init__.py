@@ -1,5 +1,5 @@
 """Models: every model is built by ``timm.create_model``; one forward pass yields
-:class:`~bench.method.Outputs` (logits, per-stage features in ``feature_info`` order, the pooled
+:class:`~bench.api.Outputs` (logits, per-stage features in ``feature_info`` order, the pooled
 embedding).
 
 kdbench registers the CIFAR zoo of the KD literature (and tiny test models) into timm; their
@@ -18,7 +18,7 @@ import timm
 import torch
 from torch import Tensor, nn
 
-from bench.method import ModelInfo, Outputs
+from bench.api import ModelInfo, Outputs
 from bench.models.catalog import MODELS, ModelEntry
 from bench.registry import UnknownNameError
 

@@ -1,0 +1,56 @@
+"""The plugin API: everything a distillation method may use, and nothing else of ``bench``.
+
+A method file imports from here only (``from bench.api import Method, register_method, ...``);
+the harness implements :class:`TrainContext` and calls the hooks. Shared loss math of
+kdbench's own methods lives in ``methods/_common.py``.
+"""
+
+from bench.api.context import TrainContext
+from bench.api.method import (
+    KNOWLEDGE_KINDS,
+    METHODS,
+    MODES,
+    NEEDS,
+    Method,
+    register_method,
+)
+from bench.api.params import Params, ParamError, coerce_value
+from bench.api.stages import (
+    INIT_STAGE_FRACTION,
+    align_stages,
+    conv_connector,
+    hint_pair,
+    init_stage_epochs,
+    match_spatial,
+    require_teacher,
+    same_classes,
+    spatial_supports,
+)
+from bench.api.types import Batch, ModelInfo, Outputs, TaskInfo, TrialFailed
+
+__all__ = [
+    "INIT_STAGE_FRACTION",
+    "KNOWLEDGE_KINDS",
+    "METHODS",
+    "MODES",
+    "NEEDS",
+    "Batch",
+    "Method",
+    "ModelInfo",
+    "Outputs",
+    "ParamError",
+    "Params",
+    "TaskInfo",
+    "TrainContext",
+    "TrialFailed",
+    "align_stages",
+    "coerce_value",
+    "conv_connector",
+    "hint_pair",
+    "init_stage_epochs",
+    "match_spatial",
+    "register_method",
+    "require_teacher",
+    "same_classes",
+    "spatial_supports",
+]

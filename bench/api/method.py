@@ -1,0 +1,225 @@
+"""The distillation-method base class :class:`Method` and the registry methods join.
+
+A method is a ``torch.nn.Module`` registered by name. Its own trainable parts (connectors,
+embeddings, discriminators, memory banks as buffers) are submodules, so they move to the
+device, land in checkpoints and reach the optimizer together with the student's parameters.
+
+The harness calls, in order::
+
+    method.supports(student_info, teacher_info, task)   # may refuse the pair, with a reason
+    method.setup(student_info, teacher_info, task)      # build connectors for these shapes
+    method.before_training(ctx)                         # optional init stage (FT, AB, FitNets…)
+    for each batch:
+        terms = method.train_step(ctx, batch)           # named, weighted loss terms
+        sum(terms).backward(); optimizer.step()
+        method.after_step(ctx, batch)                   # e.g. an EMA update
+
+The default :meth:`Method.train_step` runs the student (and the frozen teacher, when the method
+needs one) once, calls :meth:`Method.loss`, and adds the student's cross-entropy unless the
+method owns it. Methods that change the step itself (online peers, discriminators, generators)
+override :meth:`Method.train_step`; nothing method-specific lives in the harness.
+
+Stage alignment between teacher and student follows one rule,
+:func:`bench.api.stages.align_stages`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, ClassVar
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench.api.context import TrainContext
+from bench.api.params import Params, coerce_value
+from bench.api.types import Batch, ModelInfo, Outputs, TaskInfo
+from bench.registry import Registry
+
+KNOWLEDGE_KINDS = frozenset(
+    {"none", "logits", "intermediate", "relation", "parameter", "graph", "multi-model"}
+)
+MODES = frozenset({"offline", "online", "self", "data_free"})
+NEEDS = frozenset({"features", "preact_features", "embedding"})
+
+
+class Method(nn.Module):
+    """Base class of every distillation method.
+
+    Class attributes a method declares:
+        name: Registered name (set by :func:`register_method`).
+        knowledge: What is transferred: one of ``KNOWLEDGE_KINDS``.
+        mode: ``offline`` (frozen teacher), ``online`` (models train together), ``self``
+            (no separate teacher), ``data_free``.
+        needs: What the harness computes for the student besides logits: any of
+            ``features``, ``preact_features``, ``embedding``.
+        teacher_needs: The same for the teacher; defaults to ``needs``.
+        uses_teacher: Whether the trial needs a trained teacher at all.
+        owns_ce: Whether :meth:`loss` includes the student's cross-entropy itself.
+        version: Bump on any change of behaviour; part of every run key.
+        search_space: Parameter name → candidate values for the ``tune`` phase.
+        conformance_params: Parameters the conformance suite uses on its tiny test models
+            when the paper's defaults cannot apply there (e.g. naming a tiny assistant).
+    """
+
+    Params: ClassVar[type[Params]] = Params
+    name: ClassVar[str] = ""
+    knowledge: ClassVar[str] = "logits"
+    mode: ClassVar[str] = "offline"
+    needs: ClassVar[frozenset[str]] = frozenset()
+    teacher_needs: ClassVar[frozenset[str] | None] = None
+    uses_teacher: ClassVar[bool] = True
+    owns_ce: ClassVar[bool] = False
+    version: ClassVar[int] = 1
+    search_space: ClassVar[dict[str, list[Any]]] = {}
+    conformance_params: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, params: Params | Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        if params is None:
+            params = self.Params()
+        elif not isinstance(params, self.Params):
+            params = self.Params.from_mapping(dict(params), where=f"{self.name}.params")
+        self.params = params
+
+    # -- declared facts ----------------------------------------------------------------------
+
+    @classmethod
+    def student_needs(cls) -> frozenset[str]:
+        return frozenset(cls.needs)
+
+    @classmethod
+    def needs_of_teacher(cls) -> frozenset[str]:
+        return frozenset(cls.needs if cls.teacher_needs is None else cls.teacher_needs)
+
+    # -- hooks -------------------------------------------------------------------------------
+
+    def supports(
+        self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo
+    ) -> tuple[bool, str]:
+        """Whether this method can run on the pair; if not, a reason shown on leaderboards."""
+        return True, ""
+
+    def setup(self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo) -> None:
+        """Build the method's own modules for these shapes. Called once, before training."""
+
+    def before_training(self, ctx: TrainContext) -> None:
+        """An optional stage before the main training (paraphraser, initialisation, …)."""
+
+    def loss(self, batch: Batch, student: Outputs, teacher: Outputs | None) -> dict[str, Tensor]:
+        """Named, already-weighted loss terms; their sum is minimised.
+
+        The student's cross-entropy is added by :meth:`train_step` unless ``owns_ce``.
+        """
+        return {}
+
+    def train_step(self, ctx: TrainContext, batch: Batch) -> dict[str, Tensor]:
+        """One step's loss terms. Override to change the step itself (online peers,
+        discriminators, generators); the harness sums the terms, backpropagates and steps
+        the optimizer."""
+        # The teacher goes first: its activations are freed before the student's autograd
+        # graph is built, so the allocator reuses them (student first: ~5 % slower on CPU).
+        teacher = None
+        if self.uses_teacher and ctx.teacher is not None:
+            teacher = ctx.forward_teacher(batch.x, self.needs_of_teacher())
+        student = ctx.forward_student(batch.x, self.student_needs())
+        terms = self.loss(batch, student, teacher)
+        if not self.owns_ce:
+            terms = {"ce": F.cross_entropy(student.logits, batch.y), **terms}
+        return terms
+
+    def after_step(self, ctx: TrainContext, batch: Batch) -> None:
+        """Called after each optimizer step (EMA updates, queue updates, …)."""
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """The method's parameters that the student's optimizer updates (default: all).
+
+        Methods with an adversary or a generator optimise those parts themselves and
+        leave them out here.
+        """
+        return self.parameters()
+
+    def extra_parameters(self) -> int:
+        """Trainable parameters the method adds during training (connectors, heads, …)."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.params})"
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: register a :class:`Method` subclass under ``name``.
+
+    Checks the declared attributes so a plugin's mistakes surface at import time.
+    """
+
+    def decorate(cls: type[Method]) -> type[Method]:
+        _validate_method_class(name, cls)
+        cls.name = name
+        METHODS.register(name, cls)
+        return cls
+
+    return decorate
+
+
+def _validate_method_class(name: str, cls: type) -> None:
+    where = f"method {name!r} ({cls.__module__}.{cls.__qualname__})"
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"{where}: register_method expects a subclass of bench.api.Method")
+    if cls.knowledge not in KNOWLEDGE_KINDS:
+        raise ValueError(f"{where}: knowledge {cls.knowledge!r} not in {sorted(KNOWLEDGE_KINDS)}")
+    if cls.mode not in MODES:
+        raise ValueError(f"{where}: mode {cls.mode!r} not in {sorted(MODES)}")
+    for need in set(cls.needs) | set(cls.teacher_needs or ()):
+        if need not in NEEDS:
+            raise ValueError(f"{where}: unknown need {need!r}; choose from {sorted(NEEDS)}")
+    if not isinstance(cls.version, int) or cls.version < 1:
+        raise ValueError(f"{where}: version must be a positive int, got {cls.version!r}")
+    known = cls.Params.fields()
+    for key, values in cls.search_space.items():
+        if key not in known:
+            raise ValueError(f"{where}: search_space key {key!r} is not a parameter")
+        for v in values:
+            coerce_value(v, known[key], where=f"{where}.search_space.{key}")
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: register a :class:`Method` subclass under ``name``.
+
+    Checks the declared attributes so a plugin's mistakes surface at import time.
+    """
+
+    def decorate(cls: type[Method]) -> type[Method]:
+        _validate_method_class(name, cls)
+        cls.name = name
+        METHODS.register(name, cls)
+        return cls
+
+    return decorate
+
+
+def _validate_method_class(name: str, cls: type) -> None:
+    where = f"method {name!r} ({cls.__module__}.{cls.__qualname__})"
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise TypeError(f"{where}: register_method expects a subclass of bench.api.Method")
+    if cls.knowledge not in KNOWLEDGE_KINDS:
+        raise ValueError(f"{where}: knowledge {cls.knowledge!r} not in {sorted(KNOWLEDGE_KINDS)}")
+    if cls.mode not in MODES:
+        raise ValueError(f"{where}: mode {cls.mode!r} not in {sorted(MODES)}")
+    for need in set(cls.needs) | set(cls.teacher_needs or ()):
+        if need not in NEEDS:
+            raise ValueError(f"{where}: unknown need {need!r}; choose from {sorted(NEEDS)}")
+    if not isinstance(cls.version, int) or cls.version < 1:
+        raise ValueError(f"{where}: version must be a positive int, got {cls.version!r}")
+    known = cls.Params.fields()
+    for key, values in cls.search_space.items():
+        if key not in known:
+            raise ValueError(f"{where}: search_space key {key!r} is not a parameter")
+        for v in values:
+            coerce_value(v, known[key], where=f"{where}.search_space.{key}")

@@ -1,0 +1,339 @@
+"""A trial end to end: validate a :class:`~bench.config.TrialConfig`, obtain its data and
+teacher, build the student, the method and the context, train, evaluate, record."""
+
+from __future__ import annotations
+
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bench.api import Method, ModelInfo, TrialFailed
+from bench.config import ConfigError, Recipe, TeacherSpec, TrialConfig, run_key
+from bench.data import DataBundle, load_dataset, with_loader
+from bench.finetune import prepare_student
+from bench.memory import PeakMemory
+from bench.models import create_model, model_info, resolve
+from bench.plugins import build_method, get_method, shared_code
+from bench.teacher_cache import (
+    SharedStreamOutputs,
+    inputs_are_deterministic,
+    shares_augmentation,
+    teacher_outputs,
+)
+from bench.teachers import Teacher, obtain_teacher
+from bench.tracking import Tracker
+from bench.trial.context import (
+    ContextServices,
+    EpochOutputs,
+    TrialContext,
+    make_context,
+    task_info,
+)
+from bench.trial.device import Execution, freeze, pick_device, seed_everything
+from bench.trial.evaluate import labels_of, predict, record_test_metrics, topk_accuracy
+from bench.trial.loop import EpochRecord, train_loop
+
+
+@dataclass
+class TrialResult:
+    """The outcome of one trial."""
+
+    run_key: str
+    status: str  # FINISHED | FAILED
+    outcome: str  # ok | failed | refused
+    test_acc: float = float("nan")
+    test_top5: float = float("nan")
+    val_acc: float = float("nan")
+    teacher_test_acc: float = float("nan")
+    agreement: float = float("nan")
+    macro_precision: float = float("nan")
+    macro_recall: float = float("nan")
+    macro_f1: float = float("nan")
+    ece: float = float("nan")
+    student_flops: int = 0
+    final_loss: float = float("nan")
+    train_seconds: float = float("nan")
+    peak_rss_mb: float = float("nan")
+    peak_gpu_allocated_mb: float = float("nan")
+    student_params: int = 0
+    extra_params: int = 0
+    error: str | None = None
+    mlflow_run_id: str | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    #: The trained student of a finished trial (logged with the run as ``student.pt``).
+    student: nn.Module | None = field(default=None, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON the CLI prints (no per-epoch history or model; NaN → None so it is valid
+        JSON)."""
+        return {
+            k: (None if isinstance(v, float) and v != v else v)
+            for k, v in self.__dict__.items()
+            if k not in ("history", "student")
+        }
+
+
+@dataclass
+class Prepared:
+    """A trial whose inputs are all validated and built, ready to train."""
+
+    config: TrialConfig
+    key: str
+    method_cls: type[Method]
+    data: DataBundle
+    teacher: Teacher | None
+    device: torch.device
+
+
+def check_teacher_image_size(config: TrialConfig) -> None:
+    """A teacher sees its student's batches, so it must have been trained at their size.
+
+    Raises:
+        ConfigError: the two recipes name different image sizes.
+    """
+    assert config.teacher is not None
+    student, teacher = config.recipe.image_size, config.teacher.recipe.image_size
+    if config.teacher.checkpoint is None and student != teacher:
+        raise ConfigError(
+            f"the student trains at image_size {student} but its teacher {config.teacher.arch} "
+            f"at {teacher}; give both recipes the same image_size"
+        )
+
+
+def prepare_trial(config: TrialConfig, device: torch.device | None = None) -> Prepared:
+    """Validate every name and parameter, load the data, obtain the teacher. Raises before
+    anything is recorded when an input is wrong."""
+    device = device or pick_device()
+    method_cls = get_method(config.method)
+    method_cls.Params.from_mapping(config.params_dict, where=f"{config.method} params")
+    resolve(config.student)
+    if config.teacher is not None:
+        resolve(config.teacher.arch)
+        check_teacher_image_size(config)
+    data = load_dataset(
+        config.dataset,
+        root=config.data_root,
+        download=config.download,
+        val_fraction=config.val_fraction,
+        device=device,
+        image_size=config.recipe.image_size,
+    )
+    teacher = None
+    if method_cls.uses_teacher:
+        if config.teacher is None:
+            raise TrialFailed(
+                f"method {config.method!r} distils from a teacher; give one (--teacher NAME)",
+                outcome="refused",
+            )
+        teacher = obtain_teacher(
+            config.dataset, config.teacher, data_root=config.data_root, device=device, data=data
+        )
+    if config.recipe.data_path == "loader":
+        data = with_loader(data, loader_workers())
+    key = run_key(config, method_cls.version, shared_code(method_cls))
+    return Prepared(config, key, method_cls, data, teacher, device)
+
+
+def loader_workers() -> int:
+    """DataLoader workers of the ``loader`` data path (``KDBENCH_LOADER_WORKERS``, default 2,
+    as the reference codebases use per GPU)."""
+    raw = os.environ.get("KDBENCH_LOADER_WORKERS", "2")
+    if not raw.isdigit():
+        raise ValueError(f"KDBENCH_LOADER_WORKERS must be a whole number >= 0, got {raw!r}")
+    return int(raw)
+
+
+@dataclass
+class Built:
+    """A prepared trial's models, method and context, ready for :func:`train_loop`."""
+
+    ctx: TrialContext
+    method: Method
+    student: nn.Module
+    student_info: ModelInfo
+    teacher: nn.Module | None
+    teacher_info: ModelInfo | None
+
+
+def build_trial(
+    prepared: Prepared, *, log: Callable[[dict[str, float]], None] | None = None
+) -> Built:
+    """Seed, build the student and the method, set up the teacher (and its outputs cache when
+    the inputs are deterministic) and the training context. Raises :class:`TrialFailed` when
+    the method refuses the pair."""
+    config, data, device = prepared.config, prepared.data, prepared.device
+    execution = Execution.for_device(device, config.recipe)
+    seed_everything(config.seed)
+    image = data.info.input_size
+    student = create_model(config.student, data.info.num_classes, image_size=image[1])
+    prepare_student(student, config)  # pretrained start and frozen parts (transfer)
+    student.to(device)
+    s_info = model_info(student, config.student, image)
+    execution.apply(student)
+    teacher_model = teacher_info = None
+    if prepared.teacher is not None:
+        teacher_model = execution.apply(freeze(prepared.teacher.model), teacher=True)
+        teacher_info = prepared.teacher.info
+    task = task_info(config.dataset, data, config.recipe)
+    method = build_method(config.method, config.params_dict)
+    ok, reason = method.supports(s_info, teacher_info, task)
+    if not ok:
+        raise TrialFailed(
+            f"{config.method} does not support this pair: {reason}", outcome="refused"
+        )
+    method.setup(s_info, teacher_info, task)
+    method.to(device)
+    ctx = make_context(
+        student=student,
+        student_info=s_info,
+        teacher=teacher_model,
+        teacher_info=teacher_info,
+        task=task,
+        recipe=config.recipe,
+        device=device,
+        data=data,
+        seed=config.seed,
+        execution=execution,
+        services=trial_services(
+            config.dataset,
+            config.teacher,
+            config.recipe,
+            device,
+            data_root=config.data_root,
+            log=log,
+        ),
+        teacher_outputs=_teacher_outputs_for(prepared, method, teacher_model),
+    )
+    return Built(ctx, method, student, s_info, teacher_model, teacher_info)
+
+
+def trial_services(
+    dataset: str,
+    teacher: TeacherSpec | None,
+    recipe: Recipe,
+    device: torch.device,
+    *,
+    data_root: str | None = None,
+    log: Callable[[dict[str, float]], None] | None = None,
+) -> ContextServices:
+    """What a trial's context is lent: further teachers trained on ``dataset`` with the
+    trial's teacher recipe and seed (``recipe`` and seed 0 when it has no teacher), the
+    training loop for sub-models, and ``log``."""
+
+    def obtain(
+        arch: str, classes: tuple[int, ...] | None, epochs: int | None
+    ) -> tuple[nn.Module, ModelInfo]:
+        spec = TeacherSpec(
+            arch=arch,
+            recipe=teacher.recipe if teacher else recipe,
+            seed=teacher.seed if teacher else 0,
+            stop_epoch=epochs,
+            classes=classes,
+        )
+        found = obtain_teacher(dataset, spec, data_root=data_root, device=device)
+        return found.model, found.info
+
+    return ContextServices(obtain_teacher=obtain, train=train_loop, log=log)
+
+
+def _teacher_outputs_for(
+    prepared: Prepared, method: Method, teacher: nn.Module | None
+) -> EpochOutputs | None:
+    """The teacher outputs cache of this trial when its teacher is frozen and every trial on
+    the split feeds it the same inputs: one entry when they never change, one per epoch under
+    the shared augmentation stream; else None."""
+    if teacher is None or method.mode != "offline" or prepared.teacher is None:
+        return None
+    recipe, info = prepared.config.recipe, prepared.data.info
+    source = (
+        teacher,
+        prepared.teacher.key,
+        Path(prepared.teacher.path),
+        prepared.data.train,
+        frozenset(method.needs_of_teacher()),
+        prepared.device,
+    )
+    if inputs_are_deterministic(recipe, info):
+        return teacher_outputs(*source)
+    if shares_augmentation(recipe, info):
+        return SharedStreamOutputs(*source)
+    return None
+
+
+def execute(
+    prepared: Prepared,
+    *,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    log: Callable[[dict[str, float]], None] | None = None,
+) -> TrialResult:
+    """Train and evaluate a prepared trial. Failures are returned, not raised."""
+    data, device = prepared.data, prepared.device
+    result = TrialResult(run_key=prepared.key, status="RUNNING", outcome="ok")
+    if prepared.teacher is not None:
+        result.teacher_test_acc = prepared.teacher.test_acc
+    started = time.perf_counter()
+    memory = PeakMemory(device).start()
+    try:
+        built = build_trial(prepared, log=log)
+        ctx, method, student = built.ctx, built.method, built.student
+        teacher_model, teacher_info, s_info = built.teacher, built.teacher_info, built.student_info
+        result.student_params = s_info.num_params
+        method.before_training(ctx)
+        result.extra_params = method.extra_parameters()
+        result.history = train_loop(ctx, method, on_epoch=on_epoch)
+        result.final_loss = result.history[-1]["train/loss"]
+        result.val_acc = result.history[-1]["val_acc"]
+        test_logits = predict(student, data.test, device)
+        test_labels = labels_of(data.test, device)
+        result.test_acc = topk_accuracy(test_logits, test_labels, 1)
+        result.test_top5 = topk_accuracy(test_logits, test_labels, 5)
+        record_test_metrics(result, student, test_logits, test_labels, data.info)
+        if teacher_model is not None and teacher_info.num_classes == s_info.num_classes:
+            teacher_pred = predict(teacher_model, data.test, device).argmax(1)
+            result.agreement = (test_logits.argmax(1) == teacher_pred).float().mean().item()
+        result.student = student
+        result.status = "FINISHED"
+    except TrialFailed as exc:
+        result.status, result.outcome, result.error = "FAILED", exc.outcome, exc.reason
+    except Exception as exc:  # a broken method must not stop a sweep; record why
+        tail = "".join(traceback.format_exception(exc)[-6:])
+        result.status, result.outcome = "FAILED", "failed"
+        result.error = f"{type(exc).__name__}: {exc}\n{tail}"
+    result.train_seconds = time.perf_counter() - started
+    peak = memory.read()
+    result.peak_rss_mb = peak.rss / 2**20
+    if peak.gpu_reserved:
+        result.peak_gpu_allocated_mb = peak.gpu_allocated / 2**20
+    return result
+
+
+def run_trial(
+    config: TrialConfig,
+    *,
+    tracker: Tracker | None = None,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+    device: torch.device | None = None,
+) -> TrialResult:
+    """Prepare (validating inputs: raises on bad input, recording nothing), then train and
+    record the trial as one MLflow run through ``tracker`` when given."""
+    prepared = prepare_trial(config, device)
+    if tracker is None:
+        return execute(prepared, on_epoch=on_epoch)
+    with tracker.trial_run(prepared.config, prepared.key, prepared.method_cls) as run:
+
+        def epoch_done(record: EpochRecord) -> None:
+            run.log_epoch(record)
+            if on_epoch is not None:
+                on_epoch(record)
+
+        result = execute(prepared, on_epoch=epoch_done, log=run.log_metrics)
+        result.mlflow_run_id = run.run_id
+        run.finish(result)
+    return result
