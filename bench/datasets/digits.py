@@ -21,7 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.data import RawImages, register_dataset
+from bench.data.base import RawImages
+from bench.data.sources import register_dataset
 
 SIZE = 32
 # Of the train split (split_seed=0, val_fraction=0.1) of the representation above, all three

@@ -15,16 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench.data import (
-    DATASETS,
-    ClassSelection,
-    DataBundle,
-    DataError,
-    DatasetInfo,
-    FolderSplit,
-    LoadOptions,
-    carve_validation,
-)
+from bench.data.base import DATASETS, DataBundle, DataError, DatasetInfo, LoadOptions
+from bench.data.splits import ClassSelection, FolderSplit, carve_validation
 from bench.datasets.torchvision_files import layout, require_root
 
 # ImageNet statistics: the usual choice for natural photographs of unknown statistics.

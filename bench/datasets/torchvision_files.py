@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.data import DataError, RawImages, register_dataset
+from bench.data.base import DataError, RawImages
+from bench.data.sources import register_dataset
 
 
 def layout(root: Path | str, files: Sequence[str]) -> str:
