@@ -43,10 +43,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.analysis import COMPRESS_KIND, COMPRESSED_KEY_TAG, VARIANT_TAG
 from bench.leaderboard import stats
 from bench.leaderboard.aggregate import Leaderboard
+from bench.leaderboard.formatting import markdown_table
 from bench.leaderboard.runs import LeaderboardError, read_text_table
-from bench.tracking import search_all_runs
+from bench.tracking import _quiet_mlflow, search_all_runs
 
 COMPRESSION_FILE = "compression.csv"
 _LATENCY = re.compile(r"^latency_ms_batch(\d+)$")
@@ -131,10 +133,7 @@ class CompressionSummary:
 def compression_from_mlflow(tracking_uri: str, experiment: str) -> pd.DataFrame | None:
     """The FINISHED compression child runs of an experiment, one row each (the trial's own
     columns are filled in later from the runs table); None when there are none."""
-    from mlflow.tracking import MlflowClient
-
-    from bench.analysis import COMPRESS_KIND, COMPRESSED_KEY_TAG, VARIANT_TAG
-    from bench.tracking import _quiet_mlflow
+    from mlflow.tracking import MlflowClient  # slow import; a rebuild from results.csv skips it
 
     _quiet_mlflow()
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -430,8 +429,6 @@ def by_variant(summary: CompressionSummary, dataset: str, student: str) -> list[
 
 def compression_markdown(summary: CompressionSummary) -> list[str]:
     """The README's "Compression" section."""
-    from bench.leaderboard.render import _md_table
-
     lines = ["## Compression", "", intro(summary), ""]
     align = ["l", "l", "r", "r", "r", "r", "r", *("r" for _ in summary.batch_sizes)]
     for dataset, student in summary.groups:
@@ -443,7 +440,7 @@ def compression_markdown(summary: CompressionSummary) -> list[str]:
             lines += [
                 "Test accuracy in percent by variant (change from fp32 in points):",
                 "",
-                *_md_table(entries, pivot[1:], align=["l"] + ["r"] * (len(entries) - 1)),
+                *markdown_table(entries, pivot[1:], align=["l"] + ["r"] * (len(entries) - 1)),
                 "",
             ]
         rows = [
@@ -452,7 +449,7 @@ def compression_markdown(summary: CompressionSummary) -> list[str]:
             if (row.dataset, row.student) == (dataset, student)
             for text in [cells(row)]
         ]
-        lines += [*_md_table(columns(summary), rows, align=align), ""]
+        lines += [*markdown_table(columns(summary), rows, align=align), ""]
     lines += [
         f"Every number traces to its runs: [{COMPRESSION_FILE}]({COMPRESSION_FILE}) has one "
         f"row per student and variant ({summary.n_runs} rows), with its trial's run key.",

@@ -5,7 +5,8 @@
 * ``gain_heatmap.svg``: per-cell gain over the reference, with the within-cell marks.
 
 Text stays text in the SVG (searchable, small), and the files carry no date or random ids, so
-the same leaderboard gives byte-identical figures.
+the same leaderboard gives byte-identical figures. matplotlib is imported only when a figure
+is drawn, so the page and the README can name the figures without it.
 """
 
 from __future__ import annotations
@@ -280,8 +281,6 @@ def draw_study(result):
     Args:
         result: A :class:`bench.leaderboard.study.StudyResult`.
     """
-    from bench.leaderboard.study import log_scale
-
     points = result.points
     xs = np.array([p.x for p in points], dtype=float)
     means = np.array([p.summary.mean for p in points])
@@ -344,6 +343,12 @@ def matplotlib_rc():
     import matplotlib
 
     return matplotlib.rc_context(_RC)
+
+
+def log_scale(values: np.ndarray) -> bool:
+    """Whether values spanning more than a factor of 8 read better on a log axis."""
+    positive = values[values > 0]
+    return positive.size == values.size and positive.max() / positive.min() > 8
 
 
 def save_png(fig, path: str | Path) -> Path:

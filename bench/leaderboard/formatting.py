@@ -131,6 +131,20 @@ def method_of(entry: str | None) -> str:
     return (entry or "").split("@")[0]
 
 
+def markdown_table(header: list[str], rows: list[list[str]], align: list[str]) -> list[str]:
+    """A Markdown table as lines: header, alignment rule (``l`` or ``r`` per column), rows.
+
+    A ``|`` inside a cell is escaped and a line break becomes a space, so no cell can split
+    the table.
+    """
+    rule = {"l": ":---", "r": "---:"}
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+    return [line(header), "|" + "|".join(rule[a] for a in align) + "|", *(line(r) for r in rows)]
+
+
 def how_to_read(board: Leaderboard) -> list[str]:
     """The "how to read this" paragraph, one sentence per item."""
     s = board.settings

@@ -48,6 +48,7 @@ import pandas as pd
 
 from bench.leaderboard import formatting as fmt
 from bench.leaderboard.runs import LeaderboardError
+from bench.registry import RegistryError, UnknownNameError
 
 MODELS_FILE = "models.csv"
 BATCH_SIZES = (1, 64)
@@ -288,8 +289,8 @@ def _dataset_shape(
 ) -> tuple[Shape | None, str]:
     """(input shape, classes) of a dataset at an image size, or None and why it cannot load
     here (an unregistered name, files not under the data root)."""
+    # bench.data brings torch: loaded only when models.csv lacks this dataset's shape.
     from bench.data import DataError, load_dataset
-    from bench.registry import RegistryError
 
     try:
         info = load_dataset(dataset, root=data_root, image_size=size).info
@@ -302,8 +303,6 @@ def _dataset_shape(
 
 def _short(exc: Exception) -> str:
     """The first sentence of an error (a registry's list of every name is noise here)."""
-    from bench.registry import UnknownNameError
-
     if isinstance(exc, UnknownNameError):
         return f"unknown {exc.kind} {exc.name!r}"
     text = str(exc).strip()
@@ -315,11 +314,11 @@ def _measure(
     keys: Sequence[tuple[str, tuple[int, int, int], int]], repeats: int
 ) -> tuple[dict[tuple, Profile], dict[tuple, str]]:
     """Profiles of models built with random weights, timed with :data:`THREADS` threads."""
+    # torch and timm load only when a model is profiled, not when models.csv is reused.
     import torch
 
     from bench.analysis.profile import cpu_name, profile_model
     from bench.models import create_model
-    from bench.registry import RegistryError
 
     cpu, version = cpu_name(), torch.__version__.split("+")[0]
     measured, failed = {}, {}
@@ -552,11 +551,9 @@ def models_markdown(table: ModelsTable) -> list[str]:
     """The README's Models section."""
     if not table.rows:
         return []
-    from bench.leaderboard.render import _md_table
-
     rows = [row_cells(r) for r in table.rows]
     align = ["l", "l", "r", "r", "r", "r", *("r" for _ in BATCH_SIZES), "r"]
-    lines = ["## Models", "", *_md_table(list(HEADER), rows, align=align), ""]
+    lines = ["## Models", "", *fmt.markdown_table(list(HEADER), rows, align=align), ""]
     lines += [measurement_text(table), ""]
     problems = problem_lines(table)
     if problems:

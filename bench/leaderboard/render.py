@@ -434,7 +434,9 @@ def main_table_markdown(board: Leaderboard) -> list[str]:
                 fmt.cost(e, board.baseline_entry),
             ]
         )
-    return _md_table(header, rows, align=["r", "l", "r", "r", "r", "l", "r", "r", "r", "r", "l"])
+    return fmt.markdown_table(
+        header, rows, align=["r", "l", "r", "r", "r", "l", "r", "r", "r", "r", "l"]
+    )
 
 
 def _cell_markdown(board: Leaderboard, cell, cost: str = "") -> list[str]:
@@ -468,7 +470,7 @@ def _cell_markdown(board: Leaderboard, cell, cost: str = "") -> list[str]:
                 "; ".join(r.problems),
             ]
         )
-    return [title, "", *_md_table(header, rows, align=["l", "r", "r", "l", "l", "l"]), ""]
+    return [title, "", *fmt.markdown_table(header, rows, align=["l", "r", "r", "l", "l", "l"]), ""]
 
 
 def _pairs_markdown(board: Leaderboard) -> list[str]:
@@ -503,13 +505,4 @@ def _pairs_markdown(board: Leaderboard) -> list[str]:
             ]
         )
     header = ["better", "than", "wins/ties/losses", "median gain", "p (Holm)"]
-    return lines + _md_table(header, rows, align=["l", "l", "r", "r", "r"]) + [""]
-
-
-def _md_table(header: list[str], rows: list[list[str]], align: list[str]) -> list[str]:
-    rule = {"l": ":---", "r": "---:"}
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
-
-    return [line(header), "|" + "|".join(rule[a] for a in align) + "|", *(line(r) for r in rows)]
+    return lines + fmt.markdown_table(header, rows, align=["l", "l", "r", "r", "r"]) + [""]

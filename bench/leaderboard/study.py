@@ -18,10 +18,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from bench.leaderboard import stats
+from bench.leaderboard.figures import draw_study, save_png
 from bench.leaderboard.runs import LeaderboardError
 
 STUDY_FILE = "study.csv"
@@ -251,8 +251,6 @@ def _value(x: float) -> str:
 
 def write_study(result: StudyResult, folder: str | Path) -> list[Path]:
     """Write study.csv and figures/study.png into a suite folder."""
-    from bench.leaderboard.figures import draw_study, save_png
-
     folder = Path(folder)
     study_frame(result).to_csv(
         folder / STUDY_FILE, index=False, float_format="%.10g", lineterminator="\n"
@@ -261,9 +259,3 @@ def write_study(result: StudyResult, folder: str | Path) -> list[Path]:
     figure.parent.mkdir(parents=True, exist_ok=True)
     save_png(draw_study(result), figure)
     return [folder / STUDY_FILE, figure]
-
-
-def log_scale(values: np.ndarray) -> bool:
-    """Whether values spanning more than a factor of 8 read better on a log axis."""
-    positive = values[values > 0]
-    return positive.size == values.size and positive.max() / positive.min() > 8
