@@ -7,6 +7,9 @@ import sys
 import time
 
 from bench.config import Recipe, TeacherSpec, TrialConfig
+from bench.teachers import obtain_teacher
+from bench.tracking import Tracker
+from bench.trial.compose import run_trial
 
 TEACHER = "resnet20"
 STUDENT = "resnet8"
@@ -16,10 +19,6 @@ def run_demo(
     *, epochs: int = 15, teacher_epochs: int = 15, seed: int = 0, tracking_uri: str | None = None
 ) -> int:
     """Train the three models and print a table; returns the process exit status."""
-    from bench.teachers import obtain_teacher
-    from bench.tracking import Tracker
-    from bench.trial.compose import run_trial
-
     started = time.perf_counter()
     tracker = Tracker(tracking_uri, experiment="kdbench-demo")
     teacher = TeacherSpec(arch=TEACHER, recipe=Recipe(epochs=teacher_epochs), seed=0)

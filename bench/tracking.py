@@ -4,6 +4,10 @@ The default store is SQLite under the kdbench home (``<home>/mlflow.db``, artifa
 ``<home>/mlartifacts``); ``MLFLOW_TRACKING_URI`` (or ``--tracking-uri``) selects another, such
 as a cluster's ``mlflow server``. Parameters go in one ``log_batch`` per call and respect
 MLflow's length limits; the full config is an artifact (``config.json``).
+
+MLflow itself is imported inside the functions that talk to it: the import takes over a second,
+and commands that never record or read runs (a leaderboard rebuilt from ``results.csv``, a
+sweep's ``--dry-run``) should not pay it.
 """
 
 from __future__ import annotations

@@ -43,6 +43,8 @@ from bench.analysis import (
     pruned_variant,
 )
 from bench.analysis.profile import BATCH_SIZES, measure_latency
+from bench.analysis.runs import find_run, load_student, load_test_data
+from bench.trial.evaluate import labels_of, predict, topk_accuracy
 
 #: Training images used to calibrate the int8 activation ranges.
 CALIBRATION_IMAGES = 512
@@ -285,8 +287,6 @@ def measure_variant(
     batch_sizes: Sequence[int] = BATCH_SIZES,
 ) -> Variant:
     """Test accuracy, size on disk and CPU latency of one variant."""
-    from bench.trial.evaluate import labels_of, predict, topk_accuracy
-
     cpu = torch.device("cpu")
     accuracy = topk_accuracy(predict(model, data.test, cpu), labels_of(data.test, cpu))
     size = data.info.input_size
@@ -420,8 +420,6 @@ def compress_run(
         RunNotFoundError: No FINISHED run has run key ``key``.
         QuantizationError: With ``int8``, the student cannot be quantised.
     """
-    from bench.analysis.runs import find_run
-
     run = find_run(key, tracking_uri=tracking_uri, experiment=experiment)
     return compress_recorded(
         run,
@@ -455,8 +453,7 @@ def compress_recorded(
         QuantizationError: With ``int8``, the student cannot be quantised; raised before the
             trained student is loaded.
     """
-    from bench.analysis.runs import load_student, load_test_data
-    from bench.models import create_model
+    from bench.models import create_model  # timm: loaded only when a run is compressed
 
     data = load_test_data(run.config)
     if int8:

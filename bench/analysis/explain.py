@@ -26,6 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench.analysis.runs import (
+    find_baseline_run,
+    find_run,
+    load_student,
+    load_teacher,
+    load_test_data,
+)
+
 #: Columns of the PNG grid, after the input image.
 ROLES = ("teacher", "KD student", "student alone")
 #: Inches per grid cell and dots per inch: each cell of the PNG is CELL_PX pixels square.
@@ -288,14 +296,6 @@ def explain_run(
     Raises:
         RunNotFoundError: No such run, the run has no teacher, or there is no baseline run.
     """
-    from bench.analysis.runs import (
-        find_baseline_run,
-        find_run,
-        load_student,
-        load_teacher,
-        load_test_data,
-    )
-
     run = find_run(key, tracking_uri=tracking_uri, experiment=experiment)
     teacher = load_teacher(run.config)
     baseline = find_baseline_run(run, baseline_method)

@@ -2,7 +2,7 @@
 
 - Parameters: ``sum(p.numel())`` over every parameter (buffers such as BatchNorm statistics
   are not parameters).
-- FLOPs: :func:`bench.leaderboard.metrics.count_flops`, the count every trial logs as
+- FLOPs: :func:`bench.trial.metrics.count_flops`, the count every trial logs as
   ``student_flops``: PyTorch's ``FlopCounterMode`` on one input in eval mode, counting
   convolutions and matrix products with a multiply-add as 2 FLOPs (multiply-accumulates =
   FLOPs / 2); element-wise operations, normalisation and pooling count 0.
@@ -21,6 +21,12 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from bench.analysis import RunNotFoundError
+from bench.analysis.runs import find_run
+from bench.data import load_dataset
+from bench.registry import UnknownNameError
+from bench.trial.metrics import count_flops
 
 #: digits' shape, the default when no dataset is given.
 DEFAULT_INPUT_SIZE = (3, 32, 32)
@@ -120,8 +126,6 @@ def profile_model(
     warmup: int = 3,
 ) -> ModelProfile:
     """Parameters, FLOPs and CPU latency of a built model (see the module docstring)."""
-    from bench.leaderboard.metrics import count_flops
-
     model = model.cpu().eval()
     size = tuple(int(s) for s in input_size)
     with torch.no_grad():
@@ -174,8 +178,7 @@ def profile_names(
     Raises:
         UnknownNameError: A name is neither a model nor a recorded run key.
     """
-    from bench.models import create_model, resolve
-    from bench.registry import UnknownNameError
+    from bench.models import create_model, resolve  # timm: loaded only to profile
 
     input_size, num_classes = _shape_of(dataset, data_root)
     profiles = []
@@ -206,8 +209,6 @@ def _shape_of(
 ) -> tuple[tuple[int, int, int], int]:
     if dataset is None:
         return DEFAULT_INPUT_SIZE, DEFAULT_NUM_CLASSES
-    from bench.data import load_dataset
-
     info = load_dataset(dataset, root=data_root, image_size=image_size).info
     return info.input_size, info.num_classes
 
@@ -219,9 +220,6 @@ def _run_models(
     run's image size); re-raises ``unknown``
     when ``name`` is not a run key either."""
     import re
-
-    from bench.analysis import RunNotFoundError
-    from bench.analysis.runs import find_run
 
     if not re.fullmatch(r"[0-9a-f]{6,}", name):
         raise unknown

@@ -23,7 +23,15 @@ from torch import nn
 
 from bench.analysis import AnalysisError, RunNotFoundError
 from bench.config import Recipe, TeacherSpec, TrialConfig
-from bench.tracking import RUN_KEY_TAG, STUDENT_ARTIFACT, RunHandle, default_tracking_uri
+from bench.data import load_dataset
+from bench.tracking import (
+    RUN_KEY_TAG,
+    STUDENT_ARTIFACT,
+    RunHandle,
+    _quiet_mlflow,
+    default_tracking_uri,
+    search_all_runs,
+)
 
 #: Tag set on a run whose ``student.pt`` was rebuilt by training again, not logged by the trial.
 WEIGHTS_SOURCE_TAG = "kdbench.student_weights"
@@ -63,8 +71,6 @@ def mlflow_client(tracking_uri: str | None, experiment: str) -> tuple[Any, str]:
     """
     from mlflow.tracking import MlflowClient
 
-    from bench.tracking import _quiet_mlflow
-
     _quiet_mlflow()
     # Artifacts here are small files; MLflow's progress bars would only clutter stderr.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -81,8 +87,6 @@ def mlflow_client(tracking_uri: str | None, experiment: str) -> tuple[Any, str]:
 
 
 def _search(client: Any, experiment_id: str, query: str) -> list[Any]:
-    from bench.tracking import search_all_runs
-
     return search_all_runs(client, experiment_id, query, ["attributes.start_time DESC"])
 
 
@@ -223,8 +227,6 @@ def find_baseline_run(run: RecordedRun, method: str = "ce") -> RecordedRun:
 
 def load_test_data(config: TrialConfig) -> Any:
     """The trial's dataset, loaded as the trial loaded it, on the CPU."""
-    from bench.data import load_dataset
-
     return load_dataset(
         config.dataset,
         root=config.data_root,
@@ -241,7 +243,7 @@ def load_teacher(config: TrialConfig) -> nn.Module:
     Raises:
         RunNotFoundError: The trial has no teacher.
     """
-    from bench.teachers import obtain_teacher
+    from bench.teachers import obtain_teacher  # timm and the trial: loaded when needed
 
     if config.teacher is None:
         raise RunNotFoundError(
@@ -256,7 +258,7 @@ def load_teacher(config: TrialConfig) -> nn.Module:
 def load_student(run: RecordedRun) -> nn.Module:
     """The run's trained student in eval mode on the CPU, from its ``student.pt`` artifact, or
     trained again from its config (then stored as that artifact)."""
-    from bench.models import create_model
+    from bench.models import create_model  # timm: loaded only when a student is rebuilt
 
     names = {a.path for a in run.client.list_artifacts(run.run_id)}
     if STUDENT_ARTIFACT not in names:
@@ -296,7 +298,7 @@ def reproduce_student(config: TrialConfig) -> tuple[nn.Module, float]:
     Raises:
         AnalysisError: The trial failed when trained again.
     """
-    from bench.trial.compose import execute, prepare_trial
+    from bench.trial.compose import execute, prepare_trial  # the whole trial: loaded when needed
 
     result = execute(prepare_trial(config, torch.device("cpu")))
     if result.student is None:

@@ -31,8 +31,11 @@ import pandas as pd
 from bench.leaderboard.aggregate import RANKABLE_METRICS, Leaderboard, Settings, build_leaderboard
 from bench.leaderboard.compression import COMPRESSION_FILE, compression_from_mlflow
 from bench.leaderboard.compression import beside as compression_beside
+from bench.leaderboard.models import MODELS_FILE, model_costs
+from bench.leaderboard.render import main_table_markdown, write_outputs
 from bench.leaderboard.runs import LeaderboardError, read_results_csv, runs_from_mlflow
 from bench.leaderboard.study import StudySpec
+from bench.tracking import default_tracking_uri
 
 EXIT_BAD_INPUT = 2
 SUITE_FILE = "suite.yaml"
@@ -145,9 +148,6 @@ def leaderboard_from_runs(
     Returns:
         The leaderboard written.
     """
-    from bench.leaderboard.models import model_costs
-    from bench.leaderboard.render import write_outputs
-
     board = build_leaderboard(runs, settings, name=name)
     models = model_costs(
         runs, out_dir, phase=board.settings.phase, reprofile=reprofile, data_root=data_root
@@ -166,8 +166,6 @@ def leaderboard_from_runs(
 
 def _seed_models_csv(source: Path, folder: Path) -> None:
     """Copy ``source``'s models.csv into ``folder`` when ``folder`` has none."""
-    from bench.leaderboard.models import MODELS_FILE
-
     given, target = source / MODELS_FILE, folder / MODELS_FILE
     if given.is_file() and not target.exists() and given.resolve() != target.resolve():
         folder.mkdir(parents=True, exist_ok=True)
@@ -287,8 +285,6 @@ def leaderboard_main(args: argparse.Namespace) -> int:
                     f"{folder}: no such folder; pass a suite folder (leaderboards/<suite>) or "
                     "--from-csv RESULTS_CSV OUT_DIR."
                 )
-            from bench.tracking import default_tracking_uri
-
             uri = args.tracking_uri or default_tracking_uri()
             if mlflow_url is None and uri.startswith(("http://", "https://")):
                 mlflow_url = uri
@@ -312,8 +308,6 @@ def leaderboard_main(args: argparse.Namespace) -> int:
         print(f"kdbench leaderboard: {note}", file=sys.stderr)
     elapsed = time.perf_counter() - started
     if not args.quiet:
-        from bench.leaderboard.render import main_table_markdown
-
         print("\n".join(main_table_markdown(board)))
         print()
     compressed = ", compression.csv" if (folder / COMPRESSION_FILE).is_file() else ""

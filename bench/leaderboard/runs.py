@@ -55,7 +55,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.tracking import search_all_runs
+from bench.tracking import RUN_KEY_TAG, _quiet_mlflow, search_all_runs
 
 #: Every column of results.csv, in file order.
 COLUMNS: tuple[str, ...] = (
@@ -455,10 +455,9 @@ def runs_from_mlflow(tracking_uri: str, experiment: str) -> tuple[pd.DataFrame, 
     Raises:
         LeaderboardError: When the experiment does not exist.
     """
-    from bench.tracking import RUN_KEY_TAG, _quiet_mlflow
 
     _quiet_mlflow()
-    from mlflow.tracking import MlflowClient
+    from mlflow.tracking import MlflowClient  # slow import; a rebuild from results.csv skips it
 
     client = MlflowClient(tracking_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)
