@@ -74,7 +74,8 @@ def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
         state = state["state_dict"]
     own = model.state_dict()
     heads = tuple(f"{p}." for p in classifier_prefixes(model))
-    fresh, wrong = [], []
+    fresh: list[str] = []
+    wrong: list[str] = []
     for name, tensor in own.items():
         source = state.get(name)
         if source is not None and source.shape == tensor.shape:

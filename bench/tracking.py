@@ -18,10 +18,13 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.config import TrialConfig, key_fields, to_jsonable
 from bench.paths import kdbench_home
+
+if TYPE_CHECKING:
+    from bench.api import Method
 
 TAG_PREFIX = "kdbench."
 RUN_KEY_TAG = "kdbench.run_key"
@@ -111,7 +114,7 @@ class Tracker:
         self,
         config: TrialConfig,
         key: str,
-        method_cls: type,
+        method_cls: type[Method],
         *,
         parent_run_id: str | None = None,
         extra_tags: dict[str, str] | None = None,

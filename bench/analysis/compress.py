@@ -336,7 +336,7 @@ def compress_model(
             )
     model = model.cpu().eval()
     quantized = quantize_int8(model, calibration_batches(data), name) if int8 else None
-    measure = dict(repeats=repeats, batch_sizes=batch_sizes)
+    measure: dict[str, Any] = dict(repeats=repeats, batch_sizes=batch_sizes)
     variants = [measure_variant(FP32_VARIANT, model, data, **measure)]
     for sparsity in sparsities:
         pruned = prune_global(model, sparsity)

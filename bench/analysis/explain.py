@@ -216,9 +216,8 @@ def explain_models(
     generator: torch.Generator,
 ) -> dict[str, Tensor]:
     """Role → (N, H, W) RISE maps of each model on each image, all with the same masks."""
-    mask_set = rise_masks(
-        masks, tuple(images.shape[-2:]), grid=grid, keep=keep, generator=generator
-    )
+    height, width = images.shape[-2:]
+    mask_set = rise_masks(masks, (height, width), grid=grid, keep=keep, generator=generator)
     return {
         role: torch.stack(
             [

@@ -228,7 +228,7 @@ def _run_models(
     except RunNotFoundError:
         raise unknown from None
     config = run.config
-    models = []
+    models: list[tuple[str, str, str | None, str | None, int | None]] = []
     size = config.recipe.image_size
     if config.teacher is not None:
         models.append((config.teacher.arch, "teacher", config.dataset, config.data_root, size))

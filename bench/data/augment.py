@@ -92,6 +92,7 @@ class BatchPipeline:
         rows = offsets[0, :, None] + torch.arange(h, device=device)
         cols = offsets[1, :, None] + torch.arange(w, device=device)
         if self.flip:
+            assert draws.flipped is not None  # drawn wherever the dataset flips
             flipped = draws.flipped.to(device)
             cols = torch.where(flipped, cols.flip(1), cols)
         padded = F.pad(x, (pad, pad, pad, pad)) if pad else x

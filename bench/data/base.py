@@ -127,8 +127,15 @@ class LoadOptions:
 class DatasetSource(Protocol):
     """What the dataset registry holds: something that loads a named dataset."""
 
-    name: str
-    summary: str
+    @property
+    def name(self) -> str:
+        """The registered name."""
+        ...
+
+    @property
+    def summary(self) -> str:
+        """One line for listings."""
+        ...
 
     def load(self, options: LoadOptions) -> DataBundle: ...
 

@@ -123,7 +123,7 @@ class TensorSource:
 def _files_stamp(root: Path | None, files: Sequence[str]) -> tuple:
     if root is None:
         return ()
-    stamp = []
+    stamp: list[tuple[str, int | None, int | None]] = []
     for name in files:
         try:
             st = (root / name).stat()

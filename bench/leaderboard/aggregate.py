@@ -362,7 +362,7 @@ def build_leaderboard(
         else []
     )
     pairwise = _unresolvable_as_insufficient(pairwise, settings.alpha)
-    cd_groups = ()
+    cd_groups: tuple[tuple[str, ...], ...] = ()
     if ranked:
         in_ranked = [p for p in pairwise if p.a in avg_rank and p.b in avg_rank]
         cd_groups = tuple(stats.critical_difference_groups(avg_rank, in_ranked))
@@ -592,7 +592,7 @@ def _problem_line(run: Any) -> str:
 
 def _family(
     plain: dict[str, CellResult], against: str | None, settings: Settings
-) -> dict[str, tuple[stats.Comparison, float, stats.Verdict]]:
+) -> dict[str, tuple[stats.Comparison | None, float, stats.Verdict]]:
     """Every entry of one cell against one baseline, Holm-corrected together."""
     if against is None or against not in plain or plain[against].n == 0:
         return {
@@ -613,8 +613,8 @@ def _family(
             test=settings.cell_test,
         )
     names = list(comps)
-    p_holm = stats.holm([comps[e].pvalue for e in names]) if names else []
-    out = {}
+    p_holm: np.ndarray | list[float] = stats.holm([comps[e].pvalue for e in names]) if names else []
+    out: dict[str, tuple[stats.Comparison | None, float, stats.Verdict]] = {}
     for entry, p in zip(names, p_holm, strict=True):
         c = comps[entry]
         out[entry] = (
@@ -946,7 +946,7 @@ def _exclusion_notes(runs: pd.DataFrame, phase_runs: pd.DataFrame, settings: Set
             f"{other} run{'s' if other > 1 else ''} of other phases (not {settings.phase!r}) "
             "are listed in results.csv but not in the statistics."
         )
-    counts = defaultdict(int)
+    counts: defaultdict[str, int] = defaultdict(int)
     for status, outcome in zip(phase_runs["status"], phase_runs["outcome"], strict=True):
         if status != "FINISHED":
             counts[outcome or status.lower() if status != "RUNNING" else "still running"] += 1

@@ -15,11 +15,15 @@ import math
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bench.leaderboard import stats
 from bench.leaderboard.aggregate import Leaderboard
+
+if TYPE_CHECKING:
+    from matplotlib.typing import RcKeyType
 
 FIGURES = {
     "cd_diagram.svg": "Critical-difference diagram (Wilcoxon–Holm)",
@@ -28,7 +32,7 @@ FIGURES = {
 }
 
 _COLORS = {stats.BETTER: "#1a7f37", stats.WORSE: "#cf222e", None: "#6e7781", stats.SAME: "#6e7781"}
-_RC = {
+_RC: dict[RcKeyType, Any] = {
     "svg.fonttype": "none",
     "svg.hashsalt": "kdbench",
     "font.family": "DejaVu Sans",

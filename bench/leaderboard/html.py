@@ -394,7 +394,7 @@ def _compression(summary: CompressionSummary | None) -> str:
         for row in summary.rows:
             if (row.dataset, row.student) != (dataset, student):
                 continue
-            sorts = [
+            sorts: list[str | float | None] = [
                 row.entry,
                 row.variant,
                 row.sparsity,

@@ -235,7 +235,7 @@ def model_costs(
             if key in profiles
             else failed.get(key) or problems.get((first.dataset, first.image_size), ""),
         )
-    cells = {
+    cells: dict[tuple[str, str, str], tuple[ModelRow | None, ModelRow | None]] = {
         cell: (rows[key_of(t)] if t else None, rows[key_of(s)])
         for cell, (t, s) in cell_uses.items()
     }

@@ -288,7 +288,7 @@ def compare_to_baseline(
             f"compare_to_baseline: unknown test {test!r}; use 't' (paired or Welch t-test) "
             "or 'mannwhitney' (exact Mann-Whitney U)."
         )
-    if _same_seeds(x_seeds, y_seeds):
+    if x_seeds is not None and y_seeds is not None and _same_seeds(x_seeds, y_seeds):
         x, y = x[np.argsort(x_seeds)], y[np.argsort(y_seeds)]
         name, run = "paired t-test", scipy.stats.ttest_rel
     else:

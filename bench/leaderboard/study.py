@@ -17,6 +17,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -163,7 +164,7 @@ def study_points(
     return StudyResult(spec, metric, tuple(points), line, baseline)
 
 
-def _x_of(row: object, spec: StudySpec) -> float | None:
+def _x_of(row: Any, spec: StudySpec) -> float | None:
     if spec.parameter == TEACHER_EPOCH:
         epoch = teacher_epoch(str(row.teacher))
         return float(epoch) if epoch is not None else None

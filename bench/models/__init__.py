@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Iterable
+from typing import Any
 
 import timm
 import torch
@@ -100,22 +101,24 @@ def forward_outputs(model: nn.Module, x: Tensor, needs: Iterable[str] = ()) -> O
     pre-logit vector, whose classifier output is the logits.
     """
     needs = frozenset(needs)
+    # timm's feature API (forward_intermediates, forward_head, ...), which nn.Module lacks.
+    net: Any = model
     features: list[Tensor] = []
     preact: list[Tensor] = []
     if "preact_features" in needs and _has_preact(model):
-        final, preact = model.forward_intermediates(x, preact=True)
+        final, preact = net.forward_intermediates(x, preact=True)
         if "features" in needs:
-            _, features = model.forward_intermediates(x)
+            _, features = net.forward_intermediates(x)
     elif needs & {"features", "preact_features"}:
-        final, features = model.forward_intermediates(x)
+        final, features = net.forward_intermediates(x)
         if "preact_features" in needs:
             preact = features
         if "features" not in needs:
             features = []
     else:
-        final = model.forward_features(x)
-    embedding = model.forward_head(final, pre_logits=True)
-    logits = model.get_classifier()(embedding)
+        final = net.forward_features(x)
+    embedding = net.forward_head(final, pre_logits=True)
+    logits = net.get_classifier()(embedding)
     return Outputs(
         logits=logits,
         features=list(features),
@@ -143,6 +146,7 @@ def model_info(model: nn.Module, name: str, input_size: tuple[int, int, int]) ->
         out = forward_outputs(model, x, {"features", "embedding"})
     finally:
         model.train(was_training)
+    assert out.embedding is not None  # asked for above
     height = input_size[1]
     return ModelInfo(
         name=name,

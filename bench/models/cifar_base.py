@@ -105,7 +105,8 @@ def blocks_with_preact(blocks: nn.Sequential, x: Tensor) -> tuple[Tensor, Tensor
     """
     for block in blocks[:-1]:
         x = block(x)
-    return blocks[-1].forward_preact(x)
+    last: Any = blocks[-1]  # nn.Sequential types its items as plain Modules
+    return last.forward_preact(x)
 
 
 class StagedNet(nn.Module):
@@ -191,7 +192,8 @@ class StagedNet(nn.Module):
                 "supported; use 'NCHW'."
             )
         num_stages = len(self.feature_info)
-        take_indices, max_index = feature_take_indices(num_stages, indices)
+        # timm takes a tuple as well; its annotation is narrower for TorchScript's sake.
+        take_indices, max_index = feature_take_indices(num_stages, indices)  # type: ignore[arg-type]
         last = max_index if stop_early else num_stages - 1
         intermediates = []
         for index in range(last + 1):

@@ -216,7 +216,7 @@ class ShuffleNetV2(StagedNet):
         in_chs = _STEM
         self._groups = ("layer1", "layer2", "layer3")
         for name, width, num_blocks in zip(self._groups, widths, blocks, strict=True):
-            stage = [ShuffleV2DownBlock(in_chs, width)]
+            stage: list[nn.Module] = [ShuffleV2DownBlock(in_chs, width)]
             stage += [ShuffleV2Block(width) for _ in range(num_blocks)]
             setattr(self, name, nn.Sequential(*stage))
             in_chs = width
