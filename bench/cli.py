@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from bench.config import CHECKPOINT_EVERY_EPOCHS, CHECKPOINT_EVERY_MINUTES
+
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
@@ -26,9 +28,9 @@ class CliError(Exception):
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
     from bench.analysis import AnalysisError
+    from bench.api import ParamError
     from bench.config import ConfigError
     from bench.data import DataError
-    from bench.api import ParamError
     from bench.registry import RegistryError
 
     return (
@@ -170,7 +172,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
 
-    result = run_trial(config, tracker=tracker, on_epoch=progress)
+    from bench.trial.resume import CheckpointPolicy
+
+    policy = CheckpointPolicy(
+        every_epochs=max(0, args.checkpoint_epochs), every_minutes=max(0.0, args.checkpoint_minutes)
+    )
+    result = run_trial(config, tracker=tracker, on_epoch=progress, policy=policy)
     summary = result.summary()
     if args.json:
         print(json.dumps(summary, default=str))
@@ -501,6 +508,22 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     tr.add_argument("--no-track", action="store_true", help="do not record the run in MLflow")
     tr.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    tr.add_argument(
+        "--checkpoint-epochs",
+        type=int,
+        default=CHECKPOINT_EVERY_EPOCHS,
+        metavar="N",
+        help="save the trial's state every N epochs, so an interrupted run resumes from it "
+        "when the same command is run again (0: never by count; default %(default)s)",
+    )
+    tr.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=CHECKPOINT_EVERY_MINUTES,
+        metavar="M",
+        help="also save it after any epoch that ends M minutes or more after the last save "
+        "(0: never by time; default %(default)s)",
+    )
     _add_tracking(tr)
     tr.set_defaults(func=cmd_train)
 

@@ -40,9 +40,7 @@ class EpochOutputs(Protocol):
 
 
 #: Further teachers a method asks for: (architecture, class subset, stop epoch) → model, info.
-TeacherSource = Callable[
-    [str, tuple[int, ...] | None, int | None], tuple[nn.Module, ModelInfo]
-]
+TeacherSource = Callable[[str, tuple[int, ...] | None, int | None], tuple[nn.Module, ModelInfo]]
 
 
 @dataclass(frozen=True)
@@ -96,7 +94,6 @@ def task_info(dataset: str, data: DataBundle, recipe: Recipe) -> TaskInfo:
         epochs=recipe.epochs,
         steps_per_epoch=len(data.train) // batch if len(data.train) > batch else 1,
     )
-
 
 
 class TrialContext:
