@@ -258,14 +258,12 @@ def test_compiled_trial_matches_the_eager_one(monkeypatch):
     assert compiled.test_acc == pytest.approx(plain.test_acc, abs=0.01)
 
 
-def test_channels_last_and_a_bf16_teacher_train_and_leave_the_teacher_frozen(monkeypatch):
-    import torch
-
+def test_channels_last_trains_and_leaves_the_teacher_frozen(monkeypatch):
     from bench.trial.device import Execution
 
-    fast = Execution(channels_last=True, teacher_dtype=torch.bfloat16)
+    fast = Execution(channels_last=True)
     monkeypatch.setattr(Execution, "for_device", classmethod(lambda cls, device, recipe: fast))
     result = run_trial(kd_config(recipe=Recipe(epochs=1, batch_size=64), seed=13))
     assert result.status == "FINISHED", result.error
     assert math.isfinite(result.final_loss) and result.test_acc > 0
-    assert 0.0 <= result.agreement <= 1.0  # the bf16 teacher predicted the test split
+    assert 0.0 <= result.agreement <= 1.0  # the teacher predicted the test split

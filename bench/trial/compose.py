@@ -183,7 +183,7 @@ def build_trial(
     execution.apply(student)
     teacher_model = teacher_info = None
     if prepared.teacher is not None:
-        teacher_model = execution.apply(freeze(prepared.teacher.model), teacher=True)
+        teacher_model = execution.apply(freeze(prepared.teacher.model))
         teacher_info = prepared.teacher.info
     task = task_info(config.dataset, data, config.recipe)
     method = build_method(config.method, config.params_dict)
