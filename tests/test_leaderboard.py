@@ -600,7 +600,7 @@ def test_results_csv_documents_every_column():
 def test_macro_prf_by_hand_and_against_scikit_learn():
     from sklearn.metrics import precision_recall_fscore_support
 
-    from bench.leaderboard.metrics import macro_prf
+    from bench.trial.metrics import macro_prf
 
     labels, predictions = [0, 0, 1, 1, 2], [0, 1, 1, 1, 0]
     # Class 0: P 1/2, R 1/2; class 1: P 2/3, R 1, F1 0.8; class 2 never predicted: all 0.
@@ -623,7 +623,7 @@ def test_macro_prf_by_hand_and_against_scikit_learn():
 
 
 def test_expected_calibration_error_by_hand():
-    from bench.leaderboard.metrics import expected_calibration_error
+    from bench.trial.metrics import expected_calibration_error
 
     probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.3, 0.7], [0.2, 0.8]])
     labels = np.array([0, 1, 1, 0])  # right, wrong, right, wrong
@@ -641,7 +641,7 @@ def test_count_flops_counts_multiply_adds_twice_and_keeps_training_mode():
     import torch
     from torch import nn
 
-    from bench.leaderboard.metrics import count_flops
+    from bench.trial.metrics import count_flops
 
     assert count_flops(nn.Linear(10, 5), (10,)) == 2 * 10 * 5
     model = nn.Sequential(

@@ -2,7 +2,7 @@
 
 - Parameters: ``sum(p.numel())`` over every parameter (buffers such as BatchNorm statistics
   are not parameters).
-- FLOPs: :func:`bench.leaderboard.metrics.count_flops`, the count every trial logs as
+- FLOPs: :func:`bench.trial.metrics.count_flops`, the count every trial logs as
   ``student_flops``: PyTorch's ``FlopCounterMode`` on one input in eval mode, counting
   convolutions and matrix products with a multiply-add as 2 FLOPs (multiply-accumulates =
   FLOPs / 2); element-wise operations, normalisation and pooling count 0.
@@ -120,7 +120,7 @@ def profile_model(
     warmup: int = 3,
 ) -> ModelProfile:
     """Parameters, FLOPs and CPU latency of a built model (see the module docstring)."""
-    from bench.leaderboard.metrics import count_flops
+    from bench.trial.metrics import count_flops
 
     model = model.cpu().eval()
     size = tuple(int(s) for s in input_size)
