@@ -3,7 +3,7 @@ as a Ray task. Both are plain functions of picklable inputs; nothing here needs 
 
 A trial logs to MLflow itself through :class:`bench.tracking.Tracker` (never through Ray's
 MLflow callback, which would log a restored trial twice), following the rules of
-:mod:`bench.sweep_ledger`: it looks its run key up first and returns at once when the key is
+:mod:`bench.sweep.ledger`: it looks its run key up first and returns at once when the key is
 done, marks dead attempts of the same sweep KILLED, and checks for a duplicate before it ends
 FINISHED.
 """
@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import sweep_ledger as ledger
 from bench.config import TrialConfig
 from bench.spec import Resources, TeacherJob
+from bench.sweep import ledger
 
 #: Key of the last result a trial reports; the driver reads the outcome from it.
 STATUS = "kdbench_status"
@@ -115,14 +115,14 @@ def run_trial_once(
     attempt_id: str = "",
 ) -> dict[str, Any]:
     """Run one trial under the sweep's rules and return (and report) its final result."""
-    from bench.trial.device import pick_device
     from bench.trial.compose import prepare_trial
+    from bench.trial.device import pick_device
 
     config = context.trials[key]
     resources = context.resources.get(key, Resources())
     prepare_worker(context.home, resources.threads, context.plugins)
     if 0 < resources.gpu < 1:  # a packed trial: its allocator stays within its share
-        from bench.packing import limit_process_memory
+        from bench.sweep.packing import limit_process_memory
 
         limit_process_memory(resources.gpu)
     tracker = tracker_for(context.tracking_uri, context.experiment)
