@@ -110,22 +110,77 @@ def run_sweep(
         PreflightError: on a cluster, a check failed.
         SweepError: ``--resume`` with nothing to resume, or another driver runs this sweep.
     """
-    from bench.paths import kdbench_home
-    from bench.tracking import default_tracking_uri
-
     options = options or SweepOptions()
     # MLflow prints a "View run" link whenever a run on a server ends; the summary says where.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     out = out or sys.stdout
     err = err or sys.stderr
+    plan = _plan(suite, options)
+    report = SweepReport(
+        planned=plan.trials,
+        skipped=[t.key for t in plan.trials if t.key in plan.done],
+        tracking_uri=plan.uri,
+        experiment=suite.experiment,
+        storage=str(plan.storage),
+    )
+    if options.dry_run:
+        _dry_run(plan, report, options, out)
+    elif not plan.todo:
+        _nothing_to_run(plan, report, out, err)
+    else:
+        _run(plan, report, options, out, err)
+    return report
+
+
+@dataclass
+class _Plan:
+    """What the sweep knows before it starts anything: its trials, where their records go and
+    what those records already hold.
+
+    Attributes:
+        suite: The suite.
+        trials: Its trials.
+        uri: The MLflow tracking URI.
+        home: The kdbench home (the teacher cache).
+        storage: Ray Tune's storage path.
+        grouped: Trial runs already recorded, by run key.
+        done: Run key → the recorded run that settles it.
+        sweep: The sweep key.
+        started: When the sweep started (``time.perf_counter``).
+    """
+
+    suite: Suite
+    trials: list[PlannedTrial]
+    uri: str
+    home: Path
+    storage: Path
+    grouped: dict[str, list[Any]]
+    done: dict[str, Any]
+    sweep: str
+    started: float
+
+    @property
+    def todo(self) -> list[PlannedTrial]:
+        """The trials not done yet."""
+        return [t for t in self.trials if t.key not in self.done]
+
+    @property
+    def lock(self) -> Path:
+        """The lock file that keeps this sweep to one driver."""
+        return self.storage / f"{self.suite.experiment}-{self.sweep}.lock"
+
+
+def _plan(suite: Suite, options: SweepOptions) -> _Plan:
+    """Check what needs no Ray (this machine's resources, the tracking server) and read what
+    MLflow already records; creates nothing."""
+    from bench.paths import kdbench_home
+    from bench.tracking import default_tracking_uri
+
     started = time.perf_counter()
     trials = list(suite.trials())
     uri = options.tracking_uri or default_tracking_uri()
     home = kdbench_home()
     storage = Path(options.storage_path or home / "sweeps").expanduser().resolve()
-    report = SweepReport(
-        planned=trials, tracking_uri=uri, experiment=suite.experiment, storage=str(storage)
-    )
     if options.address is None and not options.dry_run:
         suite.check_resources([local_capacity()], "this machine")
     unreachable = check_reachable(uri)
@@ -133,63 +188,79 @@ def run_sweep(
         raise PreflightError([f"the MLflow server is not reachable: {unreachable}"])
     grouped = ledger.recorded_runs(uri, suite.experiment)
     done = ledger.done_runs(grouped, options.retry_failed)
-    todo = [t for t in trials if t.key not in done]
-    report.skipped = [t.key for t in trials if t.key in done]
     sweep = ledger.sweep_key(suite.experiment, [t.key for t in trials])
-    if options.dry_run:
-        print_matrix(suite, trials, done, uri, home, out)
-        if suite.compress is not None:
-            client, found = ledger.read_experiment(uri, suite.experiment)
-            experiment_id = found.experiment_id if found is not None else None
-            recorded = compression.recorded_variants(client, experiment_id)
-            plan = compression.plan_compression(suite.compress, trials, done, recorded)
-            compression.print_plan(plan, out)
-        if options.address is None:
-            print_local_fit(suite, out)
-        finish_report(report, grouped, trials, started)
-        report.exit_code = EXIT_OK
-        return report
-    if not todo:
-        print(
-            f"kdbench sweep: all {len(trials)} trials of {suite.name} are already recorded in "
-            f"experiment {suite.experiment!r}; nothing to run.",
-            file=err,
-        )
-        finish_report(report, grouped, trials, started)
-        if suite.compress is not None:
-            storage.mkdir(parents=True, exist_ok=True)
-            with _sweep_lock(storage / f"{suite.experiment}-{sweep}.lock"):
-                report.compression = _compress(suite, trials, uri, err)
-            count_compression(report)
-        report.seconds = time.perf_counter() - started
-        print_summary(report, suite, grouped, trials, board=None, out=out)
-        return report
+    return _Plan(suite, trials, uri, home, storage, grouped, done, sweep, started)
+
+
+def _dry_run(plan: _Plan, report: SweepReport, options: SweepOptions, out: TextIO) -> None:
+    """Print the trial matrix (and the compression plan, and whether this machine could run
+    the suite); run nothing."""
+    suite, trials = plan.suite, plan.trials
+    print_matrix(suite, trials, plan.done, plan.uri, plan.home, out)
+    if suite.compress is not None:
+        client, found = ledger.read_experiment(plan.uri, suite.experiment)
+        experiment_id = found.experiment_id if found is not None else None
+        recorded = compression.recorded_variants(client, experiment_id)
+        compress_plan = compression.plan_compression(suite.compress, trials, plan.done, recorded)
+        compression.print_plan(compress_plan, out)
+    if options.address is None:
+        print_local_fit(suite, out)
+    finish_report(report, plan.grouped, trials, plan.started)
+    report.exit_code = EXIT_OK
+
+
+def _nothing_to_run(plan: _Plan, report: SweepReport, out: TextIO, err: TextIO) -> None:
+    """Every trial is recorded: no Ray, no parent run; only the compression post-stage may
+    still have work."""
+    suite, trials = plan.suite, plan.trials
+    print(
+        f"kdbench sweep: all {len(trials)} trials of {suite.name} are already recorded in "
+        f"experiment {suite.experiment!r}; nothing to run.",
+        file=err,
+    )
+    finish_report(report, plan.grouped, trials, plan.started)
+    if suite.compress is not None:
+        plan.storage.mkdir(parents=True, exist_ok=True)
+        with _sweep_lock(plan.lock):
+            report.compression = _compress(suite, trials, plan.uri, err)
+        count_compression(report)
+    report.seconds = time.perf_counter() - plan.started
+    print_summary(report, suite, plan.grouped, trials, board=None, out=out)
+
+
+def _run(plan: _Plan, report: SweepReport, options: SweepOptions, out: TextIO, err: TextIO) -> None:
+    """Hold the sweep's lock; teachers, pilots and students on Ray, then the post-stages; and
+    whatever happened, reconcile the record and print the summary."""
+    suite = plan.suite
     if (
         options.resume
         and not report.skipped
-        and not ledger.has_parent(uri, suite.experiment, sweep)
+        and not ledger.has_parent(plan.uri, suite.experiment, plan.sweep)
     ):
         raise SweepError(
             f"--resume: no earlier run of this sweep in experiment {suite.experiment!r} at "
-            f"{uri}; run the command without --resume to start it"
+            f"{plan.uri}; run the command without --resume to start it"
         )
-    storage.mkdir(parents=True, exist_ok=True)
-    with _sweep_lock(storage / f"{suite.experiment}-{sweep}.lock"):
-        run = _SweepRun(suite, options, report, todo, sweep, home, storage, started)
+    plan.storage.mkdir(parents=True, exist_ok=True)
+    with _sweep_lock(plan.lock):
+        run = _SweepRun(plan, options, report)
         try:
             with ray_session(options.address, options.cluster_config) as view:
                 if view is not None:
                     from bench.sweep.preflight import preflight
 
                     preflight(
-                        suite=suite, tracking_uri=uri, shared_paths=[home, storage], view=view
+                        suite=suite,
+                        tracking_uri=plan.uri,
+                        shared_paths=[plan.home, plan.storage],
+                        view=view,
                     )
                 run.start(err)
                 run.execute(err)
             # In this process, after the trials and once Ray is down (when this sweep started
             # it): the CPU latencies it measures then do not share the cores with trials.
             if suite.compress is not None:
-                report.compression = _compress(suite, trials, uri, err)
+                report.compression = _compress(suite, plan.trials, plan.uri, err)
         except KeyboardInterrupt:
             run.interrupted = True
             report.exit_code = EXIT_INTERRUPTED
@@ -198,31 +269,20 @@ def run_sweep(
             # what is RUNNING now is dead.
             if run.parent is not None:
                 run.close(out)
-    return report
 
 
 class _SweepRun:
     """The stateful part of :func:`run_sweep`: parent run, teachers, trials, reconciliation."""
 
-    def __init__(
-        self,
-        suite: Suite,
-        options: SweepOptions,
-        report: SweepReport,
-        todo: list[PlannedTrial],
-        sweep: str,
-        home: Path,
-        storage: Path,
-        started: float,
-    ) -> None:
-        self.suite = suite
+    def __init__(self, plan: _Plan, options: SweepOptions, report: SweepReport) -> None:
+        self.suite = plan.suite
         self.options = options
         self.report = report
-        self.todo = todo
-        self.sweep = sweep
-        self.home = home
-        self.storage = storage
-        self.started = started
+        self.todo = plan.todo
+        self.sweep = plan.sweep
+        self.home = plan.home
+        self.storage = plan.storage
+        self.started = plan.started
         self.interrupted = False
         self.board: ProgressBoard | None = None
         self.tracker: Any = None

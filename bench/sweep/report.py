@@ -112,8 +112,6 @@ def print_matrix(
     out: TextIO,
 ) -> None:
     """The dry run: counts per method, pair and seed; what is done; the teachers."""
-    from bench.sweep.worker import teacher_cached
-
     seeds = suite.seeds
     print(
         f"suite {suite.name} ({suite.phase}): {len(trials)} trials = "
@@ -128,6 +126,33 @@ def print_matrix(
         f"{len(trials) - finished} to run",
         file=out,
     )
+    _print_trial_rows(seeds, trials, done, out)
+    per_method: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for t in trials:
+        per_method[t.method][0] += 1
+        per_method[t.method][1] += t.key in done
+    print(
+        "\nper method: " + ", ".join(f"{m} {n} ({d} done)" for m, (n, d) in per_method.items()),
+        file=out,
+    )
+    per_seed = {s: sum(t.seed == s for t in trials) for s in seeds}
+    print("per seed: " + ", ".join(f"{s}: {n}" for s, n in per_seed.items()), file=out)
+    _print_teachers(suite, trials, home, out)
+    if done:
+        print("\nrun keys already done:", file=out)
+        for t in trials:
+            if t.key in done:
+                run = done[t.key]
+                print(
+                    f"  {t.key}  {run.info.status:<8} {t.describe()}  run {run.info.run_id}",
+                    file=out,
+                )
+
+
+def _print_trial_rows(
+    seeds: Sequence[int], trials: Sequence[PlannedTrial], done: dict[str, Any], out: TextIO
+) -> None:
+    """One row per (dataset, pair, method, params), one mark per seed."""
     rows: dict[tuple[str, str, str, str], dict[int, str]] = defaultdict(dict)
     for t in trials:
         row = (t.config.dataset, t.pair, t.method, t.params_label)
@@ -143,16 +168,12 @@ def print_matrix(
         for row, marks in rows.items()
     ]
     _print_table(header, table, out)
-    per_method: dict[str, list[int]] = defaultdict(lambda: [0, 0])
-    for t in trials:
-        per_method[t.method][0] += 1
-        per_method[t.method][1] += t.key in done
-    print(
-        "\nper method: " + ", ".join(f"{m} {n} ({d} done)" for m, (n, d) in per_method.items()),
-        file=out,
-    )
-    per_seed = {s: sum(t.seed == s for t in trials) for s in seeds}
-    print("per seed: " + ", ".join(f"{s}: {n}" for s, n in per_seed.items()), file=out)
+
+
+def _print_teachers(suite: Suite, trials: Sequence[PlannedTrial], home: Path, out: TextIO) -> None:
+    """The teachers the trials need, which are cached, how many trainings the rest take."""
+    from bench.sweep.worker import teacher_cached
+
     jobs = suite.teachers(trials)
     cached = [j for j in jobs if teacher_cached(j, str(home))]
     todo = teacher_trainings([j for j in jobs if j not in cached])
@@ -164,15 +185,6 @@ def print_matrix(
     for job in jobs:
         state = "cached" if job in cached else "to train"
         print(f"  {job.describe()}, {job.spec.recipe.epochs} epochs: {state}", file=out)
-    if done:
-        print("\nrun keys already done:", file=out)
-        for t in trials:
-            if t.key in done:
-                run = done[t.key]
-                print(
-                    f"  {t.key}  {run.info.status:<8} {t.describe()}  run {run.info.run_id}",
-                    file=out,
-                )
 
 
 def print_local_fit(suite: Suite, out: TextIO) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from bench.spec import PlannedTrial, Suite, TeacherJob, teacher_trainings
 from bench.sweep.progress import format_seconds
@@ -26,9 +26,7 @@ def train_teachers(
 ) -> dict[str, str]:
     """Train every missing teacher of ``todo`` as Ray tasks; returns run key → reason for
     the trials whose teacher failed."""
-    import ray
-
-    from bench.sweep.worker import teacher_cached, train_teacher
+    from bench.sweep.worker import teacher_cached
 
     jobs = suite.teachers(todo)
     missing = [j for j in jobs if not teacher_cached(j, home)]
@@ -43,6 +41,25 @@ def train_teachers(
     )
     if not missing:
         return {}
+    pending = _submit(suite, trainings, home, plugins)
+    failed = _wait_for(pending, len(trainings), err, interval)
+    lost = {}
+    for trial in todo:
+        for job, reason in failed.items():
+            if trial.config.teacher == job.spec and trial.config.dataset == job.dataset.name:
+                lost[trial.key] = reason
+    return lost
+
+
+def _submit(
+    suite: Suite, trainings: Sequence[Sequence[TeacherJob]], home: str, plugins: tuple[str, ...]
+) -> dict[Any, Sequence[TeacherJob]]:
+    """One Ray task per training (its last job trains, keeping the others' checkpoints);
+    returns task reference → the jobs it serves."""
+    import ray
+
+    from bench.sweep.worker import train_teacher
+
     task = ray.remote(train_teacher)
     pending = {}
     for group in trainings:
@@ -55,44 +72,58 @@ def train_teachers(
                 name=f"teacher {job.spec.arch}",
             ).remote(job, home, plugins, tuple(j.epoch for j in group))
         ] = group
+    return pending
+
+
+def _wait_for(
+    pending: dict[Any, Sequence[TeacherJob]], trainings: int, err: TextIO, interval: float
+) -> dict[TeacherJob, str]:
+    """Wait for every task, printing each outcome as it comes and a status line every
+    ``interval`` seconds; returns job → reason for the jobs whose training failed."""
+    import ray
+
     failed: dict[TeacherJob, str] = {}
     started = time.perf_counter()
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=interval)
         for ref in ready:
             group = pending.pop(ref)
-            job = group[-1]
-            kept = (
-                f", checkpoints after epochs {', '.join(str(j.epoch) for j in group)}"
-                if len(group) > 1
-                else ""
-            )
-            try:
-                info = ray.get(ref)
-            except Exception as exc:  # reported per trial; the other teachers go on
-                reason = f"teacher {job.describe()}{kept} failed: {_first_line(exc)}"
+            reason = _collect(ref, group, err)
+            if reason is not None:
                 failed.update(dict.fromkeys(group, reason))
-                print(f"  FAILED {reason}", file=err, flush=True)
-                continue
-            print(
-                f"  teacher {job.describe()}{kept}: test_acc {info['test_acc']:.4f} "
-                f"({info['seconds']:.0f}s)",
-                file=err,
-                flush=True,
-            )
         if not ready:
             print(
-                f"  teachers: {len(trainings) - len(pending)}/{len(trainings)} trained, "
+                f"  teachers: {trainings - len(pending)}/{trainings} trained, "
                 f"{format_seconds(time.perf_counter() - started)} elapsed",
                 file=err,
                 flush=True,
             )
-    lost = {}
-    for trial in todo:
-        for job, reason in failed.items():
-            if trial.config.teacher == job.spec and trial.config.dataset == job.dataset.name:
-                lost[trial.key] = reason
-    return lost
+    return failed
+
+
+def _collect(ref: Any, group: Sequence[TeacherJob], err: TextIO) -> str | None:
+    """Print a finished task's outcome; returns why it failed, None when it did not."""
+    import ray
+
+    job = group[-1]
+    kept = (
+        f", checkpoints after epochs {', '.join(str(j.epoch) for j in group)}"
+        if len(group) > 1
+        else ""
+    )
+    try:
+        info = ray.get(ref)
+    except Exception as exc:  # reported per trial; the other teachers go on
+        reason = f"teacher {job.describe()}{kept} failed: {_first_line(exc)}"
+        print(f"  FAILED {reason}", file=err, flush=True)
+        return reason
+    print(
+        f"  teacher {job.describe()}{kept}: test_acc {info['test_acc']:.4f} "
+        f"({info['seconds']:.0f}s)",
+        file=err,
+        flush=True,
+    )
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
