@@ -239,7 +239,7 @@ def cmd_check_method(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from bench.sweep import sweep_main
+    from bench.sweep.cli import sweep_main
 
     return sweep_main(args)
 
@@ -251,7 +251,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def _add_sweep(sub: Any) -> None:
-    from bench.sweep import add_sweep_arguments
+    from bench.sweep.cli import add_sweep_arguments
 
     sweep = sub.add_parser("sweep", help="run a suite as Ray Tune trials, recorded in MLflow")
     add_sweep_arguments(sweep)

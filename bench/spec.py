@@ -63,7 +63,7 @@ method may be listed several times with different params (a temperature study li
 once per temperature); the leaderboard shows each setting as its own row.
 
 The compression post-stage runs once per student: a sweep run again compresses only students
-that have no record of a requested variant yet (see :mod:`bench.sweep_compress`).
+that have no record of a requested variant yet (see :mod:`bench.sweep.compress`).
 
 A pair's ``recipe`` is merged over the suite's: its ``student`` fields over
 ``recipe.student``, its ``teacher`` fields over ``recipe.teacher`` (a pair's student override

@@ -12,7 +12,7 @@ What is measured:
   process, each recorded in MLflow (SQLite). Imports, data and the teacher are warm (a
   throw-away trial runs first), so this is the best a hand-written loop can do. Torch uses
   every core.
-- *sweep*: ``python -m bench.sweep SUITE`` (the code behind ``kdbench sweep``) from launch to
+- *sweep*: ``python -m bench.cli sweep SUITE`` (the code behind ``kdbench sweep``) from launch to
   exit: interpreter start, suite validation, Ray start, workers, one MLflow run per trial, the
   summary. Each trial gets one core and one torch thread.
 
@@ -125,7 +125,7 @@ def main() -> int:
     torch.set_num_threads(threads)
 
     uri = f"sqlite:///{work / 'sweep.db'}"
-    command = [sys.executable, "-m", "bench.sweep", str(suite_dir), "--tracking-uri", uri]
+    command = [sys.executable, "-m", "bench.cli", "sweep", str(suite_dir), "--tracking-uri", uri]
     launched = time.time()
     done = subprocess.run(command, capture_output=True, text=True)
     wall_sweep = time.time() - launched

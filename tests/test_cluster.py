@@ -19,9 +19,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from bench import sweep_ledger as ledger
 from bench.spec import load_suite, parse_suite
-from bench.sweep_preflight import (
+from bench.sweep import ledger
+from bench.sweep.preflight import (
     PreflightError,
     cluster_view,
     preflight,
@@ -227,7 +227,7 @@ def test_a_sweep_survives_a_worker_node_killed_mid_trial(cluster, mlflow_server,
     client = MlflowClient(mlflow_server)
     log_path = tmp_path / "driver.log"
     command = [
-        sys.executable, "-m", "bench.sweep", str(folder),
+        sys.executable, "-m", "bench.cli", "sweep", str(folder),
         "--address", cluster.address, "--tracking-uri", mlflow_server,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

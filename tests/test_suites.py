@@ -22,7 +22,8 @@ from bench.leaderboard.published import COMPARISON_FILE, read_published
 from bench.leaderboard.runs import LeaderboardError, runs_frame
 from bench.leaderboard.study import StudySpec, study_points, teacher_epoch
 from bench.spec import load_suite
-from bench.sweep import SweepOptions, add_sweep_arguments, run_sweep, sweep_main
+from bench.sweep.cli import add_sweep_arguments, sweep_main
+from bench.sweep.driver import SweepOptions, run_sweep
 
 LEADERBOARDS = Path(__file__).resolve().parents[1] / "leaderboards"
 CRD = LEADERBOARDS / "cifar100-crd"

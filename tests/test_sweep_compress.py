@@ -22,7 +22,7 @@ from bench.leaderboard.compression import read_compression_csv
 from bench.leaderboard.runs import LeaderboardError, read_results_csv
 from bench.models import create_model
 from bench.spec import load_suite
-from bench.sweep import add_sweep_arguments, sweep_main
+from bench.sweep.cli import add_sweep_arguments, sweep_main
 
 SUITE = """\
 name: squeeze

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from bench.spec import parse_suite
-from bench.sweep_packing import (
+from bench.sweep.pilot import (
     PilotReading,
     apply_plans,
     check_packing,

@@ -238,7 +238,7 @@ def test_new_recipe_settings_keep_existing_run_keys():
 
 
 def test_pilot_measures_a_trials_memory_and_gpu_shares_are_checked_against_it():
-    from bench.packing import PackingError, check_gpu_fraction, pilot_memory
+    from bench.sweep.packing import PackingError, check_gpu_fraction, pilot_memory
 
     pilot = pilot_memory(kd_config(), steps=2)
     assert pilot.steps == 2 and pilot.device == "cpu"

@@ -113,7 +113,7 @@ def plan_compression(
     Args:
         compression: The suite's section.
         trials: The suite's trials.
-        done: Run key → the MLflow run that settles it (:func:`bench.sweep_ledger.done_runs`).
+        done: Run key → the MLflow run that settles it (:func:`bench.sweep.ledger.done_runs`).
         recorded: :func:`recorded_variants`.
     """
     plan = CompressionPlan(compression)

@@ -3,7 +3,7 @@ as a Ray task. Both are plain functions of picklable inputs; nothing here needs 
 
 A trial logs to MLflow itself through :class:`bench.tracking.Tracker` (never through Ray's
 MLflow callback, which would log a restored trial twice), following the rules of
-:mod:`bench.sweep_ledger`: it looks its run key up first and returns at once when the key is
+:mod:`bench.sweep.ledger`: it looks its run key up first and returns at once when the key is
 done, marks dead attempts of the same sweep KILLED, and checks for a duplicate before it ends
 FINISHED.
 """
@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import sweep_ledger as ledger
 from bench.config import TrialConfig
 from bench.spec import Resources, TeacherJob
+from bench.sweep import ledger
 
 #: Key of the last result a trial reports; the driver reads the outcome from it.
 STATUS = "kdbench_status"
@@ -114,33 +114,28 @@ def run_trial_once(
     report: Callable[[dict[str, Any]], None],
     attempt_id: str = "",
 ) -> dict[str, Any]:
-    """Run one trial under the sweep's rules and return (and report) its final result."""
-    from bench.trial.device import pick_device
+    """Run one trial under the sweep's rules and return (and report) its final result.
+
+    Args:
+        key: The trial's run key.
+        context: The sweep's context (the trial's config and resources among its trials).
+        report: Where results go: every epoch's metrics, then the final result (Ray Tune's
+            ``tune.report`` on a worker).
+        attempt_id: Ray Tune's id of this attempt, recorded as a tag.
+    """
     from bench.trial.compose import prepare_trial
+    from bench.trial.device import pick_device
 
     config = context.trials[key]
-    resources = context.resources.get(key, Resources())
-    prepare_worker(context.home, resources.threads, context.plugins)
-    if 0 < resources.gpu < 1:  # a packed trial: its allocator stays within its share
-        from bench.packing import limit_process_memory
-
-        limit_process_memory(resources.gpu)
+    _prepare_process(context, context.resources.get(key, Resources()))
     tracker = tracker_for(context.tracking_uri, context.experiment)
     runs = ledger.key_runs(tracker, key)
-    settled = [r for r in runs if ledger.is_done(r, context.retry_failed)]
-    finished = [r for r in settled if r.info.status == "FINISHED"] or settled
-    if finished:
-        result = _recorded_result(finished[0])
+    settled = _settled_run(runs, context.retry_failed)
+    if settled is not None:
+        result = _recorded_result(settled)
         report(result)
         return result
-    attempt = 1 + sum(r.data.tags.get(ledger.SWEEP_TAG) == context.sweep for r in runs)
-    tags = {
-        ledger.SWEEP_TAG: context.sweep,
-        ledger.ATTEMPT_TAG: str(attempt),
-        ledger.NODE_TAG: node_id(),
-        "kdbench.host": socket.gethostname(),
-        "kdbench.ray_trial": attempt_id,
-    }
+    tags = _attempt_tags(runs, context.sweep, attempt_id)
     started, cpu_started = time.perf_counter(), time.process_time()
     method_cls, prepared, error = None, None, None
     try:
@@ -160,37 +155,79 @@ def run_trial_once(
         ledger.supersede_stale(tracker, runs, context.sweep, by=run.run_id)
         if prepared is None:
             return _record_setup_failure(run, key, error, report)
-
-        def epoch_done(record: Any) -> None:
-            run.log_epoch(record)
-            metrics = {
-                "epoch": record.epoch + 1,
-                "val_acc": record.val_acc,
-                "loss": record.terms.get("loss", float("nan")),
-            }
-            try:
-                report(metrics)
-            except Exception:
-                raise
-            except BaseException:  # Tune stops a trial by exiting from report()
-                ledger.mark_killed(tracker, run.run_id, {ledger.ERROR_TAG: "stopped by Ray Tune"})
-                run.ended = True
-                raise
-
-        outcome = _execute(prepared, epoch_done, run.log_metrics)
+        outcome = _execute(prepared, _epoch_reporter(run, tracker, report), run.log_metrics)
         outcome.mlflow_run_id = run.run_id
         # CPU time of the whole attempt (setup, training, evaluation, logging): what a trial
         # costs whatever else the machine runs.
         run.log_metrics({"cpu_seconds": time.process_time() - cpu_started})
-        duplicate = _finished_elsewhere(tracker, key, run.run_id)
-        if outcome.status == "FINISHED" and duplicate:
-            ledger.mark_killed(tracker, run.run_id, {ledger.DUPLICATE_TAG: duplicate})
-            run.ended = True
-        else:
-            run.finish(outcome)
+        _end_run(run, tracker, key, outcome)
     result = _result_of(outcome, time.perf_counter() - started)
     report(result)
     return result
+
+
+def _prepare_process(context: SweepContext, resources: Resources) -> None:
+    """Set this process up for the trial: the sweep's home, torch threads, plugins, and a
+    packed trial's memory cap."""
+    prepare_worker(context.home, resources.threads, context.plugins)
+    if 0 < resources.gpu < 1:  # a packed trial: its allocator stays within its share
+        from bench.sweep.packing import limit_process_memory
+
+        limit_process_memory(resources.gpu)
+
+
+def _settled_run(runs: list[Any], retry_failed: bool) -> Any | None:
+    """The recorded run that settles the key (a FINISHED one first), None when none does."""
+    settled = [r for r in runs if ledger.is_done(r, retry_failed)]
+    finished = [r for r in settled if r.info.status == "FINISHED"] or settled
+    return finished[0] if finished else None
+
+
+def _attempt_tags(runs: list[Any], sweep: str, attempt_id: str) -> dict[str, str]:
+    """Tags of a new attempt: its sweep, its number within the sweep, where it runs."""
+    attempt = 1 + sum(r.data.tags.get(ledger.SWEEP_TAG) == sweep for r in runs)
+    return {
+        ledger.SWEEP_TAG: sweep,
+        ledger.ATTEMPT_TAG: str(attempt),
+        ledger.NODE_TAG: node_id(),
+        "kdbench.host": socket.gethostname(),
+        "kdbench.ray_trial": attempt_id,
+    }
+
+
+def _epoch_reporter(
+    run: Any, tracker: Any, report: Callable[[dict[str, Any]], None]
+) -> Callable[[Any], None]:
+    """The trial's per-epoch hook: log the epoch to the run, report its metrics to Tune."""
+
+    def epoch_done(record: Any) -> None:
+        run.log_epoch(record)
+        metrics = {
+            "epoch": record.epoch + 1,
+            "val_acc": record.val_acc,
+            "loss": record.terms.get("loss", float("nan")),
+        }
+        try:
+            report(metrics)
+        except Exception:
+            raise
+        except BaseException:  # Tune stops a trial by exiting from report()
+            ledger.mark_killed(tracker, run.run_id, {ledger.ERROR_TAG: "stopped by Ray Tune"})
+            run.ended = True
+            raise
+
+    return epoch_done
+
+
+def _end_run(run: Any, tracker: Any, key: str, outcome: Any) -> None:
+    """End the run with the trial's outcome, or KILLED as a duplicate when another run of the
+    key finished meanwhile (see :mod:`bench.sweep.ledger`)."""
+    duplicate = _finished_elsewhere(tracker, key, run.run_id)
+    if outcome.status == "FINISHED" and duplicate:
+        ledger.mark_killed(tracker, run.run_id, {ledger.DUPLICATE_TAG: duplicate})
+        run.ended = True
+    else:
+        run.finish(outcome)
 
 
 def _execute(prepared: Any, on_epoch: Callable, log: Callable) -> Any:
