@@ -273,6 +273,10 @@ class RunHandle:
         """Per-epoch metrics (train loss terms, val accuracy, lr, time) at step = epoch."""
         self._log(record.metrics(), step=record.epoch)
 
+    def log_history_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """An epoch an earlier attempt trained, from its saved history, at step = epoch."""
+        self._log(metrics, step=epoch)
+
     def log_metrics(self, metrics: dict[str, float]) -> None:
         """Extra metrics a method reports; stepped by call."""
         self._log(metrics, step=self._extra_step)

@@ -345,6 +345,7 @@ class _SweepRun:
             resources={t.key: t.resources for t in runnable},
             plugins=plugins,
             retry_failed=options.retry_failed,
+            storage=str(self.storage),
         )
         self.board = ProgressBoard(
             {t.key: t for t in runnable}, suite.metric, err, interval=options.progress_interval

@@ -123,6 +123,8 @@ def tune_students(
             name=f"{suite.name}-{sweep[:8]}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=str(storage),
             failure_config=tune.FailureConfig(max_failures=suite.max_failures),
+            # A restarted attempt needs only the last state; the trial deletes it when it ends.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             verbose=0,
             callbacks=[tune_callback(board)],
             log_to_file=True,

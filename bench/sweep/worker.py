@@ -17,9 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.config import TrialConfig
+from bench.config import CHECKPOINT_EVERY_EPOCHS, CHECKPOINT_EVERY_MINUTES, TrialConfig
 from bench.spec import Resources, TeacherJob
-from bench.sweep import ledger
+from bench.sweep import checkpoints, ledger
+from bench.trial.resume import CheckpointPolicy, TrainState
 
 #: Key of the last result a trial reports; the driver reads the outcome from it.
 STATUS = "kdbench_status"
@@ -43,6 +44,10 @@ class SweepContext:
         resources: Run key → resources (for the trial's torch threads).
         plugins: Method files to import before the trial.
         retry_failed: Whether FAILED verdicts are run again.
+        storage: Ray Tune's storage of the sweep, where trials' checkpoints are kept (shared
+            storage on a cluster); empty outside a sweep.
+        checkpoint_epochs: A running trial saves its state every this many epochs …
+        checkpoint_minutes: … and after any epoch ending this long after the last save.
     """
 
     tracking_uri: str
@@ -54,6 +59,9 @@ class SweepContext:
     resources: dict[str, Resources] = field(default_factory=dict)
     plugins: tuple[str, ...] = ()
     retry_failed: bool = False
+    storage: str = ""
+    checkpoint_epochs: int = CHECKPOINT_EVERY_EPOCHS
+    checkpoint_minutes: float = CHECKPOINT_EVERY_MINUTES
 
 
 def prepare_worker(home: str, threads: int, plugins: tuple[str, ...] = ()) -> None:
@@ -104,7 +112,18 @@ def tune_trainable(config: dict[str, Any], context: SweepContext) -> None:
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id() or ""
-    run_trial_once(config["run_key"], context, report=tune.report, attempt_id=trial_id)
+    key = config["run_key"]
+    saved = checkpoints.latest_state(tune.get_checkpoint(), context.storage, key)
+    run_trial_once(
+        key,
+        context,
+        report=tune.report,
+        attempt_id=trial_id,
+        resume=saved,
+        checkpoint=checkpoints.TuneCheckpointer(
+            CheckpointPolicy(context.checkpoint_epochs, context.checkpoint_minutes)
+        ),
+    )
 
 
 def run_trial_once(
@@ -113,6 +132,8 @@ def run_trial_once(
     *,
     report: Callable[[dict[str, Any]], None],
     attempt_id: str = "",
+    resume: TrainState | None = None,
+    checkpoint: checkpoints.TuneCheckpointer | None = None,
 ) -> dict[str, Any]:
     """Run one trial under the sweep's rules and return (and report) its final result.
 
@@ -122,6 +143,11 @@ def run_trial_once(
         report: Where results go: every epoch's metrics, then the final result (Ray Tune's
             ``tune.report`` on a worker).
         attempt_id: Ray Tune's id of this attempt, recorded as a tag.
+        resume: The state an earlier attempt saved: the trial continues after its epochs, in
+            that attempt's MLflow run when it is still RUNNING (a lost worker or node), else
+            in a new run that first records the saved epochs (the driver was stopped and has
+            ended the old attempt).
+        checkpoint: Saves the trial's state between epochs (Ray Tune checkpoints).
     """
     from bench.trial.compose import prepare_trial
     from bench.trial.device import pick_device
@@ -145,22 +171,38 @@ def run_trial_once(
         prepared = prepare_trial(config, pick_device())
     except Exception as exc:  # recorded as this trial's failure; the sweep goes on
         error = exc
+    if resume is not None and prepared is None:
+        resume = None
+    continued = resume.run_id if resume and tracker.is_running(resume.run_id) else None
     with tracker.trial_run(
         config,
         key,
         method_cls or _UnresolvedMethod,
         parent_run_id=context.parent_run_id,
         extra_tags=tags,
+        resume_run_id=continued,
     ) as run:
-        ledger.supersede_stale(tracker, runs, context.sweep, by=run.run_id)
+        others = [r for r in runs if r.info.run_id != run.run_id]
+        ledger.supersede_stale(tracker, others, context.sweep, by=run.run_id)
         if prepared is None:
             return _record_setup_failure(run, key, error, report)
-        outcome = _execute(prepared, _epoch_reporter(run, tracker, report), run.log_metrics)
+        logged = _epochs_on_record(run, resume)
+        if checkpoint is not None:
+            checkpoint.run_id = run.run_id
+        outcome = _execute(
+            prepared,
+            _epoch_reporter(run, tracker, report, skip=logged),
+            run.log_metrics,
+            resume=resume,
+            checkpoint=checkpoint,
+        )
         outcome.mlflow_run_id = run.run_id
         # CPU time of the whole attempt (setup, training, evaluation, logging): what a trial
         # costs whatever else the machine runs.
         run.log_metrics({"cpu_seconds": time.process_time() - cpu_started})
         _end_run(run, tracker, key, outcome)
+    if context.storage:
+        checkpoints.delete_checkpoints(context.storage, key)
     result = _result_of(outcome, time.perf_counter() - started)
     report(result)
     return result
@@ -195,13 +237,30 @@ def _attempt_tags(runs: list[Any], sweep: str, attempt_id: str) -> dict[str, str
     }
 
 
+def _epochs_on_record(run: Any, resume: TrainState | None) -> set[int]:
+    """The epochs the run already holds. A resumed attempt in a new run first records the
+    epochs its saved state covers, so every run of a trial holds each epoch once."""
+    if resume is None:
+        return set()
+    logged = run.logged_epochs()
+    for epoch, metrics in enumerate(resume.history):
+        if epoch not in logged:
+            run.log_history_epoch(epoch, metrics)
+    return run.logged_epochs()
+
+
 def _epoch_reporter(
-    run: Any, tracker: Any, report: Callable[[dict[str, Any]], None]
+    run: Any,
+    tracker: Any,
+    report: Callable[[dict[str, Any]], None],
+    skip: set[int] | frozenset[int] = frozenset(),
 ) -> Callable[[Any], None]:
-    """The trial's per-epoch hook: log the epoch to the run, report its metrics to Tune."""
+    """The trial's per-epoch hook: log the epoch to the run (unless it holds it already, from
+    an earlier attempt), report its metrics to Tune."""
 
     def epoch_done(record: Any) -> None:
-        run.log_epoch(record)
+        if record.epoch not in skip:
+            run.log_epoch(record)
         metrics = {
             "epoch": record.epoch + 1,
             "val_acc": record.val_acc,
@@ -230,10 +289,17 @@ def _end_run(run: Any, tracker: Any, key: str, outcome: Any) -> None:
         run.finish(outcome)
 
 
-def _execute(prepared: Any, on_epoch: Callable, log: Callable) -> Any:
+def _execute(
+    prepared: Any,
+    on_epoch: Callable,
+    log: Callable,
+    *,
+    resume: TrainState | None = None,
+    checkpoint: checkpoints.TuneCheckpointer | None = None,
+) -> Any:
     from bench.trial.compose import execute
 
-    return execute(prepared, on_epoch=on_epoch, log=log)
+    return execute(prepared, on_epoch=on_epoch, log=log, resume=resume, checkpoint=checkpoint)
 
 
 def _finished_elsewhere(tracker: Any, key: str, run_id: str) -> str | None:
