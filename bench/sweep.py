@@ -2,7 +2,7 @@
 
 The order of work:
 
-1. Load and validate the suite (:mod:`bench.spec`); check its resources against this machine
+1. Load and validate the suite (:mod:`bench.suite`); check its resources against this machine
    (or, after joining, the cluster). Bad input stops here, before anything starts.
 2. Look every run key up in MLflow: keys already done are skipped (:mod:`bench.sweep_ledger`
    says what "done" means). Nothing left → nothing starts, not even Ray.
@@ -47,14 +47,9 @@ from typing import Any, TextIO
 
 from bench import sweep_compress as compression
 from bench import sweep_ledger as ledger
-from bench.spec import (
-    PlannedTrial,
-    Suite,
-    SuiteError,
-    TeacherJob,
-    load_suite,
-    teacher_trainings,
-)
+from bench.suite.expand import PlannedTrial, TeacherJob, teacher_trainings
+from bench.suite.load import load_suite
+from bench.suite.schema import Suite, SuiteError
 from bench.sweep_preflight import PreflightError, check_reachable, local_capacity
 from bench.sweep_progress import ProgressBoard, format_seconds
 from bench.sweep_trial import SweepContext

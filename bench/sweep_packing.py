@@ -28,7 +28,7 @@ from typing import TextIO
 
 from bench.config import TrialConfig, stable_hash
 from bench.packing import HEADROOM, gpu_fraction_needed
-from bench.spec import PlannedTrial
+from bench.suite.expand import PlannedTrial
 
 MIB = 2**20
 

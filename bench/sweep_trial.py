@@ -19,7 +19,8 @@ from typing import Any
 
 from bench import sweep_ledger as ledger
 from bench.config import TrialConfig
-from bench.spec import Resources, TeacherJob
+from bench.suite.expand import TeacherJob
+from bench.suite.schema import Resources
 
 #: Key of the last result a trial reports; the driver reads the outcome from it.
 STATUS = "kdbench_status"

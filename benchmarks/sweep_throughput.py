@@ -91,7 +91,7 @@ def main() -> int:
 
     import torch
 
-    from bench.spec import load_suite
+    from bench.suite.load import load_suite
     from bench.tracking import Tracker
     from bench.trial.compose import run_trial
 

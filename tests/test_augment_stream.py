@@ -8,9 +8,10 @@ import torch
 
 from bench.config import ConfigError, Recipe, TeacherSpec, TrialConfig, run_key
 from bench.data import DataError, load_dataset, with_loader
-from bench.spec import SuiteError, parse_suite
-from bench.trial.context import make_context
+from bench.suite.load import parse_suite
+from bench.suite.schema import SuiteError
 from bench.trial.compose import run_trial
+from bench.trial.context import make_context
 
 CPU = torch.device("cpu")
 SHARED = Recipe(epochs=2, batch_size=64, augment_stream="shared")

@@ -20,7 +20,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from bench import sweep_ledger as ledger
-from bench.spec import load_suite, parse_suite
+from bench.suite.load import load_suite, parse_suite
 from bench.sweep_preflight import (
     PreflightError,
     cluster_view,

@@ -21,7 +21,7 @@ from bench.leaderboard.cli import add_leaderboard_arguments, leaderboard_from_ru
 from bench.leaderboard.published import COMPARISON_FILE, read_published
 from bench.leaderboard.runs import LeaderboardError, runs_frame
 from bench.leaderboard.study import StudySpec, study_points, teacher_epoch
-from bench.spec import load_suite
+from bench.suite.load import load_suite
 from bench.sweep import SweepOptions, add_sweep_arguments, run_sweep, sweep_main
 
 LEADERBOARDS = Path(__file__).resolve().parents[1] / "leaderboards"

@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from bench import sweep_ledger as ledger
-from bench.spec import load_suite
+from bench.suite.load import load_suite
 from bench.sweep import add_sweep_arguments, sweep_main
 from bench.tracking import RUN_KEY_TAG, Tracker
 

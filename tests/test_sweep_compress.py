@@ -21,7 +21,7 @@ from bench.leaderboard.cli import add_leaderboard_arguments, leaderboard_main
 from bench.leaderboard.compression import read_compression_csv
 from bench.leaderboard.runs import LeaderboardError, read_results_csv
 from bench.models import create_model
-from bench.spec import load_suite
+from bench.suite.load import load_suite
 from bench.sweep import add_sweep_arguments, sweep_main
 
 SUITE = """\

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bench.spec import parse_suite
+from bench.suite.load import parse_suite
 from bench.sweep_packing import (
     PilotReading,
     apply_plans,

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from bench.config import Recipe, TeacherSpec
-from bench.spec import parse_suite, teacher_trainings
+from bench.suite.expand import teacher_trainings
+from bench.suite.load import parse_suite
 from bench.teachers import cache_dir, obtain_teacher, teacher_key
 
 # A tiny teacher on the digits at 8x8: each epoch is a fraction of a second.

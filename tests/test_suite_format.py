@@ -11,7 +11,8 @@ import pytest
 
 from bench.config import Recipe, key_fields
 from bench.models import MODELS
-from bench.spec import Resources, SuiteError, load_suite, parse_suite
+from bench.suite.load import load_suite, parse_suite
+from bench.suite.schema import Resources, SuiteError
 
 DIGITS_SUITE = Path(__file__).resolve().parents[1] / "leaderboards" / "digits"
 
