@@ -1,5 +1,7 @@
 """Suite files: the typed expansion, the shipped digits suite, and every class of bad input,
-each reported with its key path, line and a suggestion before anything runs."""
+each reported with its key path, line and a suggestion before anything runs; validation that
+depends on nothing but its arguments, and params typed by the one function the command line
+uses too."""
 
 from __future__ import annotations
 
@@ -9,10 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from bench.config import Recipe, key_fields
+from bench.api import params as api_params
+from bench.api.params import ParamError, coerce_value
+from bench.cli import main
+from bench.config import Recipe, key_fields, run_key
 from bench.models import MODELS
+from bench.plugins import get_method, shared_code
+from bench.suite import checks
+from bench.suite.checks import Context
 from bench.suite.load import load_suite, parse_suite
 from bench.suite.schema import Resources, SuiteError
+from bench.suite.validate_pairs import SuiteRecipes, pairs, suite_recipes
 
 DIGITS_SUITE = Path(__file__).resolve().parents[1] / "leaderboards" / "digits"
 
@@ -406,3 +415,129 @@ def test_bad_compress_sections_are_reported_with_their_key_path(section, expecte
 def test_a_tune_suite_cannot_compress():
     error = problems_of(TUNE + "compress: {int8: true}\n")
     assert "compress: compression measures test accuracy" in str(error)
+
+
+# ------------------------------------------------------------ validation without hidden state
+
+ORDER = """\
+name: order
+datasets: [digits]
+RECIPE
+pairs:
+  - {teacher: test_vgg, student: test_resnet_narrow, teacher_epochs: [1, 8]}
+  - teacher: test_resnet_wide
+    student: test_mobile
+    recipe: {student: {lrr: 0.01}}
+  - teacher: test_resnet_wide
+    student: test_resnet_narrow
+    recipe: {teacher: {epochs: 2}}
+    teacher_epochs: [3]
+methods: [ce, kd]
+seeds: 1
+"""
+RECIPE = "recipe:\n  student: {epochs: 2, lr: 0.05}\n  teacher: {epochs: 4}\n"
+RECIPE_OF_PAIRS = (
+    "recipe:\n  student: {epochs: 3, batch_size: 32, lr: 0.05}\n  teacher: {epochs: 4}\n"
+)
+
+
+def test_pair_and_suite_recipe_checks_give_the_same_problems_in_either_key_order():
+    recipe_first = problems_of(ORDER.replace("RECIPE\n", RECIPE))
+    recipe_last = problems_of(ORDER.replace("RECIPE\n", "") + RECIPE)
+    found = [f"{p.path}: {p.message}" for p in recipe_first.problems]
+    assert found == [f"{p.path}: {p.message}" for p in recipe_last.problems]
+    assert found == [
+        "pairs[0].teacher_epochs: epochs [8] are past the teacher's 4 training epochs; raise "
+        "recipe.teacher.epochs or drop them",
+        "pairs[1].recipe.student.lrr: unknown recipe field 'lrr'. Did you mean 'lr'? Known: "
+        + ", ".join(f.name for f in dataclasses.fields(Recipe))
+        + ".",
+        "pairs[2].teacher_epochs: epochs [3] are past the teacher's 2 training epochs; raise "
+        "recipe.teacher.epochs or drop them",
+    ]
+    # Sound suites: the same trials, whichever comes first.
+    moved = PAIRS.replace(RECIPE_OF_PAIRS, "").replace("datasets:", RECIPE_OF_PAIRS + "datasets:")
+    assert [t.key for t in parse_suite(moved).trials()] == [
+        t.key for t in parse_suite(PAIRS).trials()
+    ]
+
+
+def test_pairs_take_the_suite_recipes_as_an_argument_and_keep_nothing_between_calls():
+    ctx = Context(root=None, base=Path.cwd())
+    value = [
+        {
+            "teacher": "test_vgg",
+            "student": "test_resnet_narrow",
+            "teacher_epochs": [6, 2],
+            "recipe": {"student": {"lr": 0.01}},
+        }
+    ]
+    short, no_problems = suite_recipes(ctx, {"teacher": {"epochs": 4}})
+    long, _ = suite_recipes(ctx, {"teacher": {"epochs": 8}})
+    assert no_problems == []
+    late = pairs(ctx, value, short)
+    fine = pairs(ctx, value, long)
+    assert pairs(ctx, value, short) == late  # the same answer after another suite's check
+    assert late[0] == ()  # the pair is dropped, with the reason
+    assert [p.message for p in late[1]] == [
+        "epochs [6] are past the teacher's 4 training epochs; raise recipe.teacher.epochs or "
+        "drop them"
+    ]
+    (pair,), problems = fine
+    assert problems == [] and pair.teacher_epochs == (2, 6)
+    assert pair.recipe == Recipe(lr=0.01) and pair.teacher_recipe is None
+    # A broken suite recipe (reported where it is) leaves nothing for a pair recipe to merge
+    # over: such a pair is skipped without a second report.
+    assert pairs(ctx, value, SuiteRecipes()) == ((), [])
+
+
+# ------------------------------------------------------------------- one type system for params
+
+
+def test_a_bad_param_gets_the_same_type_message_from_the_command_line_and_a_suite(
+    monkeypatch, capsys
+):
+    calls = []
+
+    def recording(raw, tp, *, where, strict=False):
+        calls.append((raw, strict))
+        return coerce_value(raw, tp, where=where, strict=strict)
+
+    monkeypatch.setattr(api_params, "coerce_value", recording)  # Params.from_mapping (--param)
+    monkeypatch.setattr(checks, "coerce_value", recording)  # suite params and search
+    error = problems_of(GOOD.replace("temperature: 2.0", "temperature: hot"))
+    code = main(["train", "--no-track", "--method", "kd", "--param", "temperature=hot"])
+    err = capsys.readouterr().err
+    assert code == 2
+    message = "expected a number, got 'hot' (a string)"
+    assert [(p.path, p.message) for p in error.problems] == [
+        ("methods[1].params.temperature", message)
+    ]
+    assert f"kd params.temperature: {message}" in err
+    assert [c for c in calls if c[0] == "hot"] == [("hot", True), ("hot", False)]
+
+
+@pytest.mark.parametrize(
+    ("raw", "tp", "parsed"),
+    [("4", float, 4.0), ("3", int, 3), ("true", bool, True), ("none", int | None, None)],
+)
+def test_a_suite_refuses_the_strings_a_command_line_parses(raw, tp, parsed):
+    assert coerce_value(raw, tp, where="--param x") == parsed
+    with pytest.raises(ParamError) as caught:
+        coerce_value(raw, tp, where="methods[0].params.x", strict=True)
+    assert caught.value.where == "methods[0].params.x"
+    assert caught.value.reason.startswith("expected ") and f"got {raw!r} (a string)" in str(
+        caught.value
+    )
+
+
+def test_params_are_typed_once_in_the_suite_and_its_keys_are_the_keys_trials_record():
+    suite = parse_suite(GOOD.replace("temperature: 2.0", "temperature: 2"))
+    kd = next(t for t in suite.trials() if t.method == "kd")
+    assert kd.config.params == (("temperature", 2.0),)
+    assert isinstance(dict(kd.config.params)["temperature"], float)
+    written_as_float = next(t for t in parse_suite(GOOD).trials() if t.method == "kd")
+    assert kd.key == written_as_float.key  # 2 and 2.0 are the same trial
+    cls = get_method("kd")
+    assert kd.key == run_key(kd.config, cls.version, shared_code(cls))
+    assert parse_suite(TUNE).methods[1].search == (("temperature", (1.0, 2.0, 4.0, 8.0)),)
