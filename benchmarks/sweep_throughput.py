@@ -91,14 +91,15 @@ def main() -> int:
 
     import torch
 
-    from bench.spec import load_suite
+    from bench.suite.expand import plan_trials
+    from bench.suite.load import load_suite
     from bench.tracking import Tracker
     from bench.trial.compose import run_trial
 
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    trials = load_suite(suite_dir).trials()
+    trials = plan_trials(load_suite(suite_dir))
     print(
         f"sweep throughput: {len(trials)} trials of {args.method} on digits "
         f"({args.student}, {args.epochs} epochs), {cores} cores; work folder {work}",

@@ -17,8 +17,8 @@ from bench.analysis.runs import WEIGHTS_SOURCE_TAG, config_from_json
 from bench.cli import EXIT_BAD_INPUT, main
 from bench.config import Recipe, TeacherSpec, TrialConfig, run_key, to_jsonable
 from bench.data import load_dataset
-from bench.plugins import get_method
 from bench.models import create_model
+from bench.plugins import get_method
 from bench.tracking import STUDENT_ARTIFACT, Tracker
 from bench.trial.compose import TrialResult, run_trial
 from bench.trial.evaluate import labels_of, predict, topk_accuracy

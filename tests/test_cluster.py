@@ -19,7 +19,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from bench.spec import load_suite, parse_suite
+from bench.suite.expand import plan_trials
+from bench.suite.load import load_suite, parse_suite
 from bench.sweep import ledger
 from bench.sweep.preflight import (
     PreflightError,
@@ -223,7 +224,7 @@ def test_a_sweep_survives_a_worker_node_killed_mid_trial(cluster, mlflow_server,
     folder = tmp_path / "node-failure"
     folder.mkdir()
     (folder / "suite.yaml").write_text(SUITE.format(name="node-failure", epochs=6))
-    planned = {t.key for t in load_suite(folder).trials()}
+    planned = {t.key for t in plan_trials(load_suite(folder))}
     client = MlflowClient(mlflow_server)
     log_path = tmp_path / "driver.log"
     command = [

@@ -140,7 +140,7 @@ def test_cli_train_json_last_line(capsys, tmp_path):
         (["--dataset", "cifar-10"], ["unknown dataset 'cifar-10'", "cifar10"]),
         (["--method", "kdd"], ["unknown method 'kdd'", "'kd'"]),
         (["--param", "temprature=4"], ["unknown parameter 'temprature'", "temperature"]),
-        (["--param", "temperature=hot"], ["temperature", "expected float", "'hot'"]),
+        (["--param", "temperature=hot"], ["temperature", "expected a number", "'hot'"]),
         (
             ["--dataset", "cifar100", "--data-root", "/nonexistent/data"],
             ["cifar-100-python", "--download"],

@@ -11,7 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.spec import SuiteError, load_suite
+from bench.suite.load import load_suite
+from bench.suite.schema import SuiteError
 from bench.sweep.driver import SweepError, SweepOptions, run_sweep
 from bench.sweep.preflight import PreflightError
 from bench.sweep.report import EXIT_BAD_INPUT

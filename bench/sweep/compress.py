@@ -38,7 +38,8 @@ from bench.analysis import (
     VARIANT_TAG,
     pruned_variant,
 )
-from bench.spec import Compression, PlannedTrial
+from bench.suite.expand import PlannedTrial
+from bench.suite.schema import Compression
 from bench.tracking import search_all_runs
 
 #: The latency column the sweep summary shows (the one a deployed student sees most).
@@ -118,7 +119,7 @@ def plan_compression(
     """
     plan = CompressionPlan(compression)
     for trial in trials:
-        if not compression.selects(trial):
+        if not compression.selects(trial.method):
             continue
         run = done.get(trial.key)
         if run is None or run.info.status != "FINISHED":

@@ -2,7 +2,7 @@
 
 The order of work:
 
-1. Load and validate the suite (:mod:`bench.spec`); check its resources against this machine
+1. Load and validate the suite (:mod:`bench.suite`); check its resources against this machine
    (or, after joining, the cluster). Bad input stops here, before anything starts.
 2. Look every run key up in MLflow: keys already done are skipped (:mod:`bench.sweep.ledger`
    says what "done" means). Nothing left → nothing starts, not even Ray.
@@ -42,7 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from bench.spec import PlannedTrial, Suite
+from bench.suite.expand import PlannedTrial, plan_trials
+from bench.suite.schema import Suite
 from bench.sweep import compress as compression
 from bench.sweep import ledger
 from bench.sweep.preflight import PreflightError, check_reachable, local_capacity
@@ -177,7 +178,7 @@ def _plan(suite: Suite, options: SweepOptions) -> _Plan:
     from bench.tracking import default_tracking_uri
 
     started = time.perf_counter()
-    trials = list(suite.trials())
+    trials = list(plan_trials(suite))
     uri = options.tracking_uri or default_tracking_uri()
     home = kdbench_home()
     storage = Path(options.storage_path or home / "sweeps").expanduser().resolve()

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TextIO
 
 from bench.config import TrialConfig, stable_hash
-from bench.spec import PlannedTrial
+from bench.suite.expand import PlannedTrial
 from bench.sweep.packing import HEADROOM, gpu_fraction_needed
 
 MIB = 2**20

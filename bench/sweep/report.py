@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from bench.spec import PlannedTrial, Suite, SuiteError, teacher_trainings
+from bench.suite.expand import PlannedTrial, teacher_jobs, teacher_trainings
+from bench.suite.schema import Suite, SuiteError
 from bench.sweep import compress as compression
 from bench.sweep import ledger
 from bench.sweep.preflight import local_capacity
@@ -174,7 +175,7 @@ def _print_teachers(suite: Suite, trials: Sequence[PlannedTrial], home: Path, ou
     """The teachers the trials need, which are cached, how many trainings the rest take."""
     from bench.sweep.worker import teacher_cached
 
-    jobs = suite.teachers(trials)
+    jobs = teacher_jobs(suite, trials)
     cached = [j for j in jobs if teacher_cached(j, str(home))]
     todo = teacher_trainings([j for j in jobs if j not in cached])
     print(

@@ -12,7 +12,8 @@ import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from bench.spec import PlannedTrial, Suite, TeacherJob, teacher_trainings
+from bench.suite.expand import PlannedTrial, TeacherJob, teacher_jobs, teacher_trainings
+from bench.suite.schema import Suite
 from bench.sweep.progress import format_seconds
 
 
@@ -28,7 +29,7 @@ def train_teachers(
     the trials whose teacher failed."""
     from bench.sweep.worker import teacher_cached
 
-    jobs = suite.teachers(todo)
+    jobs = teacher_jobs(suite, todo)
     missing = [j for j in jobs if not teacher_cached(j, home)]
     # The early-stopped checkpoints of one teacher run are one task: it trains once and
     # keeps them all, instead of one retraining per checkpoint.

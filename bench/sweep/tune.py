@@ -18,7 +18,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.spec import PlannedTrial, Suite
+from bench.suite.expand import PlannedTrial
+from bench.suite.schema import Suite
 from bench.sweep.preflight import local_capacity
 from bench.sweep.progress import ProgressBoard
 from bench.sweep.worker import SweepContext

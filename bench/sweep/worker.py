@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.config import CHECKPOINT_EVERY_EPOCHS, CHECKPOINT_EVERY_MINUTES, TrialConfig
-from bench.spec import Resources, TeacherJob
+from bench.suite.expand import TeacherJob
+from bench.suite.schema import Resources
 from bench.sweep import checkpoints, ledger
 from bench.trial.resume import CheckpointPolicy, TrainState
 
