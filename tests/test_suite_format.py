@@ -21,7 +21,7 @@ from bench.suite import checks
 from bench.suite.checks import Context
 from bench.suite.expand import plan_trials, teacher_jobs
 from bench.suite.load import load_suite, parse_suite
-from bench.suite.schema import Resources, SuiteError
+from bench.suite.schema import Checkpointing, Resources, SuiteError
 from bench.suite.validate_pairs import SuiteRecipes, pairs, suite_recipes
 
 DIGITS_SUITE = Path(__file__).resolve().parents[1] / "leaderboards" / "digits"
@@ -545,3 +545,23 @@ def test_params_are_typed_once_in_the_suite_and_its_keys_are_the_keys_trials_rec
     cls = get_method("kd")
     assert kd.key == run_key(kd.config, cls.version, shared_code(cls))
     assert parse_suite(TUNE).methods[1].search == (("temperature", (1.0, 2.0, 4.0, 8.0)),)
+
+
+def test_checkpoint_settings_default_and_are_checked():
+    base = plan_free_suite()
+    assert parse_suite(base).checkpoint == Checkpointing(epochs=10, minutes=15.0)
+    assert parse_suite(base + "checkpoint: {epochs: 1}\n").checkpoint.epochs == 1
+    with pytest.raises(SuiteError) as caught:
+        parse_suite(base + "checkpoint: {epochs: -1, minuts: 2}\n")
+    message = str(caught.value)
+    assert "checkpoint.epochs: must be ≥ 0, got -1" in message
+    assert "checkpoint.minuts: unknown key 'minuts'. Did you mean 'minutes'?" in message
+
+
+def plan_free_suite() -> str:
+    return (
+        "datasets: [digits]\n"
+        "pairs: [{teacher: test_resnet_wide, student: test_resnet_narrow}]\n"
+        "methods: [ce]\n"
+        "seeds: 1\n"
+    )

@@ -52,6 +52,11 @@ The schema (``leaderboards/digits/suite.yaml`` is a complete example)::
     teacher_resources: {cpu: 4, gpu: 1}      # per teacher; default: ``resources``
     tune: {budget: 4}            # phase tune: configurations per method (equal budget)
     max_failures: 3              # retries of a trial whose worker or node died
+    checkpoint: {epochs: 10, minutes: 15}
+                                 # a running trial saves its state every 10 epochs and after
+                                 # any epoch ending 15 minutes after the last save (0: never);
+                                 # a trial restarted after a lost node or a stopped driver
+                                 # continues from its last save
     plugins: [my_method.py]      # method files to load, relative to the suite
     study: {parameter: temperature, method: kd, reference: 4.0}
                                  # optional: the leaderboard plots accuracy against this

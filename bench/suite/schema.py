@@ -12,7 +12,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.config import ConfigError, Phase, Recipe, stable_hash
+from bench.config import (
+    CHECKPOINT_EVERY_EPOCHS,
+    CHECKPOINT_EVERY_MINUTES,
+    ConfigError,
+    Phase,
+    Recipe,
+    stable_hash,
+)
 
 SUITE_FILE = "suite.yaml"
 #: Student recipe fields a suite's teacher recipe does not inherit.
@@ -34,6 +41,7 @@ TOP_KEYS = (
     "teacher_resources",
     "tune",
     "max_failures",
+    "checkpoint",
     "plugins",
     "study",
     "compress",
@@ -51,6 +59,7 @@ PAIR_KEYS = (
 METHOD_KEYS = ("name", "params", "search", "resources")
 RECIPE_KEYS = ("student", "teacher")
 RESOURCE_KEYS = ("cpu", "gpu")
+CHECKPOINT_KEYS = ("epochs", "minutes")
 TUNE_KEYS = ("budget",)
 STUDY_KEYS = ("parameter", "method", "reference")
 COMPRESS_KEYS = ("methods", "sparsities", "int8")
@@ -248,6 +257,19 @@ class Compression:
 
 
 @dataclass(frozen=True)
+class Checkpointing:
+    """How often a running trial saves its resumable state (``checkpoint:``).
+
+    Attributes:
+        epochs: Every this many epochs (0: never by count).
+        minutes: After any epoch that ends this many minutes after the last save (0: never).
+    """
+
+    epochs: int = CHECKPOINT_EVERY_EPOCHS
+    minutes: float = CHECKPOINT_EVERY_MINUTES
+
+
+@dataclass(frozen=True)
 class Suite:
     """A validated suite. Build it with :func:`bench.suite.load.load_suite` or
     :func:`bench.suite.load.parse_suite`."""
@@ -267,6 +289,7 @@ class Suite:
     teacher_resources: Resources = field(default_factory=Resources)
     budget: int | None = None
     max_failures: int = 3
+    checkpoint: Checkpointing = field(default_factory=lambda: Checkpointing())
     plugins: tuple[str, ...] = ()
     description: str = ""
     study: Study | None = None

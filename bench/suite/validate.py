@@ -25,11 +25,13 @@ from bench.suite.checks import (
     unknown,
 )
 from bench.suite.schema import (
+    CHECKPOINT_KEYS,
     DATASET_KEYS,
     NAME_PATTERN,
     REQUIRED_KEYS,
     TOP_KEYS,
     TUNE_KEYS,
+    Checkpointing,
     DatasetEntry,
     Problem,
     Resources,
@@ -70,6 +72,7 @@ def validate_suite(
         found.take(compress(ctx, top["compress"], entries, phase)) if "compress" in top else None
     )
     budget = found.take(tune_budget(ctx, top.get("tune"), phase))
+    saving = found.take(checkpointing(ctx, top.get("checkpoint")))
     values = found.take(scalars(ctx, top, name))
     request, teacher_request = found.take(suite_resources(ctx, top))
     if found or None in (sets, grid, entries, seed_list, recipes.student, recipes.teacher):
@@ -90,6 +93,7 @@ def validate_suite(
         teacher_resources=teacher_request,
         budget=budget,
         max_failures=values["max_failures"],
+        checkpoint=saving or Checkpointing(),
         plugins=plugin_files,
         description=values["description"],
         study=studied,
@@ -223,6 +227,29 @@ def tune_budget(ctx: Context, value: Any, phase: Any) -> tuple[int | None, list[
     if budget < 1:
         return None, [*found, ctx.problem(("tune", "budget"), f"must be ≥ 1, got {budget}")]
     return budget, found
+
+
+def checkpointing(ctx: Context, value: Any) -> tuple[Checkpointing | None, list[Problem]]:
+    """How often trials save their state (``checkpoint: {epochs: N, minutes: M}``); None
+    (the defaults) when the suite does not say."""
+    if value is None:
+        return None, []
+    found = Found()
+    entry = found.take(mapping(ctx, value, ("checkpoint",), CHECKPOINT_KEYS))
+    if entry is None:
+        return None, found
+    default = Checkpointing()
+    epochs, minutes = entry.get("epochs", default.epochs), entry.get("minutes", default.minutes)
+    bad = [
+        *misfit(ctx, epochs, int, ("checkpoint", "epochs")),
+        *misfit(ctx, minutes, float, ("checkpoint", "minutes")),
+    ]
+    if not found.passed(bad):
+        return None, found
+    for key, number in (("epochs", epochs), ("minutes", minutes)):
+        if number < 0 or number != number:
+            found.append(ctx.problem(("checkpoint", key), f"must be ≥ 0, got {number}"))
+    return (None if found else Checkpointing(epochs, float(minutes))), found
 
 
 def scalars(ctx: Context, top: dict, name: str) -> tuple[dict[str, Any], list[Problem]]:

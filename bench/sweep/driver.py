@@ -347,6 +347,8 @@ class _SweepRun:
             plugins=plugins,
             retry_failed=options.retry_failed,
             storage=str(self.storage),
+            checkpoint_epochs=suite.checkpoint.epochs,
+            checkpoint_minutes=suite.checkpoint.minutes,
         )
         self.board = ProgressBoard(
             {t.key: t for t in runnable}, suite.metric, err, interval=options.progress_interval

@@ -40,6 +40,8 @@ ERROR_TAG = "kdbench.error"
 ATTEMPT_TAG = "kdbench.attempt"
 NODE_TAG = "kdbench.node"
 SUPERSEDED_TAG = "kdbench.superseded_by"
+#: On a trial that continued from a checkpoint: the epochs its saved state covered.
+RESUMED_TAG = "kdbench.resumed_from_epoch"
 DUPLICATE_TAG = "kdbench.duplicate_of"
 PARENT_TAG = "mlflow.parentRunId"
 SWEEP_KIND = "sweep"

@@ -175,6 +175,8 @@ def run_trial_once(
     if resume is not None and prepared is None:
         resume = None
     continued = resume.run_id if resume and tracker.is_running(resume.run_id) else None
+    if resume is not None:
+        tags[ledger.RESUMED_TAG] = str(resume.epochs_done)
     with tracker.trial_run(
         config,
         key,
