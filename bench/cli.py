@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from bench.config import CHECKPOINT_EVERY_EPOCHS, CHECKPOINT_EVERY_MINUTES
+
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 
@@ -26,9 +28,9 @@ class CliError(Exception):
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
     from bench.analysis import AnalysisError
+    from bench.api import ParamError
     from bench.config import ConfigError
     from bench.data import DataError
-    from bench.api import ParamError
     from bench.registry import RegistryError
 
     return (
@@ -170,7 +172,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
 
-    result = run_trial(config, tracker=tracker, on_epoch=progress)
+    from bench.trial.resume import CheckpointPolicy
+
+    policy = CheckpointPolicy(
+        every_epochs=max(0, args.checkpoint_epochs), every_minutes=max(0.0, args.checkpoint_minutes)
+    )
+    result = run_trial(config, tracker=tracker, on_epoch=progress, policy=policy)
     summary = result.summary()
     if args.json:
         print(json.dumps(summary, default=str))
@@ -232,7 +239,7 @@ def cmd_check_method(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from bench.sweep import sweep_main
+    from bench.sweep.cli import sweep_main
 
     return sweep_main(args)
 
@@ -244,7 +251,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def _add_sweep(sub: Any) -> None:
-    from bench.sweep import add_sweep_arguments
+    from bench.sweep.cli import add_sweep_arguments
 
     sweep = sub.add_parser("sweep", help="run a suite as Ray Tune trials, recorded in MLflow")
     add_sweep_arguments(sweep)
@@ -429,13 +436,8 @@ def _add_tracking(p: argparse.ArgumentParser) -> None:
     p.add_argument("--experiment", default="kdbench", help="MLflow experiment name")
 
 
-def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="kdbench",
-        description="Benchmark knowledge-distillation methods over timm teacher/student pairs.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_ls(sub: Any) -> None:
+    """``kdbench ls``: models, datasets or methods."""
     ls = sub.add_parser("ls", help="list models, datasets or methods")
     ls.add_argument("what", choices=["models", "datasets", "methods"])
     ls.add_argument("pattern", nargs="?", default=None, help="glob filter, e.g. 'resnet*'")
@@ -443,6 +445,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     ls.add_argument("--plugins", nargs="*", default=[], help="method files to load")
     ls.set_defaults(func=cmd_ls)
 
+
+def _add_train(sub: Any) -> None:
+    """``kdbench train``: one trial, recorded in MLflow."""
     tr = sub.add_parser("train", help="run one trial and record it in MLflow")
     tr.add_argument("--dataset", default="digits")
     tr.add_argument("--student", default=DEFAULT_STUDENT)
@@ -459,6 +464,19 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="method hyperparameter; repeat for several",
     )
+    _add_recipe_options(tr)
+    _add_teacher_options(tr)
+    tr.add_argument("--phase", default="final", choices=["tune", "final"])
+    tr.add_argument("--data-root", default=None, help="folder holding on-disk datasets")
+    tr.add_argument("--download", action="store_true", help="download a missing dataset")
+    tr.add_argument("--plugins", nargs="*", default=[], help="method files to load")
+    _add_train_output_options(tr)
+    _add_tracking(tr)
+    tr.set_defaults(func=cmd_train)
+
+
+def _add_recipe_options(tr: argparse.ArgumentParser) -> None:
+    """The student's recipe and seed."""
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--epochs", type=int, default=10)
     tr.add_argument("--batch-size", type=int, default=64)
@@ -472,6 +490,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         default=None,
         help="resize the dataset's images to this square size (teacher and student)",
     )
+
+
+def _add_teacher_options(tr: argparse.ArgumentParser) -> None:
+    """Which teacher, and how it is trained or loaded."""
     tr.add_argument(
         "--teacher-epochs",
         type=int,
@@ -490,10 +512,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         default=None,
         help="load the teacher from this state-dict file instead of training it",
     )
-    tr.add_argument("--phase", default="final", choices=["tune", "final"])
-    tr.add_argument("--data-root", default=None, help="folder holding on-disk datasets")
-    tr.add_argument("--download", action="store_true", help="download a missing dataset")
-    tr.add_argument("--plugins", nargs="*", default=[], help="method files to load")
+
+
+def _add_train_output_options(tr: argparse.ArgumentParser) -> None:
+    """What the command prints and how often the trial saves its state."""
     tr.add_argument(
         "--json",
         action="store_true",
@@ -501,9 +523,26 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     )
     tr.add_argument("--no-track", action="store_true", help="do not record the run in MLflow")
     tr.add_argument("--quiet", action="store_true", help="no per-epoch progress")
-    _add_tracking(tr)
-    tr.set_defaults(func=cmd_train)
+    tr.add_argument(
+        "--checkpoint-epochs",
+        type=int,
+        default=CHECKPOINT_EVERY_EPOCHS,
+        metavar="N",
+        help="save the trial's state every N epochs, so an interrupted run resumes from it "
+        "when the same command is run again (0: never by count; default %(default)s)",
+    )
+    tr.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=CHECKPOINT_EVERY_MINUTES,
+        metavar="M",
+        help="also save it after any epoch that ends M minutes or more after the last save "
+        "(0: never by time; default %(default)s)",
+    )
 
+
+def _add_demo(sub: Any) -> None:
+    """``kdbench demo``: the quick tour."""
     demo = sub.add_parser("demo", help="teacher, student alone and KD student on digits")
     demo.add_argument("--epochs", type=int, default=15)
     demo.add_argument("--teacher-epochs", type=int, default=15)
@@ -511,6 +550,9 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     _add_tracking(demo)
     demo.set_defaults(func=cmd_demo)
 
+
+def _add_check_method(sub: Any) -> None:
+    """``kdbench check-method``: the conformance suite on one method."""
     check = sub.add_parser(
         "check-method", help="run the conformance suite on a method (name or .py file)"
     )
@@ -520,6 +562,17 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     check.add_argument("--quiet", action="store_true", help="only the final table")
     check.set_defaults(func=cmd_check_method)
 
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kdbench",
+        description="Benchmark knowledge-distillation methods over timm teacher/student pairs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_ls(sub)
+    _add_train(sub)
+    _add_demo(sub)
+    _add_check_method(sub)
     _add_sweep(sub)
     _add_analyses(sub)
     _add_leaderboard(sub, selected="leaderboard" in (sys.argv[1:] if argv is None else argv))

@@ -28,6 +28,13 @@ AugmentStream = Literal["trial", "shared"]
 OMIT_DEFAULT_FROM_KEY = {"omit_default_from_key": True}
 
 
+#: How often a running trial saves its resumable state by default: every this many epochs,
+#: and after any epoch that ends this many minutes after the last save. Neither changes a
+#: result, so neither is part of a run key.
+CHECKPOINT_EVERY_EPOCHS = 10
+CHECKPOINT_EVERY_MINUTES = 15.0
+
+
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the key and the fix."""
 

@@ -1,6 +1,6 @@
 """Transfer learning for students: start from a pretrained state dict, train only some parts.
 
-Two options of a trial drive it (see ``bench/spec.py`` for the suite keys):
+Two options of a trial drive it (see :mod:`bench.suite` for the suite keys):
 
 * ``TrialConfig.student_checkpoint``: a state dict (loaded with ``weights_only=True``) the
   student starts from. Tensors whose name and shape match the student's are copied; the others

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from bench.config import TrialConfig, key_fields, to_jsonable
 from bench.paths import kdbench_home
+from bench.plugins import shared_code as shared_code_of
 
 if TYPE_CHECKING:
     from bench.api import Method
@@ -118,9 +119,29 @@ class Tracker:
         *,
         parent_run_id: str | None = None,
         extra_tags: dict[str, str] | None = None,
+        resume_run_id: str | None = None,
     ) -> Iterator[RunHandle]:
-        """A RUNNING MLflow run for one trial; ended FAILED if the block raises."""
+        """A RUNNING MLflow run for one trial; ended FAILED if the block raises.
+
+        Args:
+            config: The trial.
+            key: Its run key.
+            method_cls: Its method class (version, knowledge, shared code).
+            parent_run_id: The sweep's parent run, if any.
+            extra_tags: Further tags.
+            resume_run_id: A RUNNING run of an interrupted attempt of the same trial to
+                continue instead of creating one (its params and config are already there).
+        """
         from mlflow.entities import Param, RunTag
+
+        if resume_run_id is not None:
+            handle = RunHandle(self.client, resume_run_id)
+            if extra_tags:
+                tags = [RunTag(k, v) for k, v in extra_tags.items()]
+                self.client.log_batch(resume_run_id, tags=tags)
+            with self._ended_failed_on_error(handle):
+                yield handle
+            return
 
         pair = f"{config.student}<-{config.teacher.arch}" if config.teacher else config.student
         tags = {
@@ -140,7 +161,7 @@ class Tracker:
             tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(self.experiment_id, tags=tags)
         handle = RunHandle(self.client, run.info.run_id)
-        try:
+        with self._ended_failed_on_error(handle):
             params = [Param(k, v) for k, v in trial_params(config).items()]
             for i in range(0, len(params), 100):  # MLflow's per-batch param limit
                 self.client.log_batch(handle.run_id, params=params[i : i + 100])
@@ -148,12 +169,23 @@ class Tracker:
                 handle.run_id,
                 {
                     "config": to_jsonable(config),
-                    "key_fields": key_fields(config, method_cls.version),
+                    "key_fields": key_fields(
+                        config, method_cls.version, shared_code_of(method_cls)
+                    ),
                     "run_key": key,
                 },
                 "config.json",
             )
             yield handle
+
+    @contextmanager
+    def _ended_failed_on_error(self, handle: RunHandle) -> Iterator[None]:
+        """Ends the run FAILED, with the error as a tag, if the block raises or leaves it
+        running."""
+        from mlflow.entities import RunTag
+
+        try:
+            yield
         except BaseException as exc:
             if not handle.ended:
                 self.client.log_batch(
@@ -164,6 +196,17 @@ class Tracker:
             raise
         if not handle.ended:
             self.client.set_terminated(handle.run_id, "FAILED")
+
+    def is_running(self, run_id: str | None) -> bool:
+        """Whether ``run_id`` names a run of this store that is still RUNNING."""
+        from mlflow.exceptions import MlflowException
+
+        if not run_id:
+            return False
+        try:
+            return self.client.get_run(run_id).info.status == "RUNNING"
+        except MlflowException:
+            return False
 
     def finished_runs(self, filter_string: str = "") -> dict[str, str]:
         """run key → run id of every FINISHED run in the experiment."""
@@ -228,9 +271,18 @@ class RunHandle:
         for i in range(0, len(batch), 1000):
             self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
 
+    def logged_epochs(self) -> set[int]:
+        """The epochs this run already holds (a resumed attempt does not log them twice)."""
+        history = self.client.get_metric_history(self.run_id, "epoch_seconds")
+        return {int(m.step) for m in history}
+
     def log_epoch(self, record: Any) -> None:
         """Per-epoch metrics (train loss terms, val accuracy, lr, time) at step = epoch."""
         self._log(record.metrics(), step=record.epoch)
+
+    def log_history_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """An epoch an earlier attempt trained, from its saved history, at step = epoch."""
+        self._log(metrics, step=epoch)
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         """Extra metrics a method reports; stepped by call."""

@@ -11,10 +11,10 @@ import torch
 
 from bench.config import Recipe
 from bench.data import DataBundle, DatasetInfo, TensorSplit
-from bench.plugins import build_method
 from bench.models import create_model, model_info
-from bench.trial.device import Execution, freeze
+from bench.plugins import build_method
 from bench.trial.context import make_context, task_info
+from bench.trial.device import Execution, freeze
 
 CIFAR_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR_STD = (0.2673, 0.2564, 0.2762)

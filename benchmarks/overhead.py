@@ -21,10 +21,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 import torch.nn.functional as F
 
-from bench.config import Recipe, TrialConfig
+from bench.config import Recipe
 from bench.data import load_dataset
-from bench.plugins import build_method
 from bench.models import create_model, model_info
+from bench.plugins import build_method
 from bench.trial.context import make_context, make_optimizer, task_info
 from bench.trial.device import freeze
 from bench.trial.loop import train_loop

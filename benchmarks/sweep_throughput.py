@@ -12,7 +12,7 @@ What is measured:
   process, each recorded in MLflow (SQLite). Imports, data and the teacher are warm (a
   throw-away trial runs first), so this is the best a hand-written loop can do. Torch uses
   every core.
-- *sweep*: ``python -m bench.sweep SUITE`` (the code behind ``kdbench sweep``) from launch to
+- *sweep*: ``python -m bench.cli sweep SUITE`` (the code behind ``kdbench sweep``) from launch to
   exit: interpreter start, suite validation, Ray start, workers, one MLflow run per trial, the
   summary. Each trial gets one core and one torch thread.
 
@@ -91,14 +91,15 @@ def main() -> int:
 
     import torch
 
-    from bench.spec import load_suite
+    from bench.suite.expand import plan_trials
+    from bench.suite.load import load_suite
     from bench.tracking import Tracker
     from bench.trial.compose import run_trial
 
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    trials = load_suite(suite_dir).trials()
+    trials = plan_trials(load_suite(suite_dir))
     print(
         f"sweep throughput: {len(trials)} trials of {args.method} on digits "
         f"({args.student}, {args.epochs} epochs), {cores} cores; work folder {work}",
@@ -125,7 +126,7 @@ def main() -> int:
     torch.set_num_threads(threads)
 
     uri = f"sqlite:///{work / 'sweep.db'}"
-    command = [sys.executable, "-m", "bench.sweep", str(suite_dir), "--tracking-uri", uri]
+    command = [sys.executable, "-m", "bench.cli", "sweep", str(suite_dir), "--tracking-uri", uri]
     launched = time.time()
     done = subprocess.run(command, capture_output=True, text=True)
     wall_sweep = time.time() - launched

@@ -8,6 +8,14 @@ Files whose names start with ``_`` are skipped by method discovery, so this temp
 registered; it still runs as a plugin file: ``kdbench train --plugins methods/_template.py
 --method _template``.
 
+A method imports kdbench only through ``bench.api``, the plugin API: ``Method`` and
+``register_method``, the ``TrainContext`` protocol its hooks receive, and the stage-pairing and
+pair-check helpers (``align_stages``, ``same_classes``, ``require_teacher``, ...). The harness
+behind that API may change without breaking the method. Loss math shared by several of
+kdbench's own methods lives in ``methods/_common.py``; a private helper module like it (a
+``_``-prefixed module beside the method in the same package) is hashed into the run key of
+every method that imports it.
+
 The example is complete and runnable: cosine similarity between the student's and the
 teacher's pooled embeddings, after a linear projection of the student's embedding to the
 teacher's width (a small "connector" the method owns and trains with the student).

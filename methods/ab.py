@@ -38,19 +38,28 @@ Paper vs code:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, align_stages, conv_connector, match_spatial, register_method
-from methods.at import require_teacher, spatial_supports
-from methods.fitnet import default_init_epochs, run_init_stage
-from methods.kd import soft_kl
-
-if TYPE_CHECKING:
-    from bench.train import TrainContext
+from bench.api import (
+    Batch,
+    Method,
+    ModelInfo,
+    Outputs,
+    TaskInfo,
+    TrainContext,
+    align_stages,
+    conv_connector,
+    init_stage_epochs,
+    match_spatial,
+    register_method,
+    require_teacher,
+    spatial_supports,
+)
+from methods._common import soft_kl
 
 
 def alternative_loss(response: Tensor, target: Tensor, margin: float) -> Tensor:
@@ -115,7 +124,7 @@ class ActivationBoundaries(Method):
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
-        self.init_epochs = default_init_epochs(self.params.init_epochs, task)
+        self.init_epochs = init_stage_epochs(self.params.init_epochs, task)
 
     def before_training(self, ctx: TrainContext) -> None:
         needs = frozenset({"preact_features"})
@@ -126,7 +135,7 @@ class ActivationBoundaries(Method):
             return self.loss(batch, student, teacher)["ab"]
 
         candidates = [*ctx.student.parameters(), *self.connectors.parameters()]
-        run_init_stage(ctx, "ab", self.init_epochs, candidates, step)
+        ctx.run_init_stage("ab", self.init_epochs, candidates, step)
 
     def train_step(self, ctx: TrainContext, batch: Batch) -> dict[str, Tensor]:
         """The classification stage: CE, plus KD when ``kd_weight`` > 0."""

@@ -36,19 +36,22 @@ pinned down are marked as such):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
+from collections.abc import Iterator
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.api import Batch, Method, ModelInfo, TaskInfo, register_method
-from methods.kd import same_classes
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from bench.train import TrainContext
+from bench.api import (
+    Batch,
+    Method,
+    ModelInfo,
+    TaskInfo,
+    TrainContext,
+    register_method,
+    same_classes,
+)
 
 
 class ConditionalDiscriminator(nn.Module):

@@ -32,37 +32,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, align_stages, match_spatial, register_method
+from bench.api import (
+    Batch,
+    Method,
+    ModelInfo,
+    Outputs,
+    TaskInfo,
+    align_stages,
+    match_spatial,
+    register_method,
+    require_teacher,
+    spatial_supports,
+)
 
 
 def attention_map(feature: Tensor, p: float) -> Tensor:
     """The L2-normalised spatial attention map of an N×C×H×W map, as N×(H·W), in fp32."""
     q = feature.float().abs().pow(p).mean(dim=1).flatten(1)
     return F.normalize(q, dim=1, eps=1e-12)
-
-
-def spatial_supports(
-    student: ModelInfo, teacher: ModelInfo | None, *, spatial: bool = True
-) -> tuple[bool, str]:
-    """Feature methods need a teacher and stage outputs on both sides; ``spatial`` ones also
-    need every stage output to be an N×C×H×W map."""
-    if teacher is None:
-        return False, "needs a teacher"
-    for role, info in (("student", student), ("teacher", teacher)):
-        if info.num_stages == 0:
-            return False, f"the {role} {info.name} exposes no feature stages"
-        if spatial and any(r == 0 for r in info.feature_reductions):
-            return False, f"the {role} {info.name} has stage outputs that are not spatial maps"
-    return True, ""
-
-
-def require_teacher(teacher: Outputs | None, method: str) -> Outputs:
-    if teacher is None:
-        raise ValueError(
-            f"{method}: loss() got no teacher outputs; the method distils from a teacher, so "
-            "the trial needs one (--teacher NAME)"
-        )
-    return teacher
 
 
 @register_method("at")

@@ -46,17 +46,22 @@ Deviations from the reference code:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.api import Batch, Method, ModelInfo, TaskInfo, register_method
-from methods.kd import same_classes, soft_kl
-
-if TYPE_CHECKING:
-    from bench.train import TrainContext
+from bench.api import (
+    Batch,
+    Method,
+    ModelInfo,
+    TaskInfo,
+    TrainContext,
+    register_method,
+    same_classes,
+)
+from methods._common import soft_kl
 
 MARGIN_OFFSET = 1e-4  # the reference's offset: keep moving a sample sitting on the boundary
 

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
-from methods.kd import kd_loss
+from methods._common import kd_loss
 
 
 def head_stages(num_stages: int) -> list[int]:

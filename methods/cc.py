@@ -41,8 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
-from methods.at import require_teacher
+from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method, require_teacher
 
 
 def taylor_rbf_correlation(embedding: Tensor, gamma: float, order: int) -> Tensor:

@@ -35,17 +35,22 @@ Paper vs code and deviations:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
-from methods.at import require_teacher
-
-if TYPE_CHECKING:
-    from bench.train import TrainContext
+from bench.api import (
+    Batch,
+    Method,
+    ModelInfo,
+    Outputs,
+    TaskInfo,
+    TrainContext,
+    register_method,
+    require_teacher,
+)
 
 NCE_EPS = 1e-7
 RESAMPLE_ROUNDS = 8

@@ -40,19 +40,23 @@ Paper vs code (``variant``):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
+from collections.abc import Iterator
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.api import Batch, Method, ModelInfo, TaskInfo, register_method
-from methods.kd import kd_loss, same_classes
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from bench.train import TrainContext
+from bench.api import (
+    Batch,
+    Method,
+    ModelInfo,
+    TaskInfo,
+    TrainContext,
+    register_method,
+    same_classes,
+)
+from methods._common import kd_loss
 
 
 class Generator(nn.Module):

@@ -28,8 +28,16 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
-from methods.kd import require_teacher, same_classes
+from bench.api import (
+    Batch,
+    Method,
+    ModelInfo,
+    Outputs,
+    TaskInfo,
+    register_method,
+    require_teacher,
+    same_classes,
+)
 
 CORRELATION_EPS = 1e-8
 

@@ -33,79 +33,27 @@ Paper vs code:
   space (logsumexp over the non-target classes): the same values, finite in bf16 and for
   saturated teachers.
 
-``dkd_loss`` and ``dkd_warmup`` are plain functions reused by ``ls`` (logit standardisation).
+The loss (``dkd_loss``) and the warm-up weight (``dkd_warmup``) are shared loss math
+(``methods/_common.py``): ``ls`` (logit standardisation) uses the same functions.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
-from methods.kd import require_teacher, same_classes
-
-
-def _binary_and_non_target_log_probs(
-    scaled_logits: Tensor, target_mask: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Log of [p_gt, 1 - p_gt] (N×2) and log of the renormalised non-target distribution
-    (N×K, 0 at the target class)."""
-    log_total = torch.logsumexp(scaled_logits, dim=1, keepdim=True)
-    non_target = scaled_logits.masked_fill(target_mask, float("-inf"))
-    log_non_target_total = torch.logsumexp(non_target, dim=1, keepdim=True)
-    log_p_target = (scaled_logits - log_total).masked_fill(~target_mask, 0.0).sum(1, True)
-    log_binary = torch.cat([log_p_target, log_non_target_total - log_total], dim=1)
-    log_non_target = (scaled_logits - log_non_target_total).masked_fill(target_mask, 0.0)
-    return log_binary, log_non_target
-
-
-def tckd_nckd(
-    student_logits: Tensor, teacher_logits: Tensor, target: Tensor, temperature: float
-) -> tuple[Tensor, Tensor]:
-    """Target-class and non-target-class KD terms, each ``T^2 * KL``, batch-averaged."""
-    target_mask = F.one_hot(target, student_logits.shape[1]).bool()
-    log_b_s, log_hat_s = _binary_and_non_target_log_probs(
-        student_logits.float() / temperature, target_mask
-    )
-    log_b_t, log_hat_t = _binary_and_non_target_log_probs(
-        teacher_logits.float() / temperature, target_mask
-    )
-    tckd = (log_b_t.exp() * (log_b_t - log_b_s)).sum(dim=1).mean()
-    hat_t = log_hat_t.exp().masked_fill(target_mask, 0.0)
-    nckd = (hat_t * (log_hat_t - log_hat_s)).sum(dim=1).mean()
-    return temperature**2 * tckd, temperature**2 * nckd
-
-
-def dkd_loss(
-    student_logits: Tensor,
-    teacher_logits: Tensor,
-    target: Tensor,
-    alpha: float,
-    beta: float,
-    temperature: float,
-) -> Tensor:
-    """``alpha * TCKD + beta * NCKD`` (both with the T^2 factor), batch-averaged."""
-    tckd, nckd = tckd_nckd(student_logits, teacher_logits, target, temperature)
-    return alpha * tckd + beta * nckd
-
-
-def dkd_warmup(epoch: int, epochs: int, warmup_epochs: float, reference_epochs: int = 240) -> float:
-    """Linear warm-up weight of the DKD term at ``epoch`` (counted from 0).
-
-    Args:
-        epoch: Current epoch, from 0.
-        epochs: Epochs of this trial's schedule.
-        warmup_epochs: Length of the warm-up in epochs of the reference schedule.
-        reference_epochs: Length of the schedule ``warmup_epochs`` refers to; 0 means
-            ``warmup_epochs`` are epochs of this trial's schedule.
-    """
-    if warmup_epochs <= 0:
-        return 1.0
-    scale = epochs / reference_epochs if reference_epochs > 0 else 1.0
-    return min((epoch + 1) / (warmup_epochs * scale), 1.0)
+from bench.api import (
+    Batch,
+    Method,
+    ModelInfo,
+    Outputs,
+    TaskInfo,
+    register_method,
+    require_teacher,
+    same_classes,
+)
+from methods._common import dkd_loss, dkd_warmup
 
 
 @register_method("dkd")

@@ -39,17 +39,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.api import Batch, Method, ModelInfo, TaskInfo, register_method
-from methods.kd import soft_kl
-
-if TYPE_CHECKING:
-    from bench.train import TrainContext
+from bench.api import Batch, Method, ModelInfo, TaskInfo, TrainContext, register_method
+from methods._common import soft_kl
 
 
 def mutual_kl(logits: Sequence[Tensor], k: int, reduction: str = "mean") -> Tensor:
@@ -80,14 +77,6 @@ def frozen_bn_statistics(model: nn.Module) -> Iterator[None]:
     finally:
         for m, momentum in zip(norms, saved, strict=True):
             m.momentum = momentum
-
-
-def scheduled_lr(ctx: TrainContext, batch: Batch) -> float:
-    """The learning rate the harness gives the student at this step (same recipe)."""
-    from bench.train import lr_factor
-
-    total = max(1, ctx.task.total_steps)
-    return ctx.recipe.lr * lr_factor(ctx.recipe, batch.step / total)
 
 
 @register_method("dml")
@@ -184,7 +173,7 @@ class DeepMutualLearning(Method):
         for model in self.peer_models[1:]:
             with frozen_bn_statistics(model):
                 latest.append(ctx.forward(model, x, grad=False).logits)
-        lr = scheduled_lr(ctx, batch)
+        lr = ctx.scheduled_lr(batch)
         for k, (model, optimizer) in enumerate(
             zip(self.peer_models, self.optimizers, strict=True), start=1
         ):

@@ -26,81 +26,31 @@ Paper vs code (``stages`` selects):
   constant factor, folded into β).
 - Stage 1 length: ``init_epochs``; by default the CRD benchmark's 30 initialisation epochs
   of 240, scaled to the recipe (at least one epoch).
-
-This module also provides :func:`run_init_stage`, the initialisation loop that the other
-two-stage methods (``ab``, ``ft``, ``fsp``) use.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import ClassVar, Literal
 
-import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, conv_connector, hint_pair, match_spatial, register_method
-from methods.at import require_teacher, spatial_supports
-from methods.kd import soft_kl
-
-if TYPE_CHECKING:
-    from bench.train import TrainContext
-
-INIT_FRACTION = 30 / 240  # the CRD benchmark's initialisation stage: 30 epochs before 240
-
-
-def default_init_epochs(init_epochs: int | None, task: TaskInfo) -> int:
-    """``init_epochs`` if given, else the CRD benchmark's share of the student's epochs."""
-    if init_epochs is not None:
-        return init_epochs
-    return max(1, round(INIT_FRACTION * task.epochs))
-
-
-def reached_parameters(loss: Tensor, params: Iterable[nn.Parameter]) -> list[nn.Parameter]:
-    """The parameters among ``params`` that ``loss`` depends on."""
-    params = [p for p in params if p.requires_grad]
-    grads = torch.autograd.grad(loss, params, allow_unused=True, retain_graph=True)
-    return [p for p, g in zip(params, grads, strict=True) if g is not None]
-
-
-def run_init_stage(
-    ctx: TrainContext,
-    name: str,
-    epochs: int,
-    candidates: Iterable[nn.Parameter],
-    step_loss: Callable[[Batch], Tensor],
-) -> None:
-    """Train on ``step_loss`` alone for ``epochs`` epochs (an initialisation stage).
-
-    Only the ``candidates`` that the loss reaches are optimised (with the recipe's optimizer
-    and constant learning rate), so layers past the guided ones are left untouched, weight
-    decay included. Logs ``init/<name>`` per epoch.
-
-    Raises:
-        bench.train.TrialFailed: the loss became non-finite.
-    """
-    from bench.train import TrialFailed
-
-    candidates = list(candidates)
-    optimizer = None
-    for epoch in range(epochs):
-        total, steps = 0.0, 0
-        for batch in ctx.train_batches(epoch=epoch):
-            loss = step_loss(batch)
-            if not torch.isfinite(loss):
-                raise TrialFailed(
-                    f"{name}: non-finite initialisation loss at epoch {epoch}; lower the "
-                    "learning rate or the loss weight"
-                )
-            if optimizer is None:
-                optimizer = ctx.make_optimizer(reached_parameters(loss, candidates))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item()
-            steps += 1
-        ctx.log_metrics({f"init/{name}": total / max(steps, 1), "init/epoch": float(epoch)})
+from bench.api import (
+    Batch,
+    Method,
+    ModelInfo,
+    Outputs,
+    TaskInfo,
+    TrainContext,
+    conv_connector,
+    hint_pair,
+    init_stage_epochs,
+    match_spatial,
+    register_method,
+    require_teacher,
+    spatial_supports,
+)
+from methods._common import soft_kl
 
 
 @register_method("fitnet")
@@ -151,7 +101,7 @@ class FitNet(Method):
         self.pair = hint_pair(student, teacher)
         s, t = self.pair
         self.regressor = conv_connector(student.feature_channels[s], teacher.feature_channels[t])
-        self.init_epochs = default_init_epochs(self.params.init_epochs, task)
+        self.init_epochs = init_stage_epochs(self.params.init_epochs, task)
 
     def hint_loss(self, student: Outputs, teacher: Outputs) -> Tensor:
         s, t = self.pair
@@ -169,7 +119,7 @@ class FitNet(Method):
             return self.loss(batch, student, teacher)["hint"]
 
         candidates = [*ctx.student.parameters(), *self.regressor.parameters()]
-        run_init_stage(ctx, "fitnet_hint", self.init_epochs, candidates, step)
+        ctx.run_init_stage("fitnet_hint", self.init_epochs, candidates, step)
 
     def train_step(self, ctx: TrainContext, batch: Batch) -> dict[str, Tensor]:
         if self.params.stages == "joint":

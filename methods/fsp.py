@@ -30,18 +30,26 @@ Paper vs code:
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, align_stages, match_spatial, register_method
-from methods.at import require_teacher, spatial_supports
-from methods.fitnet import default_init_epochs, run_init_stage
-
-if TYPE_CHECKING:
-    from bench.train import TrainContext
+from bench.api import (
+    Batch,
+    Method,
+    ModelInfo,
+    Outputs,
+    TaskInfo,
+    TrainContext,
+    align_stages,
+    init_stage_epochs,
+    match_spatial,
+    register_method,
+    require_teacher,
+    spatial_supports,
+)
 
 
 def fsp_matrix(first: Tensor, second: Tensor) -> Tensor:
@@ -103,7 +111,7 @@ class FlowOfSolutionProcedure(Method):
     def setup(self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo) -> None:
         assert teacher is not None
         self.pairs = align_stages(student, teacher)
-        self.init_epochs = default_init_epochs(self.params.init_epochs, task)
+        self.init_epochs = init_stage_epochs(self.params.init_epochs, task)
 
     def fsp_distance(self, student: Outputs, teacher: Outputs) -> Tensor:
         """Unweighted FSP loss, summed over consecutive aligned stage pairs."""
@@ -131,7 +139,7 @@ class FlowOfSolutionProcedure(Method):
             student = ctx.forward_student(batch.x, needs)
             return self.loss(batch, student, teacher)["fsp"]
 
-        run_init_stage(ctx, "fsp", self.init_epochs, ctx.student.parameters(), step)
+        ctx.run_init_stage("fsp", self.init_epochs, ctx.student.parameters(), step)
 
     def train_step(self, ctx: TrainContext, batch: Batch) -> dict[str, Tensor]:
         """The classification stage: CE, plus ``main_weight`` × FSP when positive."""

@@ -33,18 +33,26 @@ Paper vs code:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, align_stages, match_spatial, register_method
-from methods.at import require_teacher, spatial_supports
-from methods.fitnet import default_init_epochs, run_init_stage
-
-if TYPE_CHECKING:
-    from bench.train import TrainContext
+from bench.api import (
+    Batch,
+    Method,
+    ModelInfo,
+    Outputs,
+    TaskInfo,
+    TrainContext,
+    align_stages,
+    init_stage_epochs,
+    match_spatial,
+    register_method,
+    require_teacher,
+    spatial_supports,
+)
 
 
 def conv_block(in_channels: int, out_channels: int, *, transposed: bool, bn: bool) -> nn.Module:
@@ -137,7 +145,7 @@ class FactorTransfer(Method):
         factor_channels = max(1, round(teacher.feature_channels[t] * p.k))
         self.paraphraser = Paraphraser(teacher.feature_channels[t], factor_channels)
         self.translator = translator(student.feature_channels[s], factor_channels, p.translator_bn)
-        self.init_epochs = default_init_epochs(p.init_epochs, task)
+        self.init_epochs = init_stage_epochs(p.init_epochs, task)
 
     def before_training(self, ctx: TrainContext) -> None:
         t = self.pair[1]
@@ -149,7 +157,7 @@ class FactorTransfer(Method):
             return reconstruction(self.paraphraser(target).float(), target)
 
         self.paraphraser.train()
-        run_init_stage(ctx, "ft_paraphraser", self.init_epochs, self.paraphraser.parameters(), step)
+        ctx.run_init_stage("ft_paraphraser", self.init_epochs, self.paraphraser.parameters(), step)
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
         return self.translator.parameters()  # the paraphraser is frozen after its stage

@@ -36,18 +36,14 @@ Paper vs code:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Iterator
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.api import Batch, Method, ModelInfo, TaskInfo, register_method
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from bench.train import TrainContext
+from bench.api import Batch, Method, ModelInfo, TaskInfo, TrainContext, register_method
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -179,9 +175,7 @@ class FilterGrafting(Method):
         return iter(())  # peers step with their own optimizers
 
     def train_step(self, ctx: TrainContext, batch: Batch) -> dict[str, Tensor]:
-        from bench.train import lr_factor
-
-        base = ctx.recipe.lr * lr_factor(ctx.recipe, batch.step / max(1, ctx.task.total_steps))
+        base = ctx.scheduled_lr(batch)
         for model, optimizer, factor in zip(
             self.peer_models, self.optimizers, self.lr_factors, strict=True
         ):

@@ -35,8 +35,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, align_stages, match_spatial, register_method
-from methods.at import require_teacher, spatial_supports
+from bench.api import (
+    Batch,
+    Method,
+    ModelInfo,
+    Outputs,
+    TaskInfo,
+    align_stages,
+    match_spatial,
+    register_method,
+    require_teacher,
+    spatial_supports,
+)
 
 
 def edge_matrix(feature: Tensor, eps: float = 1e-12) -> Tensor:

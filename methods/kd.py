@@ -24,8 +24,8 @@ Paper vs code:
   ``(1 - alpha, alpha)``, which reproduces 0.1 / 0.9 exactly. The method therefore owns its
   cross-entropy term (``owns_ce``) instead of taking the harness's unit-weight CE.
 
-The loss functions are plain module-level functions so that other methods (``ls``, ``bss``)
-reuse them instead of repeating the math.
+The distillation term ``kd_loss`` is shared loss math (``methods/_common.py``): ``ls``,
+``takd``, ``byot`` and ``data_free`` use the same function.
 """
 
 from __future__ import annotations
@@ -35,45 +35,17 @@ from typing import ClassVar
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
-
-
-def soft_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """KL(softmax(z_t / T) || softmax(z_s / T)), summed over classes, averaged over the batch.
-
-    Computed in fp32 from log-probabilities, so it stays finite under bf16 autocast and for
-    saturated teachers.
-    """
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
-    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1).mean()
-
-
-def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """Hinton's distillation term: ``T^2 * soft_kl`` (the T^2 keeps gradient magnitudes
-    comparable across temperatures)."""
-    return temperature**2 * soft_kl(student_logits, teacher_logits, temperature)
-
-
-def same_classes(student: ModelInfo, teacher: ModelInfo | None) -> tuple[bool, str]:
-    """Logit-matching methods need a teacher with the student's classes."""
-    if teacher is None:
-        return False, "needs a teacher"
-    if teacher.num_classes != student.num_classes:
-        return False, (
-            f"teacher has {teacher.num_classes} classes but the student {student.num_classes}; "
-            "logit distillation needs the same classes"
-        )
-    return True, ""
-
-
-def require_teacher(teacher: Outputs | None, method: str) -> Outputs:
-    if teacher is None:
-        raise ValueError(
-            f"{method}: loss() got no teacher outputs; the method distils from a teacher, so "
-            "the trial needs one (--teacher NAME)"
-        )
-    return teacher
+from bench.api import (
+    Batch,
+    Method,
+    ModelInfo,
+    Outputs,
+    TaskInfo,
+    register_method,
+    require_teacher,
+    same_classes,
+)
+from methods._common import kd_loss
 
 
 @register_method("kd")

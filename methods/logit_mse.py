@@ -27,8 +27,16 @@ from typing import ClassVar, Literal
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
-from methods.kd import require_teacher, same_classes
+from bench.api import (
+    Batch,
+    Method,
+    ModelInfo,
+    Outputs,
+    TaskInfo,
+    register_method,
+    require_teacher,
+    same_classes,
+)
 
 
 def logit_mse_loss(

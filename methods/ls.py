@@ -8,9 +8,10 @@ Reference code: https://github.com/sunshangquan/logit-standardization-KD
 
 Each sample's logits, teacher's and student's separately, are standardised,
 ``Z(z) = (z - mean(z)) / std(z)``, and divided by a shared *base temperature* T before the
-softmax; the distillation loss is then unchanged: KD (``base="kd"``, ``kd_loss`` from
-``methods/kd.py``) or DKD (``base="dkd"``, ``dkd_loss`` and ``dkd_warmup`` from
-``methods/dkd.py``). The T^2 factor of those losses is kept, as the reference does.
+softmax; the distillation loss is then unchanged: KD (``base="kd"``, the ``kd`` method's
+``kd_loss``) or DKD (``base="dkd"``, the ``dkd`` method's ``dkd_loss`` and ``dkd_warmup``),
+both from the shared loss math in ``methods/_common.py``. The T^2 factor of those losses is
+kept, as the reference does.
 
 Loss, ``base="kd"``::
 
@@ -53,9 +54,17 @@ from typing import ClassVar, Literal
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
-from methods.dkd import dkd_loss, dkd_warmup
-from methods.kd import kd_loss, require_teacher, same_classes
+from bench.api import (
+    Batch,
+    Method,
+    ModelInfo,
+    Outputs,
+    TaskInfo,
+    register_method,
+    require_teacher,
+    same_classes,
+)
+from methods._common import dkd_loss, dkd_warmup, kd_loss
 
 STD_EPS = 1e-7  # the reference's guard against constant logits
 

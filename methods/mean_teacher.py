@@ -37,18 +37,14 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, ClassVar, Literal
+from collections.abc import Iterator
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.api import Batch, Method, ModelInfo, TaskInfo, register_method
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from bench.train import TrainContext
+from bench.api import Batch, Method, ModelInfo, TaskInfo, TrainContext, register_method
 
 
 def sigmoid_rampup(current: float, length: float) -> float:

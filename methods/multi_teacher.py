@@ -33,19 +33,14 @@ alpha = 0.9 are the CRD benchmark's KD settings (the papers' values are dataset-
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar, Literal
+from collections.abc import Iterator, Sequence
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.api import Batch, Method, ModelInfo, TaskInfo, register_method
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-
-    from bench.train import TrainContext
+from bench.api import Batch, Method, ModelInfo, TaskInfo, TrainContext, register_method
 
 
 def class_groups(num_classes: int, groups: int) -> list[list[int]]:

@@ -32,8 +32,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, align_stages, match_spatial, register_method
-from methods.at import require_teacher, spatial_supports
+from bench.api import (
+    Batch,
+    Method,
+    ModelInfo,
+    Outputs,
+    TaskInfo,
+    align_stages,
+    match_spatial,
+    register_method,
+    require_teacher,
+    spatial_supports,
+)
 
 
 def selectivity(feature: Tensor) -> Tensor:

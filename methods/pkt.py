@@ -26,8 +26,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
-from methods.at import require_teacher
+from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method, require_teacher
 
 EPS = 1e-7
 

@@ -30,8 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
-from methods.at import require_teacher
+from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method, require_teacher
 
 
 def gram_and_distances(embedding: Tensor, eps: float = 1e-12) -> tuple[Tensor, Tensor]:

@@ -26,8 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, align_stages, register_method
-from methods.at import require_teacher, spatial_supports
+from bench.api import (
+    Batch,
+    Method,
+    ModelInfo,
+    Outputs,
+    TaskInfo,
+    align_stages,
+    register_method,
+    require_teacher,
+    spatial_supports,
+)
 
 
 def similarity_matrix(feature: Tensor) -> Tensor:

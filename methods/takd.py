@@ -11,10 +11,11 @@ teacher, then frozen and used as the student's teacher. Both stages use Hinton K
 
     (1 - alpha) * CE(z, y) + alpha * T^2 * KL(softmax(z_teacher / T) || softmax(z / T))
 
-(``methods.kd.kd_loss``). The TA is trained in ``before_training`` through ``ctx.fit`` with the
-trial's recipe (``assistant_epochs`` overrides its length), kept as a frozen submodule of the
-method (eval mode, excluded from the optimizer), and the chain teacher → TA → student is
-recorded in ``chain`` and logged (``assistant_val_acc``).
+(``kd_loss`` of ``methods/_common.py``, as in the ``kd`` method). The TA is trained in
+``before_training`` through ``ctx.fit`` with the trial's recipe (``assistant_epochs``
+overrides its length), kept as a frozen submodule of the method (eval mode, excluded from the
+optimizer), and the chain teacher → TA → student is recorded in ``chain`` and logged
+(``assistant_val_acc``).
 
 ``assistant="auto"`` picks a catalogue model of the teacher's and the student's family (same
 width suffix) whose depth lies strictly between theirs, closest to the geometric mean of their
@@ -36,18 +37,23 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Iterable, Iterator
+from typing import Any, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
-from methods.kd import kd_loss, same_classes
-
-if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator
-
-    from bench.train import TrainContext
+from bench.api import (
+    Batch,
+    Method,
+    ModelInfo,
+    Outputs,
+    TaskInfo,
+    TrainContext,
+    register_method,
+    same_classes,
+)
+from methods._common import kd_loss
 
 # literature names with a depth: prefix, depth, suffix (width multiplier and the like)
 _DEPTH_NAME = re.compile(r"^(resnet|vgg|wrn_)(\d+)(.*)$")
@@ -78,12 +84,6 @@ def auto_assistant(teacher: str, student: str, candidates: Iterable[str]) -> str
         if best is None or score < best[0]:
             best = (score, name)
     return best[1] if best else None
-
-
-def catalogue_names() -> list[str]:
-    from bench.models import list_models
-
-    return list_models()
 
 
 @register_method("takd")
@@ -119,20 +119,25 @@ class TeacherAssistantKD(Method):
         ok, reason = same_classes(student, teacher)
         if not ok:
             return ok, reason
-        if self.params.assistant == "auto" and self.resolve_assistant(teacher, student) is None:
+        if (
+            self.params.assistant == "auto"
+            and self.resolve_assistant(teacher, student, task) is None
+        ):
             return False, (
                 f"no catalogue model lies between {teacher.name} and {student.name} in depth; "
                 "set assistant=NAME (or assistant=none for plain KD)"
             )
         return True, ""
 
-    def resolve_assistant(self, teacher: ModelInfo, student: ModelInfo) -> str | None:
-        """The TA architecture, None for none."""
+    def resolve_assistant(
+        self, teacher: ModelInfo, student: ModelInfo, task: TaskInfo
+    ) -> str | None:
+        """The TA architecture (``auto``: chosen among the harness's models), None for none."""
         name = self.params.assistant
         if name == "none":
             return None
         if name == "auto":
-            return auto_assistant(teacher.name, student.name, catalogue_names())
+            return auto_assistant(teacher.name, student.name, task.models)
         return name
 
     def setup(self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo) -> None:
@@ -140,7 +145,7 @@ class TeacherAssistantKD(Method):
         self.chain: tuple[str, ...] = ()
 
     def before_training(self, ctx: TrainContext) -> None:
-        arch = self.resolve_assistant(ctx.teacher_info, ctx.student_info)
+        arch = self.resolve_assistant(ctx.teacher_info, ctx.student_info, ctx.task)
         if arch is None:
             self.chain = (ctx.teacher_info.name, ctx.student_info.name)
             return

@@ -8,9 +8,11 @@ import torch
 
 from bench.config import ConfigError, Recipe, TeacherSpec, TrialConfig, run_key
 from bench.data import DataError, load_dataset, with_loader
-from bench.spec import SuiteError, parse_suite
-from bench.trial.context import make_context
+from bench.suite.expand import plan_trials
+from bench.suite.load import parse_suite
+from bench.suite.schema import SuiteError
 from bench.trial.compose import run_trial
+from bench.trial.context import make_context
 
 CPU = torch.device("cpu")
 SHARED = Recipe(epochs=2, batch_size=64, augment_stream="shared")
@@ -145,7 +147,7 @@ recipe:
 
 def test_suites_take_the_stream_for_students_and_name_bad_values():
     suite = parse_suite(SUITE.replace("STREAM", "shared"))
-    trials = [t for t in suite.trials() if t.config.teacher is not None]
+    trials = [t for t in plan_trials(suite) if t.config.teacher is not None]
     assert trials and all(t.config.recipe.augment_stream == "shared" for t in trials)
     # Teachers are trained once, not per student trial: they keep their own stream and key.
     assert all(t.config.teacher.recipe.augment_stream == "trial" for t in trials)

@@ -19,9 +19,10 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from bench import sweep_ledger as ledger
-from bench.spec import load_suite, parse_suite
-from bench.sweep_preflight import (
+from bench.suite.expand import plan_trials
+from bench.suite.load import load_suite, parse_suite
+from bench.sweep import ledger
+from bench.sweep.preflight import (
     PreflightError,
     cluster_view,
     preflight,
@@ -223,11 +224,11 @@ def test_a_sweep_survives_a_worker_node_killed_mid_trial(cluster, mlflow_server,
     folder = tmp_path / "node-failure"
     folder.mkdir()
     (folder / "suite.yaml").write_text(SUITE.format(name="node-failure", epochs=6))
-    planned = {t.key for t in load_suite(folder).trials()}
+    planned = {t.key for t in plan_trials(load_suite(folder))}
     client = MlflowClient(mlflow_server)
     log_path = tmp_path / "driver.log"
     command = [
-        sys.executable, "-m", "bench.sweep", str(folder),
+        sys.executable, "-m", "bench.cli", "sweep", str(folder),
         "--address", cluster.address, "--tracking-uri", mlflow_server,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -282,3 +283,83 @@ def all_runs(client: MlflowClient, experiment: str) -> list:
 
 def trial_runs(client: MlflowClient, experiment: str) -> list:
     return [r for r in all_runs(client, experiment) if RUN_KEY_TAG in r.data.tags]
+
+
+RESUMABLE = """\
+name: resume-node
+datasets: [digits]
+pairs:
+  - {{teacher: test_resnet_wide, student: test_resnet_narrow}}
+methods: [kd]
+seeds: [3]
+recipe:
+  student: {{epochs: {epochs}, batch_size: 64, augment: false}}
+  teacher: {{epochs: 1}}
+resources: {{cpu: 1}}
+max_failures: 3
+checkpoint: {{epochs: 1}}
+"""
+
+
+def test_a_trial_on_a_killed_node_continues_from_its_checkpoint(cluster, mlflow_server, tmp_path):
+    import torch
+
+    from bench.trial.compose import run_trial
+
+    epochs = 8
+    folder = tmp_path / "resume-node"
+    folder.mkdir()
+    (folder / "suite.yaml").write_text(RESUMABLE.format(epochs=epochs))
+    (trial,) = plan_trials(load_suite(folder))
+    storage = tmp_path / "storage"
+    client = MlflowClient(mlflow_server)
+    log_path = tmp_path / "driver.log"
+    command = [
+        sys.executable, "-m", "bench.cli", "sweep", str(folder), "--address", cluster.address,
+        "--tracking-uri", mlflow_server, "--storage-path", str(storage),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log_path.open("w") as log:
+        driver = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
+    try:
+        workers = {node.node_id: node for node in cluster.worker_nodes}
+        victim, saved_epochs = None, 0
+        deadline = time.monotonic() + 300
+        while victim is None and time.monotonic() < deadline and driver.poll() is None:
+            saved = list(storage.glob(f"*/{trial.key}/checkpoint_*/trial_state.pt"))
+            runs = [r for r in trial_runs(client, "resume-node") if r.info.status == "RUNNING"]
+            if saved and runs and runs[0].data.tags.get(ledger.NODE_TAG) in workers:
+                victim = runs[0]
+                saved_epochs = len(client.get_metric_history(victim.info.run_id, "epoch_seconds"))
+            time.sleep(0.05)
+        assert victim is not None, log_path.read_text()[-3000:]
+        cluster.remove_node(workers[victim.data.tags[ledger.NODE_TAG]], allow_graceful=False)
+        assert driver.wait(timeout=300) == 0, log_path.read_text()[-4000:]
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+        cluster.add_node(num_cpus=1, num_gpus=1)  # leave the fixture as it was
+
+    (run,) = [r for r in trial_runs(client, "resume-node") if r.info.status != "KILLED"]
+    assert run.info.run_id == victim.info.run_id  # the same run, continued
+    assert run.info.status == "FINISHED", run.data.tags.get(ledger.ERROR_TAG)
+    resumed_from = int(run.data.tags[ledger.RESUMED_TAG])
+    assert 1 <= resumed_from <= saved_epochs < epochs  # continued from k, not from 0
+    assert int(run.data.tags[ledger.ATTEMPT_TAG]) >= 2
+    assert run.data.tags[ledger.NODE_TAG] != victim.data.tags[ledger.NODE_TAG]
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch_seconds")]
+    assert sorted(steps) == list(range(epochs))  # each epoch once
+    assert not list(storage.glob(f"*/{trial.key}/checkpoint_*"))  # deleted at the end
+
+    # The same trial, never interrupted, on one thread as the sweep's trials run, from the
+    # teacher the sweep cached: the same accuracy to the last bit.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        whole = run_trial(trial.config)
+    finally:
+        torch.set_num_threads(threads)
+    assert whole.status == "FINISHED", whole.error
+    assert run.data.metrics["test_acc"] == whole.test_acc
+    assert run.data.metrics["final_val_acc"] == whole.val_acc

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench.api import METHODS, Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
 from bench.conformance import (
     DEFAULT_PAIRS,
     FALLBACK_PAIRS,
@@ -21,7 +22,6 @@ from bench.conformance import (
     refusal,
     run_conformance,
 )
-from bench.api import METHODS, Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
 from bench.plugins import load_methods
 
 load_methods()

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from bench.api import METHODS
 from bench.cli import main
 from bench.conformance.fixtures import one_thread
-from bench.api import METHODS
 from bench.plugins import load_plugin_file
 
 PLUGIN_PKG = Path(__file__).parent / "plugin_pkg"

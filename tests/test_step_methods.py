@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
+from bench.api import Method, TaskInfo
 from bench.config import Recipe, TeacherSpec, TrialConfig
 from bench.data import DataBundle, TensorSplit, load_dataset
-from bench.api import Method, TaskInfo
-from bench.plugins import build_method
 from bench.models import create_model, model_info
+from bench.plugins import build_method
 from bench.trial.compose import trial_services
 from bench.trial.context import TrialContext, make_context
 from bench.trial.device import freeze

@@ -21,8 +21,10 @@ from bench.leaderboard.cli import add_leaderboard_arguments, leaderboard_from_ru
 from bench.leaderboard.published import COMPARISON_FILE, read_published
 from bench.leaderboard.runs import LeaderboardError, runs_frame
 from bench.leaderboard.study import StudySpec, study_points, teacher_epoch
-from bench.spec import load_suite
-from bench.sweep import SweepOptions, add_sweep_arguments, run_sweep, sweep_main
+from bench.suite.expand import plan_trials
+from bench.suite.load import load_suite
+from bench.sweep.cli import add_sweep_arguments, sweep_main
+from bench.sweep.driver import SweepOptions, run_sweep
 
 LEADERBOARDS = Path(__file__).resolve().parents[1] / "leaderboards"
 CRD = LEADERBOARDS / "cifar100-crd"
@@ -253,7 +255,7 @@ def test_the_digits_studies_vary_one_thing_and_their_committed_results_show_it(
     study = pd.read_csv(committed)
     assert study["value"].tolist() == points
     assert (study["n"] == 5).all()
-    keys = {t.key for t in suite.trials()}
+    keys = {t.key for t in plan_trials(suite)}
     assert {k for cell in study["run_keys"] for k in cell.split(";")} <= keys
 
 
@@ -276,7 +278,7 @@ def test_the_compression_suite_compresses_every_student_and_its_results_cover_th
     if not committed.exists():
         pytest.skip("digits-compression has no committed results yet")
     table = pd.read_csv(committed, keep_default_na=False)
-    keys = {t.key for t in suite.trials()}
+    keys = {t.key for t in plan_trials(suite)}
     assert set(table["run_key"]) == keys  # every student of the suite, nothing else
     assert Counter(table["variant"]) == dict.fromkeys(compress.variants, len(keys))
     pruned = table[table["variant"].str.startswith("pruned-")]
@@ -360,7 +362,7 @@ def test_the_crd_suite_runs_end_to_end_on_tiny_cifar100_files(tmp_path):
         resources=dataclasses.replace(suite.resources, cpu=1.0, gpu=0.0),
         teacher_resources=dataclasses.replace(suite.teacher_resources, cpu=1.0, gpu=0.0),
     )
-    trials = small.trials()
+    trials = plan_trials(small)
     assert Counter(t.method for t in trials) == {"ce": 2, "kd": 2, "fsp": 2}
     assert {t.config.recipe.lr for t in trials if t.config.student == "mobile_half"} == {0.01}
     assert {t.config.recipe.epochs for t in trials} == {1}
@@ -428,7 +430,7 @@ def test_the_transfer_suite_starts_from_local_checkpoints_and_trains_only_the_he
         folder / "checkpoints" / "teacher.pt",
     )
     suite = load_suite(folder).with_recipes(epochs=1, batch_size=8)
-    trials = [t for t in suite.trials() if t.seed == 0]
+    trials = [t for t in plan_trials(suite) if t.seed == 0]
     assert all(t.config.recipe.trainable == ("head",) for t in trials)
     assert all(t.config.teacher.recipe.trainable == () for t in trials if t.config.teacher)
 

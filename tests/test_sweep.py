@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bench import sweep_ledger as ledger
-from bench.spec import load_suite
-from bench.sweep import add_sweep_arguments, sweep_main
+from bench.suite.expand import plan_trials
+from bench.suite.load import load_suite
+from bench.sweep import ledger
+from bench.sweep.cli import add_sweep_arguments, sweep_main
 from bench.tracking import RUN_KEY_TAG, Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,7 +105,7 @@ def test_sweep_records_every_trial_once_and_running_it_again_adds_nothing(
     plugins = f"plugins: [{boom_plugin}]"
     body = suite_text("once", "[ce, kd, boom]", "[0, 1]", epochs=1, plugins=plugins)
     suite_dir = write_suite(tmp_path / "once", body)
-    planned = {t.key: t for t in load_suite(suite_dir).trials()}
+    planned = {t.key: t for t in plan_trials(load_suite(suite_dir))}
 
     assert sweep_main(parse(str(suite_dir), "--tracking-uri", uri)) == 1  # boom failed
     out = capsys.readouterr()
@@ -164,8 +165,8 @@ def wait_gone(pids: list[int], timeout: float = 30) -> None:
 def test_a_killed_driver_is_resumed_by_the_same_command(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     suite_dir = write_suite(tmp_path / "resume", suite_text("resume", "[ce, kd]", 3, epochs=4))
-    planned = {t.key for t in load_suite(suite_dir).trials()}
-    command = [sys.executable, "-m", "bench.sweep", str(suite_dir), "--tracking-uri", uri]
+    planned = {t.key for t in plan_trials(load_suite(suite_dir))}
+    command = [sys.executable, "-m", "bench.cli", "sweep", str(suite_dir), "--tracking-uri", uri]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_worker_niceness": "0"}
     log = (tmp_path / "first.log").open("w")
     driver = subprocess.Popen(command, env=env, stdout=log, stderr=log, start_new_session=True)
@@ -256,11 +257,11 @@ def test_a_recorded_failure_settles_its_key_unless_failures_are_retried(tmp_path
 def test_the_live_view_counts_trials_shows_the_best_and_estimates_the_time_left(tmp_path):
     import io
 
-    from bench.sweep_progress import ProgressBoard
-    from bench.sweep_trial import STATUS
+    from bench.sweep.progress import ProgressBoard
+    from bench.sweep.worker import STATUS
 
     body = suite_text("view", "[ce, kd]", 2, epochs=1)
-    trials = {t.key: t for t in load_suite(write_suite(tmp_path / "view", body)).trials()}
+    trials = {t.key: t for t in plan_trials(load_suite(write_suite(tmp_path / "view", body)))}
     keys = list(trials)
     now = [100.0]
     stream = io.StringIO()

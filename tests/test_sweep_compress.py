@@ -21,8 +21,9 @@ from bench.leaderboard.cli import add_leaderboard_arguments, leaderboard_main
 from bench.leaderboard.compression import read_compression_csv
 from bench.leaderboard.runs import LeaderboardError, read_results_csv
 from bench.models import create_model
-from bench.spec import load_suite
-from bench.sweep import add_sweep_arguments, sweep_main
+from bench.suite.expand import plan_trials
+from bench.suite.load import load_suite
+from bench.sweep.cli import add_sweep_arguments, sweep_main
 
 SUITE = """\
 name: squeeze
@@ -90,7 +91,7 @@ def swept(tmp_path_factory):
             capture[step] = (code, out.getvalue(), err.getvalue())
     finally:
         mp.undo()
-    trials = {t.key: t for t in load_suite(folder).trials()}
+    trials = {t.key: t for t in plan_trials(load_suite(folder))}
     return uri, folder, trials, capture
 
 

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from bench.spec import parse_suite
-from bench.sweep_packing import (
+from bench.suite.expand import plan_trials
+from bench.suite.load import parse_suite
+from bench.sweep.pilot import (
     PilotReading,
     apply_plans,
     check_packing,
@@ -34,7 +35,7 @@ resources: {cpu: 1, gpu: 0.125}
 
 
 def packed_trials(text: str = SUITE) -> list:
-    return list(parse_suite(text).trials())
+    return list(plan_trials(parse_suite(text)))
 
 
 def by_method(trials: list) -> dict[str, set[float]]:

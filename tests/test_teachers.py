@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from bench.config import Recipe, TeacherSpec
-from bench.spec import parse_suite, teacher_trainings
+from bench.suite.expand import plan_trials, teacher_jobs, teacher_trainings
+from bench.suite.load import parse_suite
 from bench.teachers import cache_dir, obtain_teacher, teacher_key
 
 # A tiny teacher on the digits at 8x8: each epoch is a fraction of a second.
@@ -100,7 +101,7 @@ recipe:
 
 def test_a_sweep_trains_the_early_stopped_teachers_of_one_run_as_one_training():
     suite = parse_suite(EARLY_STOPPED)
-    jobs = suite.teachers()
+    jobs = teacher_jobs(suite, plan_trials(suite))
     assert len(jobs) == 5  # test_vgg at epochs 4, 1, 2 and at the end; test_resnet_wide
     trainings = teacher_trainings(jobs)
     assert [[(j.spec.arch, j.spec.stop_epoch) for j in group] for group in trainings] == [

@@ -140,7 +140,7 @@ def test_cli_train_json_last_line(capsys, tmp_path):
         (["--dataset", "cifar-10"], ["unknown dataset 'cifar-10'", "cifar10"]),
         (["--method", "kdd"], ["unknown method 'kdd'", "'kd'"]),
         (["--param", "temprature=4"], ["unknown parameter 'temprature'", "temperature"]),
-        (["--param", "temperature=hot"], ["temperature", "expected float", "'hot'"]),
+        (["--param", "temperature=hot"], ["temperature", "expected a number", "'hot'"]),
         (
             ["--dataset", "cifar100", "--data-root", "/nonexistent/data"],
             ["cifar-100-python", "--download"],
@@ -238,7 +238,7 @@ def test_new_recipe_settings_keep_existing_run_keys():
 
 
 def test_pilot_measures_a_trials_memory_and_gpu_shares_are_checked_against_it():
-    from bench.packing import PackingError, check_gpu_fraction, pilot_memory
+    from bench.sweep.packing import PackingError, check_gpu_fraction, pilot_memory
 
     pilot = pilot_memory(kd_config(), steps=2)
     assert pilot.steps == 2 and pilot.device == "cpu"
@@ -258,14 +258,12 @@ def test_compiled_trial_matches_the_eager_one(monkeypatch):
     assert compiled.test_acc == pytest.approx(plain.test_acc, abs=0.01)
 
 
-def test_channels_last_and_a_bf16_teacher_train_and_leave_the_teacher_frozen(monkeypatch):
-    import torch
-
+def test_channels_last_trains_and_leaves_the_teacher_frozen(monkeypatch):
     from bench.trial.device import Execution
 
-    fast = Execution(channels_last=True, teacher_dtype=torch.bfloat16)
+    fast = Execution(channels_last=True)
     monkeypatch.setattr(Execution, "for_device", classmethod(lambda cls, device, recipe: fast))
     result = run_trial(kd_config(recipe=Recipe(epochs=1, batch_size=64), seed=13))
     assert result.status == "FINISHED", result.error
     assert math.isfinite(result.final_loss) and result.test_acc > 0
-    assert 0.0 <= result.agreement <= 1.0  # the bf16 teacher predicted the test split
+    assert 0.0 <= result.agreement <= 1.0  # the teacher predicted the test split

@@ -14,7 +14,7 @@ from bench.api.method import (
     Method,
     register_method,
 )
-from bench.api.params import Params, ParamError, coerce_value
+from bench.api.params import ParamError, Params, coerce_value
 from bench.api.stages import (
     INIT_STAGE_FRACTION,
     align_stages,

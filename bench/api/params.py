@@ -3,7 +3,9 @@
 A method's ``Params`` is a frozen dataclass whose annotated fields carry the paper's defaults.
 :func:`coerce_value` converts a raw value (a YAML scalar or a command-line string) to a field's
 type; every entry point (``--param``, suite ``params:``/``search:``, ``search_space``) goes
-through it, so a value is accepted or refused the same way everywhere.
+through it, so a value is accepted or refused the same way everywhere and a wrong one gets the
+same message. Suites use its strict mode: YAML has already typed their values, so a string is
+never read as a number there.
 """
 
 from __future__ import annotations
@@ -17,7 +19,18 @@ from typing import Any
 
 
 class ParamError(ValueError):
-    """A method hyperparameter that does not exist or has the wrong type."""
+    """A method hyperparameter that does not exist or has the wrong type.
+
+    Attributes:
+        where: What the value is (``kd.params.temperature``), or None.
+        reason: What is wrong with it, without ``where`` (a suite reports it under the
+            value's key path and line instead).
+    """
+
+    def __init__(self, reason: str, *, where: str | None = None) -> None:
+        self.where = where
+        self.reason = reason
+        super().__init__(f"{where}: {reason}" if where else reason)
 
 
 class Params:
@@ -54,8 +67,9 @@ class Params:
                 close = difflib.get_close_matches(key, list(known), n=3, cutoff=0.5)
                 hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
                 raise ParamError(
-                    f"{where}: unknown parameter {key!r} for {cls.__qualname__.split('.')[0]}."
-                    f"{hint} Parameters: {', '.join(known) or '(none)'}."
+                    f"unknown parameter {key!r} for {cls.__qualname__.split('.')[0]}."
+                    f"{hint} Parameters: {', '.join(known) or '(none)'}.",
+                    where=where,
                 )
             coerced[key] = coerce_value(raw, known[key], where=f"{where}.{key}")
         return cls(**coerced)
@@ -68,77 +82,160 @@ class Params:
 dataclasses.dataclass(frozen=True)(Params)
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def coerce_value(raw: Any, tp: Any, *, where: str) -> Any:
+def coerce_value(raw: Any, tp: Any, *, where: str, strict: bool = False) -> Any:
     """Convert ``raw`` to the annotated type ``tp`` (bool, int, float, str, Literal, tuples,
-    optionals), parsing strings as the command line gives them.
+    optionals).
+
+    Args:
+        raw: The value as given.
+        tp: The field's annotation.
+        where: What the value is, for the message (``kd.params.temperature``).
+        strict: Take ``raw`` as YAML types it: a string is never parsed into a number, a
+            boolean or null, and a float is no integer. A suite file's scalars are already
+            typed, so a quoted ``'4'`` there is a mistake; a command line gives only strings,
+            which the default mode parses.
+
+    Returns:
+        The value as the field holds it: floats for ``float`` fields (an integer is widened),
+        tuples for sequences.
 
     Raises:
-        ParamError: naming ``where`` and the expected type.
+        ParamError: naming ``where``, the expected type and what was given; its ``reason``
+            is the same whatever the entry point.
     """
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    expected = _type_name(tp)
+    try:
+        return _convert(raw, tp, strict)
+    except _Mismatch:
+        reason = f"expected {type_text(tp)}, got {raw!r} ({kind_text(raw)})"
+        raise ParamError(reason, where=where) from None
 
-    def fail() -> ParamError:
-        return ParamError(f"{where}: expected {expected}, got {raw!r} ({type(raw).__name__})")
 
+def type_text(tp: Any) -> str:
+    """An annotation in words, as messages name it: ``a number``, ``an integer or null``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        is_none = raw is None or (isinstance(raw, str) and raw.lower() in {"none", "null"})
-        if is_none and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return coerce_value(raw, arg, where=where)
-            except ParamError:
-                continue
-        raise fail()
+        return " or ".join(type_text(a) for a in args)
     if origin is typing.Literal:
-        for option in args:
-            if raw == option or (isinstance(raw, str) and str(option) == raw):
-                return option
-        raise ParamError(f"{where}: expected one of {list(args)}, got {raw!r}")
+        return "one of " + ", ".join(repr(a) for a in args)
     if origin in (tuple, list, Sequence):
-        items = raw.split(",") if isinstance(raw, str) else raw
-        if not isinstance(items, list | tuple):
-            raise fail()
-        inner = args[0] if args else str
-        return tuple(coerce_value(v, inner, where=where) for v in items)
-    if tp is bool:
-        if isinstance(raw, bool):
-            return raw
-        if isinstance(raw, str) and raw.lower() in {"true", "1", "yes", "false", "0", "no"}:
-            return raw.lower() in {"true", "1", "yes"}
-        raise fail()
-    if tp is int:
-        if isinstance(raw, bool):
-            raise fail()
-        if isinstance(raw, int):
-            return raw
-        if isinstance(raw, float) and raw.is_integer():
-            return int(raw)
-        if isinstance(raw, str):
-            try:
-                return int(raw)
-            except ValueError:
-                raise fail() from None
-        raise fail()
-    if tp is float:
-        if isinstance(raw, bool):
-            raise fail()
-        if isinstance(raw, int | float):
-            return float(raw)
-        if isinstance(raw, str):
-            try:
-                return float(raw)
-            except ValueError:
-                raise fail() from None
-        raise fail()
-    if tp is str:
-        if isinstance(raw, str):
-            return raw
-        raise fail()
+        return f"a list of {type_text(args[0]) if args else 'values'}"
+    if tp is type(None):
+        return "null"
+    names = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def kind_text(value: Any) -> str:
+    """What kind of value was given, in words: ``a string``, ``a mapping``, ``null``."""
+    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean"}
+    if value is None:
+        return "null"
+    return names.get(type(value), type(value).__name__)
+
+
+class _Mismatch(Exception):
+    """``raw`` does not fit the annotation (reported once, for the whole value)."""
+
+
+_TRUE_TEXT = {"true", "1", "yes"}
+_FALSE_TEXT = {"false", "0", "no"}
+_NULL_TEXT = {"none", "null"}
+
+
+def _convert(raw: Any, tp: Any, strict: bool) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return raw
+    if tp is None or tp is type(None):
+        return _convert_none(raw, strict)
+    if origin in (typing.Union, types.UnionType):
+        return _convert_union(raw, args, strict)
+    if origin is typing.Literal:
+        return _convert_literal(raw, args, strict)
+    if origin in (tuple, list, Sequence):
+        return _convert_sequence(raw, args[0] if args else Any, strict)
+    scalar = _SCALARS.get(tp)
+    if scalar is not None:
+        return scalar(raw, strict)
+    if strict and isinstance(tp, type) and not isinstance(raw, tp):
+        raise _Mismatch
     return raw
+
+
+def _convert_none(raw: Any, strict: bool) -> None:
+    if raw is None or (not strict and isinstance(raw, str) and raw.lower() in _NULL_TEXT):
+        return None
+    raise _Mismatch
+
+
+def _convert_union(raw: Any, args: tuple[Any, ...], strict: bool) -> Any:
+    # null first, so that an optional string reads "none" on a command line as no value.
+    ordered = sorted(args, key=lambda a: a is not type(None))
+    for arg in ordered:
+        try:
+            return _convert(raw, arg, strict)
+        except _Mismatch:
+            continue
+    raise _Mismatch
+
+
+def _convert_literal(raw: Any, options: tuple[Any, ...], strict: bool) -> Any:
+    for option in options:
+        if strict:
+            # 1 == True in Python; YAML tells them apart, so the suite does too.
+            if raw == option and type(raw) is type(option):
+                return option
+        elif raw == option or (isinstance(raw, str) and str(option) == raw):
+            return option
+    raise _Mismatch
+
+
+def _convert_sequence(raw: Any, inner: Any, strict: bool) -> tuple[Any, ...]:
+    items = raw.split(",") if isinstance(raw, str) and not strict else raw
+    if not isinstance(items, list | tuple):
+        raise _Mismatch
+    return tuple(_convert(v, inner, strict) for v in items)
+
+
+def _convert_bool(raw: Any, strict: bool) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if not strict and isinstance(raw, str) and raw.lower() in _TRUE_TEXT | _FALSE_TEXT:
+        return raw.lower() in _TRUE_TEXT
+    raise _Mismatch
+
+
+def _convert_int(raw: Any, strict: bool) -> int:
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    if strict:
+        raise _Mismatch
+    if isinstance(raw, float) and raw.is_integer():
+        return int(raw)
+    return _parse(int, raw)
+
+
+def _convert_float(raw: Any, strict: bool) -> float:
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        return float(raw)
+    if strict:
+        raise _Mismatch
+    return _parse(float, raw)
+
+
+def _convert_str(raw: Any, strict: bool) -> str:
+    if isinstance(raw, str):
+        return raw
+    raise _Mismatch
+
+
+def _parse(number: type, raw: Any) -> Any:
+    if not isinstance(raw, str):
+        raise _Mismatch
+    try:
+        return number(raw)
+    except ValueError:
+        raise _Mismatch from None
+
+
+_SCALARS = {bool: _convert_bool, int: _convert_int, float: _convert_float, str: _convert_str}

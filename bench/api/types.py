@@ -60,6 +60,8 @@ class TaskInfo:
         num_train: Training-split size (memory banks index it).
         epochs: Training epochs of the student.
         steps_per_epoch: Optimizer steps per epoch.
+        models: Names of the models the harness can build (its catalogue), for methods that
+            choose a model of their own (a teacher assistant).
     """
 
     dataset: str
@@ -68,6 +70,7 @@ class TaskInfo:
     num_train: int
     epochs: int
     steps_per_epoch: int
+    models: tuple[str, ...] = ()
 
     @property
     def total_steps(self) -> int:

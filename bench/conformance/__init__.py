@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from bench.api import METHODS
 from bench.conformance.checks import (
     CheckFailed,
     PairOutcome,
@@ -39,7 +40,6 @@ from bench.conformance.checks import (
 )
 from bench.conformance.fixtures import DEFAULT_PAIRS, FALLBACK_PAIRS, Pair
 from bench.conformance.report import CHECKS, CheckResult, ConformanceReport
-from bench.api import METHODS
 from bench.registry import BrokenEntryError
 
 __all__ = [

@@ -24,12 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bench.api import Batch, Method, ModelInfo, TrainContext, TrialFailed
 from bench.conformance import fixtures
 from bench.conformance.fixtures import Pair
 from bench.conformance.report import CHECKS, CheckResult, Status
-from bench.api import Batch, Method, ModelInfo
-from bench.api import TrainContext
-from bench.api import TrialFailed
 from bench.trial.loop import train_loop
 
 #: The loss on the fixed batch must fall by at least this fraction of its starting value.

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from bench.api import Batch, Method, ModelInfo, TaskInfo
 from bench.config import Recipe
 from bench.data import DataBundle, DatasetInfo, TensorSplit, load_dataset
-from bench.api import Batch, Method, ModelInfo, TaskInfo
-from bench.models import create_model, model_info
+from bench.models import create_model, list_models, model_info
 from bench.trial.compose import trial_services
 from bench.trial.context import make_context
 from bench.trial.device import freeze, seed_everything
@@ -141,6 +141,7 @@ def task() -> TaskInfo:
         num_train=info.num_train,
         epochs=EPOCHS,
         steps_per_epoch=info.num_train // BATCH_SIZE,
+        models=tuple(list_models()),
     )
 
 

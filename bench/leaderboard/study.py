@@ -2,7 +2,7 @@
 epochs of an early-stopped teacher), as a table, a CSV and a figure (``figures/study.png``).
 
 A suite declares its study with ``study: {parameter: temperature, method: kd}`` or
-``study: {parameter: teacher_epoch, method: kd}`` (see ``bench/spec.py``). The points come
+``study: {parameter: teacher_epoch, method: kd}`` (see :mod:`bench.suite`). The points come
 straight from the runs table: for every value of the parameter, the finished runs of the
 method in the leaderboard's phase, summarised over seeds (mean, sd, t-interval); the student
 trained alone (the baseline method) is the reference line, and the teacher's own accuracy is

@@ -3,7 +3,9 @@ teacher, build the student, the method and the context, train, evaluate, record.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from bench.api import Method, ModelInfo, TrialFailed
 from bench.config import ConfigError, Recipe, TeacherSpec, TrialConfig, run_key
@@ -20,6 +22,7 @@ from bench.data import DataBundle, load_dataset, with_loader
 from bench.finetune import prepare_student
 from bench.memory import PeakMemory
 from bench.models import create_model, model_info, resolve
+from bench.paths import kdbench_home
 from bench.plugins import build_method, get_method, shared_code
 from bench.teacher_cache import (
     SharedStreamOutputs,
@@ -38,7 +41,8 @@ from bench.trial.context import (
 )
 from bench.trial.device import Execution, freeze, pick_device, seed_everything
 from bench.trial.evaluate import labels_of, predict, record_test_metrics, topk_accuracy
-from bench.trial.loop import EpochRecord, train_loop
+from bench.trial.loop import Checkpointer, EpochRecord, train_loop
+from bench.trial.resume import CheckpointPolicy, TrainState, load_state, save_state
 
 
 @dataclass
@@ -179,7 +183,7 @@ def build_trial(
     execution.apply(student)
     teacher_model = teacher_info = None
     if prepared.teacher is not None:
-        teacher_model = execution.apply(freeze(prepared.teacher.model), teacher=True)
+        teacher_model = execution.apply(freeze(prepared.teacher.model))
         teacher_info = prepared.teacher.info
     task = task_info(config.dataset, data, config.recipe)
     method = build_method(config.method, config.params_dict)
@@ -272,8 +276,20 @@ def execute(
     *,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     log: Callable[[dict[str, float]], None] | None = None,
+    resume: TrainState | None = None,
+    checkpoint: Checkpointer | None = None,
 ) -> TrialResult:
-    """Train and evaluate a prepared trial. Failures are returned, not raised."""
+    """Train and evaluate a prepared trial. Failures are returned, not raised.
+
+    Args:
+        prepared: The trial.
+        on_epoch: Called after each epoch trained in this call.
+        log: Where the method's extra metrics go.
+        resume: A state saved by an earlier attempt: the trial is built as usual (the
+            method's ``before_training`` included, which builds what only it can build), then
+            loaded from it and continued after its epochs.
+        checkpoint: Saves the trial's state between epochs, as its policy says.
+    """
     data, device = prepared.data, prepared.device
     result = TrialResult(run_key=prepared.key, status="RUNNING", outcome="ok")
     if prepared.teacher is not None:
@@ -285,9 +301,11 @@ def execute(
         ctx, method, student = built.ctx, built.method, built.student
         teacher_model, teacher_info, s_info = built.teacher, built.teacher_info, built.student_info
         result.student_params = s_info.num_params
-        method.before_training(ctx)
+        _before_training(ctx, method, resumed=resume is not None)
         result.extra_params = method.extra_parameters()
-        result.history = train_loop(ctx, method, on_epoch=on_epoch)
+        result.history = train_loop(
+            ctx, method, on_epoch=on_epoch, resume=resume, checkpoint=checkpoint
+        )
         result.final_loss = result.history[-1]["train/loss"]
         result.val_acc = result.history[-1]["val_acc"]
         test_logits = predict(student, data.test, device)
@@ -314,26 +332,83 @@ def execute(
     return result
 
 
+def _before_training(ctx: TrialContext, method: Method, *, resumed: bool) -> None:
+    """The method's initialisation stage; on a resumed trial it runs unrecorded, since the
+    first attempt recorded it and the loaded state replaces what it trained."""
+    if not resumed:
+        method.before_training(ctx)
+        return
+    services = ctx.services
+    ctx.services = dataclasses.replace(services, log=None)
+    try:
+        method.before_training(ctx)
+    finally:
+        ctx.services = services
+
+
+def checkpoint_file(key: str) -> Path:
+    """Where ``kdbench train`` keeps the resumable state of the trial ``key``."""
+    return kdbench_home() / "checkpoints" / key / "state.pt"
+
+
+@dataclass
+class FileCheckpointer:
+    """Saves a trial's state to one file, tagged with the MLflow run it records into."""
+
+    path: Path
+    run_id: str | None
+    policy: CheckpointPolicy = field(default_factory=CheckpointPolicy)
+
+    def save(self, state: TrainState) -> None:
+        state.run_id = self.run_id
+        save_state(state, self.path)
+
+    def clear(self) -> None:
+        """Delete the state and its folder (the trial ended; nothing is left to resume)."""
+        shutil.rmtree(self.path.parent, ignore_errors=True)
+
+
 def run_trial(
     config: TrialConfig,
     *,
     tracker: Tracker | None = None,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     device: torch.device | None = None,
+    policy: CheckpointPolicy | None = None,
 ) -> TrialResult:
     """Prepare (validating inputs: raises on bad input, recording nothing), then train and
-    record the trial as one MLflow run through ``tracker`` when given."""
+    record the trial as one MLflow run through ``tracker`` when given.
+
+    With a tracker the trial checkpoints itself under :func:`checkpoint_file` as ``policy``
+    says; a run of the same key interrupted earlier (its MLflow run still RUNNING and its
+    state on disk) is continued in the same MLflow run from its last checkpoint.
+    """
     prepared = prepare_trial(config, device)
     if tracker is None:
         return execute(prepared, on_epoch=on_epoch)
-    with tracker.trial_run(prepared.config, prepared.key, prepared.method_cls) as run:
+    path = checkpoint_file(prepared.key)
+    state = load_state(path)
+    if state is not None and not tracker.is_running(state.run_id):
+        state = None  # its run ended (or is gone): this is a new attempt
+    with tracker.trial_run(
+        prepared.config,
+        prepared.key,
+        prepared.method_cls,
+        resume_run_id=state.run_id if state else None,
+    ) as run:
+        logged = run.logged_epochs() if state else set()
 
         def epoch_done(record: EpochRecord) -> None:
-            run.log_epoch(record)
+            if record.epoch not in logged:
+                run.log_epoch(record)
             if on_epoch is not None:
                 on_epoch(record)
 
-        result = execute(prepared, on_epoch=epoch_done, log=run.log_metrics)
+        saver = FileCheckpointer(path, run.run_id, policy or CheckpointPolicy())
+        result = execute(
+            prepared, on_epoch=epoch_done, log=run.log_metrics, resume=state, checkpoint=saver
+        )
         result.mlflow_run_id = run.run_id
         run.finish(result)
+        saver.clear()
     return result

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, TrialFailed
 from bench.config import Recipe
 from bench.data import DataBundle
-from bench.models import create_model, forward_outputs, model_info
+from bench.models import create_model, forward_outputs, list_models, model_info
 from bench.trial.device import Execution, autocast_for
 
 
@@ -40,9 +40,7 @@ class EpochOutputs(Protocol):
 
 
 #: Further teachers a method asks for: (architecture, class subset, stop epoch) → model, info.
-TeacherSource = Callable[
-    [str, tuple[int, ...] | None, int | None], tuple[nn.Module, ModelInfo]
-]
+TeacherSource = Callable[[str, tuple[int, ...] | None, int | None], tuple[nn.Module, ModelInfo]]
 
 
 @dataclass(frozen=True)
@@ -95,8 +93,8 @@ def task_info(dataset: str, data: DataBundle, recipe: Recipe) -> TaskInfo:
         num_train=len(data.train),
         epochs=recipe.epochs,
         steps_per_epoch=len(data.train) // batch if len(data.train) > batch else 1,
+        models=tuple(list_models()),
     )
-
 
 
 class TrialContext:
@@ -175,17 +173,16 @@ class TrialContext:
     def forward_teacher(self, x: Tensor, needs: frozenset[str] = frozenset()) -> Outputs:
         """The frozen teacher's outputs on ``x``: looked up in the teacher outputs cache when
         ``x`` is the current training batch, unmodified, else one forward pass without
-        gradients in the teacher's dtype."""
+        gradients."""
         if self.teacher is None:
             raise RuntimeError("this trial has no teacher (the method declares uses_teacher)")
         cached = self._cached_teacher_outputs(x, needs)
         if cached is not None:
             return cached
-        dtype = self.execution.teacher_dtype
         # no_grad rather than inference_mode: its outputs may be saved for the student's
         # backward pass as they are, where inference tensors would need a copy every step.
         with torch.no_grad(), autocast_for(self.device):
-            return forward_outputs(self.teacher, x if dtype is None else x.to(dtype), needs)
+            return forward_outputs(self.teacher, x, needs)
 
     def _cached_teacher_outputs(self, x: Tensor, needs: frozenset[str]) -> Outputs | None:
         batch, cache = self._batch, self._batch_outputs

@@ -38,14 +38,10 @@ class Execution:
 
     Attributes:
         channels_last: Models and training inputs in channels-last memory order (CUDA).
-        teacher_dtype: The frozen teacher's weights and inputs in this dtype, or None (the
-            default everywhere) to keep fp32 weights: on CUDA the teacher then computes in
-            bf16 under autocast like the student, with its BatchNorm statistics in fp32.
         compile: Run the models' forward passes through ``torch.compile``.
     """
 
     channels_last: bool = False
-    teacher_dtype: torch.dtype | None = None
     compile: bool = False
 
     @classmethod
@@ -54,13 +50,11 @@ class Execution:
         asks."""
         return cls(channels_last=device.type == "cuda", compile=recipe.compile)
 
-    def apply(self, model: nn.Module, *, teacher: bool = False) -> nn.Module:
-        """Put ``model`` in this execution's memory format, dtype (for a frozen teacher) and
-        compiled form; returns the same module."""
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Put ``model`` in this execution's memory format and compiled form; returns the same
+        module."""
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
-        if teacher and self.teacher_dtype is not None:
-            model.to(self.teacher_dtype)
         if self.compile:
             compile_model(model)
         return model

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -12,6 +13,56 @@ from torch import Tensor
 from bench.api import Batch, Method, TrialFailed
 from bench.trial.context import TrialContext, lr_factor, make_optimizer
 from bench.trial.evaluate import labels_of, predict, topk_accuracy
+from bench.trial.resume import (
+    CheckpointPolicy,
+    TrainState,
+    capture_rng,
+    cpu_state_dict,
+    restore_rng,
+)
+
+
+class Checkpointer(Protocol):
+    """Where a running trial's state goes between epochs (a file for ``kdbench train``, a Ray
+    Tune checkpoint in a sweep), and when."""
+
+    policy: CheckpointPolicy
+
+    def save(self, state: TrainState) -> None: ...
+
+
+def capture(
+    ctx: TrialContext,
+    method: Method,
+    optimizer: torch.optim.Optimizer,
+    epochs_done: int,
+    history: list[dict[str, float]],
+) -> TrainState:
+    """The trial's state after ``epochs_done`` epochs."""
+    return TrainState(
+        epochs_done=epochs_done,
+        history=[dict(h) for h in history],
+        student=cpu_state_dict(ctx.student),
+        method=cpu_state_dict(method),
+        optimizer=cpu_state_dict(optimizer),
+        rng=capture_rng(_generators(ctx)),
+    )
+
+
+def restore(
+    state: TrainState, ctx: TrialContext, method: Method, optimizer: torch.optim.Optimizer
+) -> tuple[int, list[dict[str, float]]]:
+    """Load ``state`` into a freshly built trial; returns the epoch to continue from and the
+    history so far."""
+    ctx.student.load_state_dict(state.student)
+    method.load_state_dict(state.method)
+    optimizer.load_state_dict(state.optimizer)
+    restore_rng(state.rng, _generators(ctx))
+    return state.epochs_done, [dict(h) for h in state.history]
+
+
+def _generators(ctx: TrialContext) -> dict[str, torch.Generator]:
+    return {"method": ctx.generator, "data": ctx.data_generator}
 
 
 class SupervisedOnly(Method):
@@ -102,20 +153,36 @@ def train_loop(
     method: Method,
     *,
     on_epoch: Callable[[EpochRecord], None] | None = None,
-    start_epoch: int = 0,
     evaluate_val: bool = True,
     max_steps: int | None = None,
+    resume: TrainState | None = None,
+    checkpoint: Checkpointer | None = None,
 ) -> list[dict[str, float]]:
     """Train ``ctx.student`` with ``method`` for ``ctx.recipe.epochs``; returns per-epoch
-    metrics. Raises :class:`TrialFailed` on a non-finite loss. ``max_steps`` stops after that
-    many optimizer steps (a pilot run), ending the epoch there."""
+    metrics (of every epoch, resumed ones included).
+
+    Args:
+        ctx: The trial's context.
+        method: The method, set up (and past ``before_training``).
+        on_epoch: Called after each epoch with its record.
+        evaluate_val: Measure validation accuracy after each epoch.
+        max_steps: Stop after that many optimizer steps (a pilot run), ending the epoch there.
+        resume: A state saved after some epochs: training continues after them.
+        checkpoint: Saves the state between epochs when its policy says so.
+
+    Raises:
+        TrialFailed: a non-finite loss.
+    """
     recipe = ctx.recipe
     params = list(ctx.student.parameters())
     seen = {id(p) for p in params}
     params += [p for p in method.trainable_parameters() if id(p) not in seen and p.requires_grad]
     optimizer = make_optimizer(params, recipe)
-    total_steps = max(1, ctx.task.total_steps)
     history: list[dict[str, float]] = []
+    start_epoch = 0
+    if resume is not None:
+        start_epoch, history = restore(resume, ctx, method, optimizer)
+    total_steps = max(1, ctx.task.total_steps)
     for epoch in range(start_epoch, recipe.epochs):
         started = time.perf_counter()
         ctx.student.train()
@@ -150,6 +217,9 @@ def train_loop(
         history.append(record.metrics())
         if on_epoch is not None:
             on_epoch(record)
+        if checkpoint is not None and checkpoint.policy.due(epoch + 1, recipe.epochs):
+            checkpoint.save(capture(ctx, method, optimizer, epoch + 1, history))
+            checkpoint.policy.saved()
         if max_steps is not None:
             break
     return history

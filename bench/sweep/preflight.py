@@ -234,12 +234,12 @@ def preflight(
     problems found.
 
     Args:
-        suite: The :class:`~bench.spec.Suite` (its resource requests are checked).
+        suite: The :class:`~bench.suite.schema.Suite` (its resource requests are checked).
         tracking_uri: Where trials log.
         shared_paths: Folders every node must see (kdbench home, Tune storage).
         view: The cluster's nodes and node types.
     """
-    from bench.spec import SuiteError
+    from bench.suite.schema import SuiteError
 
     problems: list[str] = []
     try:

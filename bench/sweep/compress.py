@@ -38,7 +38,8 @@ from bench.analysis import (
     VARIANT_TAG,
     pruned_variant,
 )
-from bench.spec import Compression, PlannedTrial
+from bench.suite.expand import PlannedTrial
+from bench.suite.schema import Compression
 from bench.tracking import search_all_runs
 
 #: The latency column the sweep summary shows (the one a deployed student sees most).
@@ -113,12 +114,12 @@ def plan_compression(
     Args:
         compression: The suite's section.
         trials: The suite's trials.
-        done: Run key → the MLflow run that settles it (:func:`bench.sweep_ledger.done_runs`).
+        done: Run key → the MLflow run that settles it (:func:`bench.sweep.ledger.done_runs`).
         recorded: :func:`recorded_variants`.
     """
     plan = CompressionPlan(compression)
     for trial in trials:
-        if not compression.selects(trial):
+        if not compression.selects(trial.method):
             continue
         run = done.get(trial.key)
         if run is None or run.info.status != "FINISHED":

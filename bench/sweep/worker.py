@@ -3,7 +3,7 @@ as a Ray task. Both are plain functions of picklable inputs; nothing here needs 
 
 A trial logs to MLflow itself through :class:`bench.tracking.Tracker` (never through Ray's
 MLflow callback, which would log a restored trial twice), following the rules of
-:mod:`bench.sweep_ledger`: it looks its run key up first and returns at once when the key is
+:mod:`bench.sweep.ledger`: it looks its run key up first and returns at once when the key is
 done, marks dead attempts of the same sweep KILLED, and checks for a duplicate before it ends
 FINISHED.
 """
@@ -17,9 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench import sweep_ledger as ledger
-from bench.config import TrialConfig
-from bench.spec import Resources, TeacherJob
+from bench.config import CHECKPOINT_EVERY_EPOCHS, CHECKPOINT_EVERY_MINUTES, TrialConfig
+from bench.suite.expand import TeacherJob
+from bench.suite.schema import Resources
+from bench.sweep import checkpoints, ledger
+from bench.trial.resume import CheckpointPolicy, TrainState
 
 #: Key of the last result a trial reports; the driver reads the outcome from it.
 STATUS = "kdbench_status"
@@ -43,6 +45,10 @@ class SweepContext:
         resources: Run key → resources (for the trial's torch threads).
         plugins: Method files to import before the trial.
         retry_failed: Whether FAILED verdicts are run again.
+        storage: Ray Tune's storage of the sweep, where trials' checkpoints are kept (shared
+            storage on a cluster); empty outside a sweep.
+        checkpoint_epochs: A running trial saves its state every this many epochs …
+        checkpoint_minutes: … and after any epoch ending this long after the last save.
     """
 
     tracking_uri: str
@@ -54,6 +60,9 @@ class SweepContext:
     resources: dict[str, Resources] = field(default_factory=dict)
     plugins: tuple[str, ...] = ()
     retry_failed: bool = False
+    storage: str = ""
+    checkpoint_epochs: int = CHECKPOINT_EVERY_EPOCHS
+    checkpoint_minutes: float = CHECKPOINT_EVERY_MINUTES
 
 
 def prepare_worker(home: str, threads: int, plugins: tuple[str, ...] = ()) -> None:
@@ -104,7 +113,18 @@ def tune_trainable(config: dict[str, Any], context: SweepContext) -> None:
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id() or ""
-    run_trial_once(config["run_key"], context, report=tune.report, attempt_id=trial_id)
+    key = config["run_key"]
+    saved = checkpoints.latest_state(tune.get_checkpoint(), context.storage, key)
+    run_trial_once(
+        key,
+        context,
+        report=tune.report,
+        attempt_id=trial_id,
+        resume=saved,
+        checkpoint=checkpoints.TuneCheckpointer(
+            CheckpointPolicy(context.checkpoint_epochs, context.checkpoint_minutes)
+        ),
+    )
 
 
 def run_trial_once(
@@ -113,34 +133,36 @@ def run_trial_once(
     *,
     report: Callable[[dict[str, Any]], None],
     attempt_id: str = "",
+    resume: TrainState | None = None,
+    checkpoint: checkpoints.TuneCheckpointer | None = None,
 ) -> dict[str, Any]:
-    """Run one trial under the sweep's rules and return (and report) its final result."""
-    from bench.trial.device import pick_device
+    """Run one trial under the sweep's rules and return (and report) its final result.
+
+    Args:
+        key: The trial's run key.
+        context: The sweep's context (the trial's config and resources among its trials).
+        report: Where results go: every epoch's metrics, then the final result (Ray Tune's
+            ``tune.report`` on a worker).
+        attempt_id: Ray Tune's id of this attempt, recorded as a tag.
+        resume: The state an earlier attempt saved: the trial continues after its epochs, in
+            that attempt's MLflow run when it is still RUNNING (a lost worker or node), else
+            in a new run that first records the saved epochs (the driver was stopped and has
+            ended the old attempt).
+        checkpoint: Saves the trial's state between epochs (Ray Tune checkpoints).
+    """
     from bench.trial.compose import prepare_trial
+    from bench.trial.device import pick_device
 
     config = context.trials[key]
-    resources = context.resources.get(key, Resources())
-    prepare_worker(context.home, resources.threads, context.plugins)
-    if 0 < resources.gpu < 1:  # a packed trial: its allocator stays within its share
-        from bench.packing import limit_process_memory
-
-        limit_process_memory(resources.gpu)
+    _prepare_process(context, context.resources.get(key, Resources()))
     tracker = tracker_for(context.tracking_uri, context.experiment)
     runs = ledger.key_runs(tracker, key)
-    settled = [r for r in runs if ledger.is_done(r, context.retry_failed)]
-    finished = [r for r in settled if r.info.status == "FINISHED"] or settled
-    if finished:
-        result = _recorded_result(finished[0])
+    settled = _settled_run(runs, context.retry_failed)
+    if settled is not None:
+        result = _recorded_result(settled)
         report(result)
         return result
-    attempt = 1 + sum(r.data.tags.get(ledger.SWEEP_TAG) == context.sweep for r in runs)
-    tags = {
-        ledger.SWEEP_TAG: context.sweep,
-        ledger.ATTEMPT_TAG: str(attempt),
-        ledger.NODE_TAG: node_id(),
-        "kdbench.host": socket.gethostname(),
-        "kdbench.ray_trial": attempt_id,
-    }
+    tags = _attempt_tags(runs, context.sweep, attempt_id)
     started, cpu_started = time.perf_counter(), time.process_time()
     method_cls, prepared, error = None, None, None
     try:
@@ -150,53 +172,137 @@ def run_trial_once(
         prepared = prepare_trial(config, pick_device())
     except Exception as exc:  # recorded as this trial's failure; the sweep goes on
         error = exc
+    if resume is not None and prepared is None:
+        resume = None
+    continued = resume.run_id if resume and tracker.is_running(resume.run_id) else None
+    if resume is not None:
+        tags[ledger.RESUMED_TAG] = str(resume.epochs_done)
     with tracker.trial_run(
         config,
         key,
         method_cls or _UnresolvedMethod,
         parent_run_id=context.parent_run_id,
         extra_tags=tags,
+        resume_run_id=continued,
     ) as run:
-        ledger.supersede_stale(tracker, runs, context.sweep, by=run.run_id)
+        others = [r for r in runs if r.info.run_id != run.run_id]
+        ledger.supersede_stale(tracker, others, context.sweep, by=run.run_id)
         if prepared is None:
             return _record_setup_failure(run, key, error, report)
-
-        def epoch_done(record: Any) -> None:
-            run.log_epoch(record)
-            metrics = {
-                "epoch": record.epoch + 1,
-                "val_acc": record.val_acc,
-                "loss": record.terms.get("loss", float("nan")),
-            }
-            try:
-                report(metrics)
-            except Exception:
-                raise
-            except BaseException:  # Tune stops a trial by exiting from report()
-                ledger.mark_killed(tracker, run.run_id, {ledger.ERROR_TAG: "stopped by Ray Tune"})
-                run.ended = True
-                raise
-
-        outcome = _execute(prepared, epoch_done, run.log_metrics)
+        logged = _epochs_on_record(run, resume)
+        if checkpoint is not None:
+            checkpoint.run_id = run.run_id
+        outcome = _execute(
+            prepared,
+            _epoch_reporter(run, tracker, report, skip=logged),
+            run.log_metrics,
+            resume=resume,
+            checkpoint=checkpoint,
+        )
         outcome.mlflow_run_id = run.run_id
         # CPU time of the whole attempt (setup, training, evaluation, logging): what a trial
         # costs whatever else the machine runs.
         run.log_metrics({"cpu_seconds": time.process_time() - cpu_started})
-        duplicate = _finished_elsewhere(tracker, key, run.run_id)
-        if outcome.status == "FINISHED" and duplicate:
-            ledger.mark_killed(tracker, run.run_id, {ledger.DUPLICATE_TAG: duplicate})
-            run.ended = True
-        else:
-            run.finish(outcome)
+        _end_run(run, tracker, key, outcome)
+    if context.storage:
+        checkpoints.delete_checkpoints(context.storage, key)
     result = _result_of(outcome, time.perf_counter() - started)
     report(result)
     return result
 
 
-def _execute(prepared: Any, on_epoch: Callable, log: Callable) -> Any:
+def _prepare_process(context: SweepContext, resources: Resources) -> None:
+    """Set this process up for the trial: the sweep's home, torch threads, plugins, and a
+    packed trial's memory cap."""
+    prepare_worker(context.home, resources.threads, context.plugins)
+    if 0 < resources.gpu < 1:  # a packed trial: its allocator stays within its share
+        from bench.sweep.packing import limit_process_memory
+
+        limit_process_memory(resources.gpu)
+
+
+def _settled_run(runs: list[Any], retry_failed: bool) -> Any | None:
+    """The recorded run that settles the key (a FINISHED one first), None when none does."""
+    settled = [r for r in runs if ledger.is_done(r, retry_failed)]
+    finished = [r for r in settled if r.info.status == "FINISHED"] or settled
+    return finished[0] if finished else None
+
+
+def _attempt_tags(runs: list[Any], sweep: str, attempt_id: str) -> dict[str, str]:
+    """Tags of a new attempt: its sweep, its number within the sweep, where it runs."""
+    attempt = 1 + sum(r.data.tags.get(ledger.SWEEP_TAG) == sweep for r in runs)
+    return {
+        ledger.SWEEP_TAG: sweep,
+        ledger.ATTEMPT_TAG: str(attempt),
+        ledger.NODE_TAG: node_id(),
+        "kdbench.host": socket.gethostname(),
+        "kdbench.ray_trial": attempt_id,
+    }
+
+
+def _epochs_on_record(run: Any, resume: TrainState | None) -> set[int]:
+    """The epochs the run already holds. A resumed attempt in a new run first records the
+    epochs its saved state covers, so every run of a trial holds each epoch once."""
+    if resume is None:
+        return set()
+    logged = run.logged_epochs()
+    for epoch, metrics in enumerate(resume.history):
+        if epoch not in logged:
+            run.log_history_epoch(epoch, metrics)
+    return run.logged_epochs()
+
+
+def _epoch_reporter(
+    run: Any,
+    tracker: Any,
+    report: Callable[[dict[str, Any]], None],
+    skip: set[int] | frozenset[int] = frozenset(),
+) -> Callable[[Any], None]:
+    """The trial's per-epoch hook: log the epoch to the run (unless it holds it already, from
+    an earlier attempt), report its metrics to Tune."""
+
+    def epoch_done(record: Any) -> None:
+        if record.epoch not in skip:
+            run.log_epoch(record)
+        metrics = {
+            "epoch": record.epoch + 1,
+            "val_acc": record.val_acc,
+            "loss": record.terms.get("loss", float("nan")),
+        }
+        try:
+            report(metrics)
+        except Exception:
+            raise
+        except BaseException:  # Tune stops a trial by exiting from report()
+            ledger.mark_killed(tracker, run.run_id, {ledger.ERROR_TAG: "stopped by Ray Tune"})
+            run.ended = True
+            raise
+
+    return epoch_done
+
+
+def _end_run(run: Any, tracker: Any, key: str, outcome: Any) -> None:
+    """End the run with the trial's outcome, or KILLED as a duplicate when another run of the
+    key finished meanwhile (see :mod:`bench.sweep.ledger`)."""
+    duplicate = _finished_elsewhere(tracker, key, run.run_id)
+    if outcome.status == "FINISHED" and duplicate:
+        ledger.mark_killed(tracker, run.run_id, {ledger.DUPLICATE_TAG: duplicate})
+        run.ended = True
+    else:
+        run.finish(outcome)
+
+
+def _execute(
+    prepared: Any,
+    on_epoch: Callable,
+    log: Callable,
+    *,
+    resume: TrainState | None = None,
+    checkpoint: checkpoints.TuneCheckpointer | None = None,
+) -> Any:
     from bench.trial.compose import execute
 
-    return execute(prepared, on_epoch=on_epoch, log=log)
+    return execute(prepared, on_epoch=on_epoch, log=log, resume=resume, checkpoint=checkpoint)
 
 
 def _finished_elsewhere(tracker: Any, key: str, run_id: str) -> str | None:

@@ -1,5 +1,7 @@
 """Suite files: the typed expansion, the shipped digits suite, and every class of bad input,
-each reported with its key path, line and a suggestion before anything runs."""
+each reported with its key path, line and a suggestion before anything runs; validation that
+depends on nothing but its arguments, and params typed by the one function the command line
+uses too."""
 
 from __future__ import annotations
 
@@ -9,9 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from bench.config import Recipe, key_fields
+from bench.api import params as api_params
+from bench.api.params import ParamError, coerce_value
+from bench.cli import main
+from bench.config import Recipe, key_fields, run_key
 from bench.models import MODELS
-from bench.spec import Resources, SuiteError, load_suite, parse_suite
+from bench.plugins import get_method, shared_code
+from bench.suite import checks
+from bench.suite.checks import Context
+from bench.suite.expand import plan_trials, teacher_jobs
+from bench.suite.load import load_suite, parse_suite
+from bench.suite.schema import Checkpointing, Resources, SuiteError
+from bench.suite.validate_pairs import SuiteRecipes, pairs, suite_recipes
 
 DIGITS_SUITE = Path(__file__).resolve().parents[1] / "leaderboards" / "digits"
 
@@ -54,7 +65,7 @@ def problems_of(text: str) -> SuiteError:
 
 def test_suite_expands_to_one_trial_per_run_key_with_teacherless_methods_once_per_student():
     suite = parse_suite(GOOD, source="tiny.yaml")
-    trials = suite.trials()
+    trials = plan_trials(suite)
     assert Counter(t.method for t in trials) == {"ce": 3, "kd": 6}
     assert len({t.key for t in trials}) == len(trials) == 9
     ce = [t for t in trials if t.method == "ce"]
@@ -65,8 +76,11 @@ def test_suite_expands_to_one_trial_per_run_key_with_teacherless_methods_once_pe
     assert kd.config.recipe == Recipe(epochs=1, batch_size=32)
     assert kd.config.teacher.recipe == Recipe(epochs=2, batch_size=32)  # inherits batch_size
     assert kd.resources == Resources(cpu=1.0, gpu=0.5)
-    assert [t.key for t in trials] == [t.key for t in parse_suite(GOOD).trials()]
-    assert [j.spec.arch for j in suite.teachers()] == ["test_resnet_wide", "test_vgg"]
+    assert [t.key for t in trials] == [t.key for t in plan_trials(parse_suite(GOOD))]
+    assert [j.spec.arch for j in teacher_jobs(suite, plan_trials(suite))] == [
+        "test_resnet_wide",
+        "test_vgg",
+    ]
     assert suite.experiment == "tiny" and suite.phase == "final" and suite.metric == "test_acc"
     with pytest.raises(dataclasses.FrozenInstanceError):
         suite.name = "other"
@@ -80,15 +94,15 @@ def test_shipped_digits_suite_compares_eight_methods_over_mixed_family_pairs_and
     families = [(MODELS.get(p.teacher).family, MODELS.get(p.student).family) for p in suite.pairs]
     assert any(t != s for t, s in families), families
     assert len({f for pair in families for f in pair}) >= 2
-    trials = suite.trials()
+    trials = plan_trials(suite)
     distilled = [t for t in trials if t.config.teacher is not None]
     assert len(distilled) == (len(suite.methods) - 1) * len(suite.pairs) * 5
-    assert len(suite.teachers()) == len({p.teacher for p in suite.pairs})
+    assert len(teacher_jobs(suite, plan_trials(suite))) == len({p.teacher for p in suite.pairs})
 
 
 def test_tune_phase_gives_every_method_the_same_budget_from_a_fixed_sample():
     suite = parse_suite(TUNE)
-    trials = suite.trials()
+    trials = plan_trials(suite)
     configs = Counter(t.method for t in trials)
     assert configs == {"ce": 2, "kd": 3 * 2, "dkd": 3 * 2}  # ce's grid has one point
     dkd = {t.config.params for t in trials if t.method == "dkd"}
@@ -97,14 +111,14 @@ def test_tune_phase_gives_every_method_the_same_budget_from_a_fixed_sample():
     assert all(dict(p)["beta"] in (1.0, 2.0, 4.0) for p in dkd)
     kd_temperatures = {dict(t.config.params)["temperature"] for t in trials if t.method == "kd"}
     assert len(kd_temperatures) == 3 and kd_temperatures < {1.0, 2.0, 4.0, 8.0}
-    assert {t.key for t in parse_suite(TUNE).trials()} == {t.key for t in trials}
+    assert {t.key for t in plan_trials(parse_suite(TUNE))} == {t.key for t in trials}
     assert all(t.config.phase == "tune" for t in trials) and suite.metric == "val_acc"
 
 
 def test_smoke_keeps_every_method_and_pair_with_one_seed_and_one_epoch_elsewhere():
     suite = parse_suite(TUNE)
     smoke = suite.smoke()
-    trials = smoke.trials()
+    trials = plan_trials(smoke)
     assert Counter(t.method for t in trials) == {"ce": 1, "kd": 1, "dkd": 1}
     assert {t.seed for t in trials} == {7}
     assert all(t.config.recipe.epochs == 1 for t in trials)
@@ -241,7 +255,7 @@ study: {parameter: temperature, method: kd}
 
 def test_a_pair_recipe_overrides_the_suite_recipe_for_that_pair_only():
     suite = parse_suite(PAIRS)
-    trials = suite.trials()
+    trials = plan_trials(suite)
     lr = {(t.config.student, t.method): t.config.recipe.lr for t in trials}
     assert lr[("test_mobile", "kd")] == lr[("test_mobile", "ce")] == 0.01
     assert lr[("test_resnet_narrow", "kd")] == lr[("test_resnet_narrow", "ce")] == 0.05
@@ -250,9 +264,9 @@ def test_a_pair_recipe_overrides_the_suite_recipe_for_that_pair_only():
     # The student override leaves the teacher alone: both pairs share one wide teacher.
     wide = {t.config.teacher for t in trials if t.pair.startswith("test_resnet_wide")}
     assert len(wide) == 1 and next(iter(wide)).recipe == Recipe(epochs=4, batch_size=32)
-    own_teacher = parse_suite(
-        PAIRS.replace("{student: {lr: 0.01}}", "{teacher: {epochs: 2}}")
-    ).trials()
+    own_teacher = plan_trials(
+        parse_suite(PAIRS.replace("{student: {lr: 0.01}}", "{teacher: {epochs: 2}}"))
+    )
     teachers = {t.config.teacher.recipe.epochs for t in own_teacher if t.config.teacher}
     assert teachers == {2, 4}
 
@@ -272,7 +286,7 @@ def test_bad_pair_recipes_are_reported_with_their_key_path():
 
 def test_teacher_epochs_give_one_pair_per_early_stopped_checkpoint_of_one_training():
     suite = parse_suite(PAIRS)
-    trials = [t for t in suite.trials() if t.pair.startswith("test_vgg")]
+    trials = [t for t in plan_trials(suite) if t.pair.startswith("test_vgg")]
     stops = Counter(t.config.teacher.stop_epoch for t in trials)
     assert stops == {1: 4, 2: 4, 4: 4}  # two kd settings x two seeds each
     assert {t.pair for t in trials} == {
@@ -280,11 +294,11 @@ def test_teacher_epochs_give_one_pair_per_early_stopped_checkpoint_of_one_traini
         "test_vgg@ep2->test_resnet_narrow",
         "test_vgg@ep4->test_resnet_narrow",
     }
-    vgg_jobs = [j for j in suite.teachers() if j.spec.arch == "test_vgg"]
+    vgg_jobs = [j for j in teacher_jobs(suite, plan_trials(suite)) if j.spec.arch == "test_vgg"]
     assert [j.spec.stop_epoch for j in vgg_jobs] == [1, 2, 4]
     assert "checkpoint after epoch 2" in vgg_jobs[1].describe()
     # ce uses no teacher: still one trial per student and seed.
-    assert Counter(t.method for t in suite.trials())["ce"] == 2 * 2
+    assert Counter(t.method for t in plan_trials(suite))["ce"] == 2 * 2
     late = problems_of(PAIRS.replace("[4, 1, 2]", "[1, 8]"))
     assert "epochs [8] are past the teacher's 4 training epochs" in str(late)
     assert "distinct and ≥ 1" in str(problems_of(PAIRS.replace("[4, 1, 2]", "[2, 2]")))
@@ -292,7 +306,7 @@ def test_teacher_epochs_give_one_pair_per_early_stopped_checkpoint_of_one_traini
 
 def test_smoke_cuts_pair_recipes_and_teacher_epochs_to_one_epoch():
     smoke = parse_suite(PAIRS).smoke()
-    trials = smoke.trials()
+    trials = plan_trials(smoke)
     assert all(t.config.recipe.epochs == 1 for t in trials)
     assert {t.config.recipe.lr for t in trials} == {0.05, 0.01}
     teachers = {t.config.teacher for t in trials if t.config.teacher}
@@ -302,7 +316,7 @@ def test_smoke_cuts_pair_recipes_and_teacher_epochs_to_one_epoch():
 def test_the_same_method_runs_once_per_setting_and_a_study_names_what_varies():
     suite = parse_suite(PAIRS)
     temperatures = Counter(
-        dict(t.config.params)["temperature"] for t in suite.trials() if t.method == "kd"
+        dict(t.config.params)["temperature"] for t in plan_trials(suite) if t.method == "kd"
     )
     assert temperatures == {1.0: 10, 4.0: 10}  # 5 pairs (3 early-stopped) x 2 seeds
     assert (suite.study.parameter, suite.study.method) == ("temperature", "kd")
@@ -327,13 +341,13 @@ def test_transfer_options_change_the_run_key_only_when_they_are_used(tmp_path):
     checkpoint = tmp_path / "pretrained.pt"
     checkpoint.write_bytes(b"state")
     plain = parse_suite(GOOD)
-    base = {t.key for t in plain.trials()}
+    base = {t.key for t in plan_trials(plain)}
     transfer = GOOD.replace(
         "{teacher: test_vgg, student: test_resnet_narrow}",
         f"{{teacher: test_vgg, student: test_resnet_narrow, student_checkpoint: {checkpoint}}}",
     ).replace("{epochs: 1, batch_size: 32}", "{epochs: 1, batch_size: 32, trainable: [head]}")
     suite = parse_suite(transfer)
-    trials = suite.trials()
+    trials = plan_trials(suite)
     assert all(t.config.recipe.trainable == ("head",) for t in trials)
     assert {t.config.student_checkpoint for t in trials if t.pair.startswith("test_vgg")} == {
         str(checkpoint)
@@ -343,7 +357,7 @@ def test_transfer_options_change_the_run_key_only_when_they_are_used(tmp_path):
     assert all(t.config.teacher.recipe.trainable == () for t in trials if t.config.teacher)
     # At their defaults the new options are not part of the key: keys made before they
     # existed still name the same trials.
-    fields = key_fields(plain.trials()[0].config, 1)
+    fields = key_fields(plan_trials(plain)[0].config, 1)
     assert "student_checkpoint" not in fields and "trainable" not in fields["recipe"]
     missing = problems_of(
         GOOD.replace(
@@ -363,8 +377,8 @@ def test_a_compress_section_selects_students_and_names_the_variants_it_records()
     compress = suite.compress
     assert (compress.methods, compress.sparsities, compress.int8) == (("kd",), (0.5, 0.8), True)
     assert compress.variants == ("fp32", "pruned-0.5", "pruned-0.8", "int8")
-    assert Counter(t.method for t in suite.trials() if compress.selects(t)) == {"kd": 6}
-    assert [t.key for t in suite.trials()] == [t.key for t in parse_suite(GOOD).trials()]
+    assert Counter(t.method for t in plan_trials(suite) if compress.selects(t.method)) == {"kd": 6}
+    assert [t.key for t in plan_trials(suite)] == [t.key for t in plan_trials(parse_suite(GOOD))]
     every = parse_suite(GOOD + "compress: {int8: true}\n").compress
     assert every.methods == ("ce", "kd") and every.variants == ("fp32", "int8")
     assert parse_suite(GOOD).compress is None
@@ -405,3 +419,149 @@ def test_bad_compress_sections_are_reported_with_their_key_path(section, expecte
 def test_a_tune_suite_cannot_compress():
     error = problems_of(TUNE + "compress: {int8: true}\n")
     assert "compress: compression measures test accuracy" in str(error)
+
+
+# ------------------------------------------------------------ validation without hidden state
+
+ORDER = """\
+name: order
+datasets: [digits]
+RECIPE
+pairs:
+  - {teacher: test_vgg, student: test_resnet_narrow, teacher_epochs: [1, 8]}
+  - teacher: test_resnet_wide
+    student: test_mobile
+    recipe: {student: {lrr: 0.01}}
+  - teacher: test_resnet_wide
+    student: test_resnet_narrow
+    recipe: {teacher: {epochs: 2}}
+    teacher_epochs: [3]
+methods: [ce, kd]
+seeds: 1
+"""
+RECIPE = "recipe:\n  student: {epochs: 2, lr: 0.05}\n  teacher: {epochs: 4}\n"
+RECIPE_OF_PAIRS = (
+    "recipe:\n  student: {epochs: 3, batch_size: 32, lr: 0.05}\n  teacher: {epochs: 4}\n"
+)
+
+
+def test_pair_and_suite_recipe_checks_give_the_same_problems_in_either_key_order():
+    recipe_first = problems_of(ORDER.replace("RECIPE\n", RECIPE))
+    recipe_last = problems_of(ORDER.replace("RECIPE\n", "") + RECIPE)
+    found = [f"{p.path}: {p.message}" for p in recipe_first.problems]
+    assert found == [f"{p.path}: {p.message}" for p in recipe_last.problems]
+    assert found == [
+        "pairs[0].teacher_epochs: epochs [8] are past the teacher's 4 training epochs; raise "
+        "recipe.teacher.epochs or drop them",
+        "pairs[1].recipe.student.lrr: unknown recipe field 'lrr'. Did you mean 'lr'? Known: "
+        + ", ".join(f.name for f in dataclasses.fields(Recipe))
+        + ".",
+        "pairs[2].teacher_epochs: epochs [3] are past the teacher's 2 training epochs; raise "
+        "recipe.teacher.epochs or drop them",
+    ]
+    # Sound suites: the same trials, whichever comes first.
+    moved = PAIRS.replace(RECIPE_OF_PAIRS, "").replace("datasets:", RECIPE_OF_PAIRS + "datasets:")
+    assert [t.key for t in plan_trials(parse_suite(moved))] == [
+        t.key for t in plan_trials(parse_suite(PAIRS))
+    ]
+
+
+def test_pairs_take_the_suite_recipes_as_an_argument_and_keep_nothing_between_calls():
+    ctx = Context(root=None, base=Path.cwd())
+    value = [
+        {
+            "teacher": "test_vgg",
+            "student": "test_resnet_narrow",
+            "teacher_epochs": [6, 2],
+            "recipe": {"student": {"lr": 0.01}},
+        }
+    ]
+    short, no_problems = suite_recipes(ctx, {"teacher": {"epochs": 4}})
+    long, _ = suite_recipes(ctx, {"teacher": {"epochs": 8}})
+    assert no_problems == []
+    late = pairs(ctx, value, short)
+    fine = pairs(ctx, value, long)
+    assert pairs(ctx, value, short) == late  # the same answer after another suite's check
+    assert late[0] == ()  # the pair is dropped, with the reason
+    assert [p.message for p in late[1]] == [
+        "epochs [6] are past the teacher's 4 training epochs; raise recipe.teacher.epochs or "
+        "drop them"
+    ]
+    (pair,), problems = fine
+    assert problems == [] and pair.teacher_epochs == (2, 6)
+    assert pair.recipe == Recipe(lr=0.01) and pair.teacher_recipe is None
+    # A broken suite recipe (reported where it is) leaves nothing for a pair recipe to merge
+    # over: such a pair is skipped without a second report.
+    assert pairs(ctx, value, SuiteRecipes()) == ((), [])
+
+
+# ------------------------------------------------------------------- one type system for params
+
+
+def test_a_bad_param_gets_the_same_type_message_from_the_command_line_and_a_suite(
+    monkeypatch, capsys
+):
+    calls = []
+
+    def recording(raw, tp, *, where, strict=False):
+        calls.append((raw, strict))
+        return coerce_value(raw, tp, where=where, strict=strict)
+
+    monkeypatch.setattr(api_params, "coerce_value", recording)  # Params.from_mapping (--param)
+    monkeypatch.setattr(checks, "coerce_value", recording)  # suite params and search
+    error = problems_of(GOOD.replace("temperature: 2.0", "temperature: hot"))
+    code = main(["train", "--no-track", "--method", "kd", "--param", "temperature=hot"])
+    err = capsys.readouterr().err
+    assert code == 2
+    message = "expected a number, got 'hot' (a string)"
+    assert [(p.path, p.message) for p in error.problems] == [
+        ("methods[1].params.temperature", message)
+    ]
+    assert f"kd params.temperature: {message}" in err
+    assert [c for c in calls if c[0] == "hot"] == [("hot", True), ("hot", False)]
+
+
+@pytest.mark.parametrize(
+    ("raw", "tp", "parsed"),
+    [("4", float, 4.0), ("3", int, 3), ("true", bool, True), ("none", int | None, None)],
+)
+def test_a_suite_refuses_the_strings_a_command_line_parses(raw, tp, parsed):
+    assert coerce_value(raw, tp, where="--param x") == parsed
+    with pytest.raises(ParamError) as caught:
+        coerce_value(raw, tp, where="methods[0].params.x", strict=True)
+    assert caught.value.where == "methods[0].params.x"
+    assert caught.value.reason.startswith("expected ") and f"got {raw!r} (a string)" in str(
+        caught.value
+    )
+
+
+def test_params_are_typed_once_in_the_suite_and_its_keys_are_the_keys_trials_record():
+    suite = parse_suite(GOOD.replace("temperature: 2.0", "temperature: 2"))
+    kd = next(t for t in plan_trials(suite) if t.method == "kd")
+    assert kd.config.params == (("temperature", 2.0),)
+    assert isinstance(dict(kd.config.params)["temperature"], float)
+    written_as_float = next(t for t in plan_trials(parse_suite(GOOD)) if t.method == "kd")
+    assert kd.key == written_as_float.key  # 2 and 2.0 are the same trial
+    cls = get_method("kd")
+    assert kd.key == run_key(kd.config, cls.version, shared_code(cls))
+    assert parse_suite(TUNE).methods[1].search == (("temperature", (1.0, 2.0, 4.0, 8.0)),)
+
+
+def test_checkpoint_settings_default_and_are_checked():
+    base = plan_free_suite()
+    assert parse_suite(base).checkpoint == Checkpointing(epochs=10, minutes=15.0)
+    assert parse_suite(base + "checkpoint: {epochs: 1}\n").checkpoint.epochs == 1
+    with pytest.raises(SuiteError) as caught:
+        parse_suite(base + "checkpoint: {epochs: -1, minuts: 2}\n")
+    message = str(caught.value)
+    assert "checkpoint.epochs: must be ≥ 0, got -1" in message
+    assert "checkpoint.minuts: unknown key 'minuts'. Did you mean 'minutes'?" in message
+
+
+def plan_free_suite() -> str:
+    return (
+        "datasets: [digits]\n"
+        "pairs: [{teacher: test_resnet_wide, student: test_resnet_narrow}]\n"
+        "methods: [ce]\n"
+        "seeds: 1\n"
+    )

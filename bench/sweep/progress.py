@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
-from bench.spec import PlannedTrial
-from bench.sweep_trial import SKIPPED, STATUS
+from bench.suite.expand import PlannedTrial
+from bench.sweep.worker import SKIPPED, STATUS
 
 PENDING, RUNNING, FINISHED, FAILED = "pending", "running", "finished", "failed"
 

@@ -1,12 +1,18 @@
 """Packing several trials on one GPU: measure a trial's memory on a short pilot, then check
 that a fractional GPU request leaves it room.
 
-A pilot builds the trial exactly as :func:`bench.trial.compose.execute` does and runs a few optimizer
-steps; its peak (the CUDA allocator's reserved bytes on a GPU, the resident set on the CPU) is
-what the trial needs at its batch size, since every later step repeats the same shapes.
-:func:`check_gpu_fraction` turns that into a verdict on a request such as ``gpu: 0.25``, and
-:func:`limit_process_memory` makes the CUDA allocator of a packed trial stay within its share,
-so a trial that outgrows it fails alone instead of starving its neighbours.
+A pilot builds the trial exactly as :func:`bench.trial.compose.execute` does and runs a few
+optimizer steps; its peak (the CUDA allocator's reserved bytes on a GPU, the resident set on
+the CPU) is what the trial needs at its batch size, since every later step repeats the same
+shapes. :func:`check_gpu_fraction` turns that into a verdict on a request such as
+``gpu: 0.25``, and :func:`limit_process_memory` makes the CUDA allocator of a packed trial stay
+within its share, so a trial that outgrows it fails alone instead of starving its neighbours.
+
+This module is what happens inside one process (a pilot, a packed trial); the sweep's packing
+stage, which runs the pilots as Ray tasks and raises the shares of the suite's trials, is
+:mod:`bench.sweep.pilot`. They are two modules because the worker imports this one (to cap a
+packed trial) while the stage imports the worker (to set up a pilot's process): one module
+holding both would import the worker and be imported by it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Packed GPU trials, checked before they are scheduled.
+"""The sweep's packing stage: packed GPU trials, checked before they are scheduled.
 
 A suite may ask for a fraction of a GPU per trial (``resources: {gpu: 0.25}``), so that Ray
 places several small trials on one card. Whether a share is enough depends on the model,
@@ -6,8 +6,8 @@ the method, the batch and image size, which no formula knows; so before the stud
 start, the sweep runs one short pilot per distinct trial shape (the trial without its seed:
 every seed of it holds the same tensors) on a whole card, reads its peak memory, and raises
 the share of every trial of that shape to what the pilot needs plus
-:data:`bench.packing.HEADROOM`. Shares are only ever raised, never lowered, so a suite gets
-at least the packing it asked for and never more trials on a card than fit; the pilot's
+:data:`bench.sweep.packing.HEADROOM`. Shares are only ever raised, never lowered, so a suite
+gets at least the packing it asked for and never more trials on a card than fit; the pilot's
 figures are printed, so the user sees how tightly the shapes could pack.
 
 Pilots that land on a node without CUDA (a CPU-only machine, or Ray's simulated GPUs in
@@ -15,6 +15,9 @@ tests) measure nothing useful about a card; the shares then stay as the suite as
 sweep says so. A share is computed against the card its pilot ran on: on a cluster whose GPU
 nodes have different cards, give packed suites one node type. Readings are kept under the
 sweep's storage path, so resuming a sweep does not pilot again.
+
+What a pilot measures, and the share arithmetic, are :mod:`bench.sweep.packing` (see there why
+they are a module of their own).
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from pathlib import Path
 from typing import TextIO
 
 from bench.config import TrialConfig, stable_hash
-from bench.packing import HEADROOM, gpu_fraction_needed
-from bench.spec import PlannedTrial
+from bench.suite.expand import PlannedTrial
+from bench.sweep.packing import HEADROOM, gpu_fraction_needed
 
 MIB = 2**20
 
@@ -165,8 +168,8 @@ def pilot_on_card(config: TrialConfig, home: str, plugins: tuple[str, ...]) -> P
     """
     import torch
 
-    from bench.packing import pilot_memory
-    from bench.sweep_trial import prepare_worker
+    from bench.sweep.packing import pilot_memory
+    from bench.sweep.worker import prepare_worker
 
     if not torch.cuda.is_available():
         return None

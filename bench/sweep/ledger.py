@@ -27,6 +27,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.config import stable_hash
@@ -39,6 +40,8 @@ ERROR_TAG = "kdbench.error"
 ATTEMPT_TAG = "kdbench.attempt"
 NODE_TAG = "kdbench.node"
 SUPERSEDED_TAG = "kdbench.superseded_by"
+#: On a trial that continued from a checkpoint: the epochs its saved state covered.
+RESUMED_TAG = "kdbench.resumed_from_epoch"
 DUPLICATE_TAG = "kdbench.duplicate_of"
 PARENT_TAG = "mlflow.parentRunId"
 SWEEP_KIND = "sweep"
@@ -194,3 +197,43 @@ def close_parent(tracker: Tracker, run_id: str, status: str, metrics: dict[str, 
         run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
     )
     tracker.client.set_terminated(run_id, status)
+
+
+# --------------------------------------------------------------------------------------------
+# Reads before the sweep opens a tracker (which would create the database and experiment)
+# --------------------------------------------------------------------------------------------
+
+
+def recorded_runs(uri: str, experiment: str) -> dict[str, list[Any]]:
+    """Trial runs already recorded in ``experiment``, by run key. Reads only: a missing
+    database or experiment is not created here."""
+    client, found = read_experiment(uri, experiment)
+    if found is None:
+        return {}
+    from bench.tracking import search_all_runs
+
+    query = f"{quoted(RUN_KEY_TAG)} LIKE '%'"
+    return runs_by_key(search_all_runs(client, found.experiment_id, query))
+
+
+def read_experiment(uri: str, experiment: str) -> tuple[Any, Any]:
+    """(client, experiment) for reading; (None, None) when the database or experiment does not
+    exist yet (nothing is created just to look)."""
+    from bench.tracking import _quiet_mlflow
+
+    _quiet_mlflow()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
+        return None, None
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    return client, client.get_experiment_by_name(experiment)
+
+
+def has_parent(uri: str, experiment: str, sweep: str) -> bool:
+    """Whether ``sweep`` already has a parent run in ``experiment`` (it started before)."""
+    client, found = read_experiment(uri, experiment)
+    if found is None:
+        return False
+    query = f"{quoted(KIND_TAG)} = '{SWEEP_KIND}' and {quoted(SWEEP_TAG)} = '{sweep}'"
+    return bool(client.search_runs([found.experiment_id], filter_string=query, max_results=1))

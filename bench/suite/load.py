@@ -1,0 +1,75 @@
+"""Reading a suite: a ``suite.yaml`` (or its folder) or YAML text → a validated
+:class:`~bench.suite.schema.Suite`, or a :class:`~bench.suite.schema.SuiteError` listing every
+problem found."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import yaml
+
+from bench.config import ConfigError
+from bench.suite.checks import Context
+from bench.suite.expand import plan_trials
+from bench.suite.schema import NAME_PATTERN, SUITE_FILE, Problem, Suite, SuiteError
+from bench.suite.validate import validate_suite
+
+
+def suite_path(path: str | Path) -> Path:
+    """A suite file from a path to the file or to its folder (``leaderboards/digits``)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / SUITE_FILE
+    if not path.is_file():
+        raise SuiteError(
+            str(path), [Problem("", "no such suite file (give a suite.yaml or its folder)")]
+        )
+    return path
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate a suite file (or the ``suite.yaml`` in a folder).
+
+    Raises:
+        SuiteError: listing every problem with its key path and line.
+    """
+    file = suite_path(path)
+    return parse_suite(file.read_text(), source=str(file), base=file.parent)
+
+
+def parse_suite(text: str, *, source: str = "<suite>", base: Path | None = None) -> Suite:
+    """Validate suite YAML text.
+
+    Args:
+        text: The YAML.
+        source: Its file name, for messages.
+        base: Folder that relative paths (checkpoints, data roots, plugins) are relative to.
+
+    Raises:
+        SuiteError: listing every problem with its key path and line.
+    """
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise SuiteError(source, [Problem("", f"not valid YAML: {reason}", line)]) from None
+    suite, problems = validate_suite(Context(root, base or Path.cwd()), data, _default_name(source))
+    if problems or suite is None:
+        raise SuiteError(source, problems)
+    try:
+        trials = plan_trials(suite)
+    except ConfigError as exc:
+        raise SuiteError(source, [Problem("", str(exc))]) from None
+    if not trials:
+        raise SuiteError(source, [Problem("", "the suite expands to no trials")])
+    return dataclasses.replace(suite, path=source if base else None)
+
+
+def _default_name(source: str) -> str:
+    path = Path(source)
+    name = path.parent.name if path.name == SUITE_FILE else path.stem
+    return name if NAME_PATTERN.match(name or "") else "suite"

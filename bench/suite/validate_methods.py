@@ -1,0 +1,322 @@
+"""Validation of a suite's methods (their params, search spaces and resources), its study and
+its compression post-stage.
+
+Params and search candidates go through :func:`bench.api.coerce_value` (strict, as YAML types
+them) once, here: a :class:`~bench.suite.schema.MethodEntry` holds values of each field's type,
+and the trials it expands to carry them as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from bench.suite.checks import (
+    Context,
+    Found,
+    KeyPath,
+    first_misfit,
+    frozen,
+    mapping,
+    misfit,
+    nonempty_list,
+    resources,
+    typed,
+    unique,
+    unknown,
+)
+from bench.suite.schema import (
+    COMPRESS_KEYS,
+    METHOD_KEYS,
+    STUDY_KEYS,
+    TEACHER_EPOCH,
+    Compression,
+    MethodEntry,
+    Pair,
+    Problem,
+    Study,
+)
+
+Search = tuple[tuple[str, tuple[Any, ...]], ...]
+
+
+def methods(
+    ctx: Context, value: Any, phase: Any
+) -> tuple[tuple[MethodEntry, ...] | None, list[Problem]]:
+    """The suite's method entries (``ce`` or ``{name, params, search, resources}``)."""
+    found = Found()
+    items = found.take(nonempty_list(ctx, value, ("methods",), "methods"))
+    if items is None:
+        return None, found
+    out = []
+    for i, item in enumerate(items):
+        entry = found.take(method_entry(ctx, item, ("methods", i), phase))
+        if entry is not None:
+            out.append(entry)
+    return found.take(unique(ctx, out, ("methods",), "method entry")), found
+
+
+def method_entry(
+    ctx: Context, item: Any, path: KeyPath, phase: Any
+) -> tuple[MethodEntry | None, list[Problem]]:
+    """One entry of ``methods:``."""
+    found = Found()
+    if isinstance(item, str):
+        item = {"name": item}  # a bare name: the method's default params
+    entry = found.take(mapping(ctx, item, path, METHOD_KEYS))
+    if entry is None:
+        return None, found
+    name = entry.get("name")
+    if not found.passed(misfit(ctx, name, str, (*path, "name"))):
+        return None, found
+    cls = found.take(method_class(ctx, name, (*path, "name")))
+    if cls is None:
+        return None, found
+    params = found.take(params_of(ctx, cls, entry.get("params", {}), (*path, "params")))
+    search = found.take(search_of(ctx, cls, entry.get("search"), (*path, "search"), phase))
+    own = None
+    if "resources" in entry:
+        own = found.take(resources(ctx, entry["resources"], (*path, "resources")))
+    if params is None or search is None:
+        return None, found
+    overlap = sorted(set(params) & {k for k, _ in search})
+    if overlap:
+        both = f"{', '.join(overlap)} both fixed in params and searched; pick one"
+        return None, [*found, ctx.problem(path, both)]
+    return MethodEntry(name, tuple(sorted(params.items())), search, own), found
+
+
+def method_class(ctx: Context, name: str, path: KeyPath) -> tuple[type | None, list[Problem]]:
+    """The registered method class of ``name``, or the problem: an unknown name with close
+    ones, or a method whose file failed to import."""
+    from bench.plugins import get_method
+    from bench.registry import RegistryError
+
+    try:
+        return get_method(name), []
+    except RegistryError as exc:
+        suggestions = getattr(exc, "suggestions", None)
+        if suggestions is None:
+            return None, [ctx.problem(path, str(exc))]
+        hint = f" Did you mean {' or '.join(map(repr, suggestions))}?" if suggestions else ""
+        message = f"unknown method {name!r}.{hint} See `kdbench ls methods`."
+        return None, [ctx.problem(path, message)]
+
+
+def params_of(
+    ctx: Context, cls: type, value: Any, path: KeyPath
+) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """A method entry's fixed params, each converted to its field's type; every unknown name
+    and wrong value is reported."""
+    fields = cls.Params.fields()
+    found = Found()
+    entry = found.take(mapping(ctx, value, path, tuple(fields), f"parameter of {cls.name}"))
+    if entry is None:
+        return None, found
+    out = {}
+    for key, raw in entry.items():
+        if key not in fields:
+            continue  # reported by mapping()
+        converted, problems = typed(ctx, raw, fields[key], (*path, key))
+        if found.passed(problems):
+            out[key] = frozen(converted)
+    return (out if len(out) == len(entry) else None), found
+
+
+def search_of(
+    ctx: Context, cls: type, value: Any, path: KeyPath, phase: Any
+) -> tuple[Search | None, list[Problem]]:
+    """A method entry's search space (phase tune only), sorted by name; ``default`` is the
+    method's own ``search_space``. Empty when not given."""
+    if value is None:
+        return (), []
+    if phase != "tune":
+        return None, [
+            ctx.problem(
+                path,
+                "search spaces belong to phase: tune; a final suite runs fixed params "
+                "(put the chosen values in params)",
+            )
+        ]
+    if value == "default":
+        if not cls.search_space:
+            message = f"method {cls.name!r} declares no search_space; give one here"
+            return None, [ctx.problem(path, message)]
+        value = {k: list(v) for k, v in cls.search_space.items()}
+    fields = cls.Params.fields()
+    found = Found()
+    entry = found.take(mapping(ctx, value, path, tuple(fields), f"parameter of {cls.name}"))
+    if entry is None:
+        return None, found
+    out = []
+    for key, candidates in entry.items():
+        if key in fields:
+            values = found.take(search_values(ctx, candidates, fields[key], (*path, key)))
+            if values is not None:
+                out.append((key, values))
+    if len(out) != len(entry):
+        return None, found
+    if not out:
+        message = "empty search space: give at least one parameter with candidates"
+        return None, [*found, ctx.problem(path, message)]
+    return tuple(sorted(out)), found
+
+
+def search_values(
+    ctx: Context, candidates: Any, tp: Any, path: KeyPath
+) -> tuple[tuple[Any, ...] | None, list[Problem]]:
+    """One parameter's candidates, each converted to the field's type ``tp``."""
+    if not isinstance(candidates, list) or not candidates:
+        expected = f"expected a non-empty list of candidate values; got {candidates!r}"
+        return None, [ctx.problem(path, expected)]
+    converted = []
+    for candidate in candidates:
+        value, problems = typed(ctx, candidate, tp, path)
+        if problems:
+            return None, problems  # the first wrong candidate; the others likely repeat it
+        converted.append(frozen(value))
+    return tuple(converted), []
+
+
+def study(
+    ctx: Context,
+    value: Any,
+    entries: Sequence[MethodEntry] | None,
+    pairs: Sequence[Pair] | None,
+) -> tuple[Study | None, list[Problem]]:
+    """What the suite studies: a parameter of one of its methods, or the teacher's epochs."""
+    found = Found()
+    entry = found.take(mapping(ctx, value, ("study",), STUDY_KEYS))
+    if entry is None or entries is None or pairs is None:
+        return None, found
+    parameter, method = entry.get("parameter"), entry.get("method", "kd")
+    named = [(parameter, ("study", "parameter")), (method, ("study", "method"))]
+    if not found.passed(first_misfit(ctx, named, str)):
+        return None, found
+    listed = [m for m in entries if m.name == method]
+    if not listed:
+        names = sorted({m.name for m in entries})
+        message = unknown("method of this suite", method, names)
+        return None, [*found, ctx.problem(("study", "method"), message)]
+    if parameter == TEACHER_EPOCH:
+        problems = teacher_epoch_study(ctx, pairs)
+    else:
+        problems = parameter_study(ctx, parameter, method, listed, entry.get("reference"))
+    if not found.passed(problems):
+        return None, found
+    return Study(parameter, method), found
+
+
+def teacher_epoch_study(ctx: Context, pairs: Sequence[Pair]) -> list[Problem]:
+    """Problems of a study of the teacher's training epochs."""
+    if any(p.teacher_epochs for p in pairs):
+        return []
+    message = "a teacher_epoch study needs a pair with teacher_epochs: [...]"
+    return [ctx.problem(("study", "parameter"), message)]
+
+
+def parameter_study(
+    ctx: Context,
+    parameter: str,
+    method: str,
+    listed: Sequence[MethodEntry],
+    reference: Any,
+) -> list[Problem]:
+    """Problems of a study of ``parameter`` over the ``listed`` entries of ``method``: the
+    parameter must exist, take at least two values, and the reference must be one of them."""
+    from bench.plugins import get_method
+
+    fields = get_method(method).Params.fields()
+    if parameter not in fields:
+        message = unknown(f"parameter of {method}", parameter, [*fields, TEACHER_EPOCH])
+        return [ctx.problem(("study", "parameter"), message)]
+    varied = {dict(m.params).get(parameter) for m in listed}
+    varied |= {v for m in listed for k, vs in m.search if k == parameter for v in vs}
+    if reference is not None and reference not in varied:
+        runs = ", ".join(map(str, sorted(v for v in varied if v is not None)))
+        message = f"{reference!r} is not one of the {parameter} values the suite runs ({runs})"
+        return [ctx.problem(("study", "reference"), message)]
+    if len(varied) < 2:
+        message = (
+            f"{method} is listed with one value of {parameter}; list it once per value "
+            f"(- {{name: {method}, params: {{{parameter}: …}}}}) to study it"
+        )
+        return [ctx.problem(("study", "parameter"), message)]
+    return []
+
+
+def compress(
+    ctx: Context, value: Any, entries: Sequence[MethodEntry] | None, phase: Any
+) -> tuple[Compression | None, list[Problem]]:
+    """The compression post-stage (``compress:``)."""
+    path = ("compress",)
+    found = Found()
+    entry = found.take(mapping(ctx, value, path, COMPRESS_KEYS))
+    if entry is None or entries is None:
+        return None, found
+    if phase == "tune":
+        message = (
+            "compression measures test accuracy, which a tune suite never looks at; "
+            "compress the students of the final suite"
+        )
+        return None, [*found, ctx.problem(path, message)]
+    known = list(dict.fromkeys(m.name for m in entries))
+    chosen = found.take(compress_methods(ctx, entry.get("methods", known), known))
+    sparsities = found.take(compress_sparsities(ctx, entry.get("sparsities", [])))
+    int8 = entry.get("int8", False)
+    if not found.passed(misfit(ctx, int8, bool, (*path, "int8"))) or None in (chosen, sparsities):
+        return None, found
+    if not sparsities and not int8:
+        message = (
+            "nothing to do: give sparsities: [0.5, …] (global magnitude pruning) and/or int8: true"
+        )
+        return None, [*found, ctx.problem(path, message)]
+    return Compression(chosen, sparsities, int8), found
+
+
+def compress_methods(
+    ctx: Context, value: Any, known: list[str]
+) -> tuple[tuple[str, ...] | None, list[Problem]]:
+    """The methods whose students are compressed: names of the suite's methods."""
+    path = ("compress", "methods")
+    if value == []:
+        message = "empty: leave methods out to compress the students of every method"
+        return None, [ctx.problem(path, message)]
+    items, problems = nonempty_list(ctx, value, path, "methods")
+    if items is None:
+        return None, problems
+    bad = first_misfit(ctx, ((m, (*path, i)) for i, m in enumerate(items)), str)
+    if bad:
+        return None, bad
+    absent = [
+        ctx.problem((*path, i), unknown("method of this suite", m, known))
+        for i, m in enumerate(items)
+        if m not in known
+    ]
+    if absent:
+        return None, absent
+    return unique(ctx, items, path, "method")
+
+
+def compress_sparsities(ctx: Context, value: Any) -> tuple[tuple[float, ...] | None, list[Problem]]:
+    """The pruning sparsities, each in (0, 1), ascending."""
+    path = ("compress", "sparsities")
+    if not isinstance(value, list):
+        expected = f"expected a list of sparsities in (0, 1), e.g. [0.5, 0.8]; got {value!r}"
+        return None, [ctx.problem(path, expected)]
+    bad = first_misfit(ctx, ((s, (*path, i)) for i, s in enumerate(value)), float)
+    if bad:
+        return None, bad
+    outside = [
+        ctx.problem(
+            (*path, i),
+            f"{s} is not in (0, 1): a sparsity is the share of weights set to zero "
+            "(0.5 prunes half of them)",
+        )
+        for i, s in enumerate(value)
+        if not 0 < s < 1
+    ]
+    if outside:
+        return None, outside
+    distinct, problems = unique(ctx, [float(s) for s in value], path, "sparsity")
+    return (None if distinct is None else tuple(sorted(distinct))), problems

@@ -1,0 +1,135 @@
+"""The teachers stage of a sweep: each distinct teacher its trials need that is not cached
+yet is trained once, as a Ray task with the suite's teacher resources, into the teacher cache
+under the kdbench home (:mod:`bench.teachers`; shared storage on a cluster). The task itself
+is :func:`bench.sweep.worker.train_teacher`.
+
+A teacher that fails costs only the trials that need it: they are reported, not started.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from bench.suite.expand import PlannedTrial, TeacherJob, teacher_jobs, teacher_trainings
+from bench.suite.schema import Suite
+from bench.sweep.progress import format_seconds
+
+
+def train_teachers(
+    suite: Suite,
+    todo: Sequence[PlannedTrial],
+    home: str,
+    plugins: tuple[str, ...],
+    err: TextIO,
+    interval: float,
+) -> dict[str, str]:
+    """Train every missing teacher of ``todo`` as Ray tasks; returns run key → reason for
+    the trials whose teacher failed."""
+    from bench.sweep.worker import teacher_cached
+
+    jobs = teacher_jobs(suite, todo)
+    missing = [j for j in jobs if not teacher_cached(j, home)]
+    # The early-stopped checkpoints of one teacher run are one task: it trains once and
+    # keeps them all, instead of one retraining per checkpoint.
+    trainings = teacher_trainings(missing)
+    print(
+        f"teachers: {len(jobs)} needed, {len(jobs) - len(missing)} cached, {len(missing)} to "
+        f"train in {len(trainings)} training{'' if len(trainings) == 1 else 's'}",
+        file=err,
+        flush=True,
+    )
+    if not missing:
+        return {}
+    pending = _submit(suite, trainings, home, plugins)
+    failed = _wait_for(pending, len(trainings), err, interval)
+    lost = {}
+    for trial in todo:
+        for job, reason in failed.items():
+            if trial.config.teacher == job.spec and trial.config.dataset == job.dataset.name:
+                lost[trial.key] = reason
+    return lost
+
+
+def _submit(
+    suite: Suite, trainings: Sequence[Sequence[TeacherJob]], home: str, plugins: tuple[str, ...]
+) -> dict[Any, Sequence[TeacherJob]]:
+    """One Ray task per training (its last job trains, keeping the others' checkpoints);
+    returns task reference → the jobs it serves."""
+    import ray
+
+    from bench.sweep.worker import train_teacher
+
+    task = ray.remote(train_teacher)
+    pending = {}
+    for group in trainings:
+        job = group[-1]
+        pending[
+            task.options(
+                num_cpus=job.resources.cpu,
+                num_gpus=job.resources.gpu,
+                max_retries=suite.max_failures,
+                name=f"teacher {job.spec.arch}",
+            ).remote(job, home, plugins, tuple(j.epoch for j in group))
+        ] = group
+    return pending
+
+
+def _wait_for(
+    pending: dict[Any, Sequence[TeacherJob]], trainings: int, err: TextIO, interval: float
+) -> dict[TeacherJob, str]:
+    """Wait for every task, printing each outcome as it comes and a status line every
+    ``interval`` seconds; returns job → reason for the jobs whose training failed."""
+    import ray
+
+    failed: dict[TeacherJob, str] = {}
+    started = time.perf_counter()
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=interval)
+        for ref in ready:
+            group = pending.pop(ref)
+            reason = _collect(ref, group, err)
+            if reason is not None:
+                failed.update(dict.fromkeys(group, reason))
+        if not ready:
+            print(
+                f"  teachers: {trainings - len(pending)}/{trainings} trained, "
+                f"{format_seconds(time.perf_counter() - started)} elapsed",
+                file=err,
+                flush=True,
+            )
+    return failed
+
+
+def _collect(ref: Any, group: Sequence[TeacherJob], err: TextIO) -> str | None:
+    """Print a finished task's outcome; returns why it failed, None when it did not."""
+    import ray
+
+    job = group[-1]
+    kept = (
+        f", checkpoints after epochs {', '.join(str(j.epoch) for j in group)}"
+        if len(group) > 1
+        else ""
+    )
+    try:
+        info = ray.get(ref)
+    except Exception as exc:  # reported per trial; the other teachers go on
+        reason = f"teacher {job.describe()}{kept} failed: {_first_line(exc)}"
+        print(f"  FAILED {reason}", file=err, flush=True)
+        return reason
+    print(
+        f"  teacher {job.describe()}{kept}: test_acc {info['test_acc']:.4f} "
+        f"({info['seconds']:.0f}s)",
+        file=err,
+        flush=True,
+    )
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    cause = exc.cause if hasattr(exc, "cause") else None  # RayTaskError wraps the original
+    if cause is not None:
+        text = f"{type(cause).__name__}: {cause}"
+    return text.splitlines()[-1] if text else type(exc).__name__
