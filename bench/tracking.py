@@ -137,8 +137,8 @@ class Tracker:
         if resume_run_id is not None:
             handle = RunHandle(self.client, resume_run_id)
             if extra_tags:
-                tags = [RunTag(k, v) for k, v in extra_tags.items()]
-                self.client.log_batch(resume_run_id, tags=tags)
+                run_tags = [RunTag(k, v) for k, v in extra_tags.items()]
+                self.client.log_batch(resume_run_id, tags=run_tags)
             with self._ended_failed_on_error(handle):
                 yield handle
             return
