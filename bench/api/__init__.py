@@ -5,13 +5,13 @@ the harness implements :class:`TrainContext` and calls the hooks. Shared loss ma
 kdbench's own methods lives in ``methods/_common.py``.
 """
 
-from bench.api.context import TrainContext
 from bench.api.method import (
     KNOWLEDGE_KINDS,
     METHODS,
     MODES,
     NEEDS,
     Method,
+    TrainContext,
     register_method,
 )
 from bench.api.params import ParamError, Params, coerce_value

@@ -1,4 +1,6 @@
-"""The distillation-method base class :class:`Method` and the registry methods join.
+"""The distillation-method base class :class:`Method`, the registry methods join, and the
+:class:`TrainContext` protocol of what a method's hooks may use (the two name each other, so
+they live together; the harness implements the protocol in ``bench/trial/context.py``).
 
 A method is a ``torch.nn.Module`` registered by name. Its own trainable parts (connectors,
 embeddings, discriminators, memory banks as buffers) are submodules, so they move to the
@@ -25,14 +27,15 @@ Stage alignment between teacher and student follows one rule,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, ClassVar, Protocol
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.api.context import TrainContext
-from bench.api.params import Params, coerce_value
+from bench.api.params import Params as BaseParams
+from bench.api.params import coerce_value
 from bench.api.types import Batch, ModelInfo, Outputs, TaskInfo
 from bench.registry import Registry
 
@@ -41,6 +44,115 @@ KNOWLEDGE_KINDS = frozenset(
 )
 MODES = frozenset({"offline", "online", "self", "data_free"})
 NEEDS = frozenset({"features", "preact_features", "embedding"})
+
+
+class TrainContext(Protocol):
+    """What a method's hooks can use during a trial.
+
+    Attributes:
+        student: The model being trained.
+        teacher: The frozen teacher (eval mode, no grad), or None.
+        student_info: Shapes of the student.
+        teacher_info: Shapes of the teacher, or None.
+        task: The task (classes, input size, epochs, steps per epoch).
+        device: The training device.
+        seed: The trial's seed.
+        generator: A seeded CPU generator for any randomness a method draws.
+    """
+
+    student: nn.Module
+    teacher: nn.Module | None
+    student_info: ModelInfo
+    teacher_info: ModelInfo | None
+    task: TaskInfo
+    device: torch.device
+    seed: int
+    generator: torch.Generator
+
+    def forward(
+        self,
+        model: nn.Module,
+        x: Tensor,
+        needs: frozenset[str] | set[str] = frozenset(),
+        *,
+        grad: bool = True,
+    ) -> Outputs:
+        """One forward pass of any model under the trial's precision, computing only
+        ``needs`` (``features``, ``preact_features``, ``embedding``) besides logits."""
+        ...
+
+    def forward_student(self, x: Tensor, needs: frozenset[str] = frozenset()) -> Outputs:
+        """The student's forward pass, with gradients."""
+        ...
+
+    def forward_teacher(self, x: Tensor, needs: frozenset[str] = frozenset()) -> Outputs:
+        """The frozen teacher's outputs on ``x`` (no gradients; cached when ``x`` is the
+        current training batch)."""
+        ...
+
+    def train_batches(self, augment: bool = True, *, epoch: int = 0) -> Iterator[Batch]:
+        """One epoch over the training split, as the main loop sees it."""
+        ...
+
+    def make_optimizer(self, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+        """The recipe's optimizer over ``params``."""
+        ...
+
+    def scheduled_lr(self, batch: Batch) -> float:
+        """The learning rate the harness gives the student at ``batch`` (warm-up and
+        schedule applied): for optimizers a method steps itself."""
+        ...
+
+    def run_init_stage(
+        self,
+        name: str,
+        epochs: int,
+        candidates: Iterable[nn.Parameter],
+        step_loss: Callable[[Batch], Tensor],
+    ) -> None:
+        """Train on ``step_loss`` alone for ``epochs`` epochs before the main training (an
+        initialisation stage: FitNets' hints, AB, FT's paraphraser).
+
+        Only the ``candidates`` the loss reaches are optimised (the recipe's optimizer at its
+        constant learning rate), so parts past them stay untouched, weight decay included.
+        Logs ``init/<name>`` per epoch. Raises :class:`~bench.api.types.TrialFailed` on a
+        non-finite loss.
+        """
+        ...
+
+    def create_model(
+        self, name: str, num_classes: int | None = None
+    ) -> tuple[nn.Module, ModelInfo]:
+        """A fresh model on the device, initialised from this trial's seed."""
+        ...
+
+    def obtain_teacher(
+        self,
+        arch: str,
+        *,
+        classes: tuple[int, ...] | list[int] | None = None,
+        epochs: int | None = None,
+    ) -> tuple[nn.Module, ModelInfo]:
+        """A trained, frozen teacher from the cache (trained on this dataset; optionally on a
+        class subset, or early-stopped after ``epochs``)."""
+        ...
+
+    def fit(
+        self,
+        model: nn.Module,
+        method: Method,
+        *,
+        teacher: nn.Module | None = None,
+        epochs: int | None = None,
+        name: str = "sub-model",
+    ) -> list[dict[str, float]]:
+        """Run the standard training loop on another (model, method, teacher) triple, as a
+        chain step (a teacher assistant trained before the student)."""
+        ...
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        """Record extra metrics with the trial's run."""
+        ...
 
 
 class Method(nn.Module):
@@ -62,7 +174,11 @@ class Method(nn.Module):
             when the paper's defaults cannot apply there (e.g. naming a tiny assistant).
     """
 
-    Params: ClassVar[type[Params]] = Params
+    class Params(BaseParams):
+        """No hyperparameters. A method declares its own ``Params(Method.Params)``."""
+
+    # Of the subclass's own ``Params``, whose fields the base class cannot name.
+    params: Any
     name: ClassVar[str] = ""
     knowledge: ClassVar[str] = "logits"
     mode: ClassVar[str] = "offline"
@@ -74,7 +190,7 @@ class Method(nn.Module):
     search_space: ClassVar[dict[str, list[Any]]] = {}
     conformance_params: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, params: Params | Mapping[str, Any] | None = None) -> None:
+    def __init__(self, params: BaseParams | Mapping[str, Any] | None = None) -> None:
         super().__init__()
         if params is None:
             params = self.Params()
