@@ -317,16 +317,3 @@ def leaderboard_main(args: argparse.Namespace) -> int:
         f"{len(board.cells)} cells, {len(board.entries)} methods in {elapsed:.1f} s"
     )
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry point (``python -m bench.leaderboard.cli``)."""
-    parser = argparse.ArgumentParser(
-        prog="kdbench leaderboard", description=__doc__.split("\n\n")[0]
-    )
-    add_leaderboard_arguments(parser)
-    return leaderboard_main(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
