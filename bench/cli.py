@@ -66,6 +66,7 @@ def _load_plugins(paths: Sequence[str] | None) -> None:
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
+    rows: list[tuple[str, ...]]
     if args.what == "models":
         from bench.models import MODELS, list_models
 

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from bench.api import Outputs
 from bench.config import Recipe, stable_hash
 from bench.data import SHARED_AUGMENT_SEED, DatasetInfo, Split
+from bench.data.augment import BatchPipeline
 from bench.models import forward_outputs
 from bench.paths import kdbench_home
 from bench.trial.device import autocast_for
@@ -188,7 +189,7 @@ def outputs_key(
 ) -> str:
     """The cache key of a teacher's outputs on a split (augmented by the shared stream of
     ``shared_epoch`` when given)."""
-    fields = {
+    fields: dict[str, object] = {
         "teacher": teacher_key,
         "checkpoint": checkpoint.name if not teacher_key.startswith("file-") else None,
         "file": _checkpoint_id(checkpoint) if teacher_key.startswith("file-") else None,
@@ -198,7 +199,12 @@ def outputs_key(
         "format": OUTPUTS_FORMAT,
     }
     if shared_epoch is not None:  # absent otherwise: the unaugmented entries keep their keys
-        pipeline = split.pipeline
+        pipeline = getattr(split, "pipeline", None)
+        if not isinstance(pipeline, BatchPipeline):
+            raise TypeError(
+                "the shared augmentation stream needs a split with a batch pipeline; "
+                f"{type(split).__name__} has none"
+            )
         fields["augment"] = {
             "stream": "shared",
             "seed": SHARED_AUGMENT_SEED,
@@ -297,15 +303,14 @@ def compute_outputs(
     was_training = teacher.training
     teacher.eval()
     parts = []
-    augment = {} if shared_epoch is None else {"shared_epoch": shared_epoch}
     try:
         for x, _, _ in split.batches(
             batch_size,
             shuffle=False,
             generator=None,
-            augment=bool(augment),
+            augment=shared_epoch is not None,
             device=device,
-            **augment,
+            shared_epoch=shared_epoch,
         ):
             parts.append(_forward(teacher, x, needs, device))
     finally:

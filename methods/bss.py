@@ -201,7 +201,8 @@ class BSS(Method):
         return kd, bss
 
     def train_step(self, ctx: TrainContext, batch: Batch) -> dict[str, Tensor]:
-        if ctx.teacher is None:
+        teacher_model = ctx.teacher
+        if teacher_model is None:
             raise RuntimeError("bss: the trial has no teacher; give one (--teacher NAME)")
         if not hasattr(self, "epochs"):
             raise RuntimeError("bss: call setup(student, teacher, task) before train_step()")
@@ -225,7 +226,7 @@ class BSS(Method):
         targets = sample_target_classes(teacher[base], ctx.generator)
         lower, upper = pixel_range(ctx, batch.x)
         x_bss = boundary_attack(
-            lambda x: ctx.forward(ctx.teacher, x, frozenset(), grad=True).logits,
+            lambda x: ctx.forward(teacher_model, x, frozenset(), grad=True).logits,
             batch.x[base],
             targets,
             steps=p.attack_steps,

@@ -161,6 +161,7 @@ class BeYourOwnTeacher(Method):
         self.heads = nn.ModuleList(heads)
 
     def loss(self, batch: Batch, student: Outputs, teacher: Outputs | None) -> dict[str, Tensor]:
+        assert student.embedding is not None  # needs asks for it
         p = self.params
         final = student.logits.float()
         target_logits = final.detach()

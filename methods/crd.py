@@ -107,6 +107,14 @@ class ContrastiveRepresentationDistillation(Method):
 
     search_space: ClassVar[dict[str, list]] = {"beta": [0.2, 0.8, 3.2], "nce_t": [0.05, 0.07, 0.1]}
 
+    # Buffers registered in setup(), declared for the type checker: nn.Module's attribute
+    # lookup types them as Tensor | Module.
+    memory_s: Tensor
+    memory_t: Tensor
+    log_z: Tensor
+    z_ready: Tensor
+    labels: Tensor
+
     def supports(
         self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo
     ) -> tuple[bool, str]:

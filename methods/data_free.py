@@ -167,6 +167,7 @@ class DataFreeLearning(Method):
         z = torch.randn(size, p.latent_dim, generator=ctx.generator).to(ctx.device)
         images = self.generator(z)
         teacher = ctx.forward(ctx.teacher, images, self.needs_of_teacher(), grad=True)
+        assert teacher.embedding is not None  # teacher_needs asks for it
         losses = generator_losses(teacher.logits, teacher.embedding, p.variant)
         gen_loss = (
             p.oh_weight * losses["one_hot"]

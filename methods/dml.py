@@ -167,18 +167,20 @@ class DeepMutualLearning(Method):
     def _alternating_step(self, ctx: TrainContext, batch: Batch) -> dict[str, Tensor]:
         x, reduction = batch.x, self.params.kl_reduction
         student = ctx.forward_student(x).logits
-        # the latest prediction of every model; the student's does not change until the
-        # harness steps it, after the peers; peer 1's comes from its own forward below
-        latest: list[Tensor | None] = [student.detach(), None]
-        for model in self.peer_models[1:]:
+        # the latest prediction of every model by cohort position (0: the student); the
+        # student's does not change until the harness steps it, after the peers; peer 1's
+        # comes from its own forward below
+        size = 1 + len(self.peer_models)
+        latest = {0: student.detach()}
+        for k, model in enumerate(self.peer_models[1:], start=2):
             with frozen_bn_statistics(model):
-                latest.append(ctx.forward(model, x, grad=False).logits)
+                latest[k] = ctx.forward(model, x, grad=False).logits
         lr = ctx.scheduled_lr(batch)
         for k, (model, optimizer) in enumerate(
             zip(self.peer_models, self.optimizers, strict=True), start=1
         ):
             own = ctx.forward(model, x).logits
-            cohort = [*latest[:k], own, *latest[k + 1 :]]
+            cohort = [own if l == k else latest[l] for l in range(size)]
             loss = F.cross_entropy(own.float(), batch.y) + mutual_kl(cohort, k, reduction)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -187,7 +189,7 @@ class DeepMutualLearning(Method):
             optimizer.step()
             with frozen_bn_statistics(model):
                 latest[k] = ctx.forward(model, x, grad=False).logits
-        cohort = [student, *latest[1:]]
+        cohort = [student, *(latest[l] for l in range(1, size))]
         return {
             "ce": F.cross_entropy(student.float(), batch.y),
             "kl": mutual_kl(cohort, 0, reduction),

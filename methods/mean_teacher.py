@@ -164,7 +164,7 @@ class MeanTeacher(Method):
     def after_step(self, ctx: TrainContext, batch: Batch) -> None:
         if self.ema is None:
             raise RuntimeError("mean_teacher: before_training(ctx) must run before after_step")
-        ema_params = list(self.ema.parameters())
+        ema_params: list[Tensor] = list(self.ema.parameters())
         params = list(ctx.student.parameters())
         if len(ema_params) != len(params):
             raise RuntimeError("mean_teacher: the EMA copy no longer matches the student")

@@ -130,6 +130,10 @@ class MultiTeacher(Method):
     def before_training(self, ctx: TrainContext) -> None:
         extra = list(self.params.teachers)
         if self.params.label_sets == "disjoint":
+            if ctx.teacher_info is None:
+                raise RuntimeError(
+                    "multi_teacher: the trial has no teacher; give one (--teacher NAME)"
+                )
             archs = [ctx.teacher_info.name, *extra]
             self.groups = class_groups(self.num_classes, len(archs))
             for arch, group in zip(archs, self.groups, strict=True):

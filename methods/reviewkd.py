@@ -60,21 +60,18 @@ class AttentionFusion(nn.Module):
 
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, fuse: bool):
         super().__init__()
-        self.reduce = nn.Sequential(
-            nn.Conv2d(in_channels, mid_channels, kernel_size=1, bias=False),
-            nn.BatchNorm2d(mid_channels),
-        )
-        self.project = nn.Sequential(
-            nn.Conv2d(mid_channels, out_channels, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-        )
+        reduce_conv = nn.Conv2d(in_channels, mid_channels, kernel_size=1, bias=False)
+        self.reduce = nn.Sequential(reduce_conv, nn.BatchNorm2d(mid_channels))
+        project_conv = nn.Conv2d(mid_channels, out_channels, kernel_size=3, padding=1, bias=False)
+        self.project = nn.Sequential(project_conv, nn.BatchNorm2d(out_channels))
         self.attention = (
             nn.Sequential(nn.Conv2d(2 * mid_channels, 2, kernel_size=1), nn.Sigmoid())
             if fuse
             else None
         )
-        nn.init.kaiming_uniform_(self.reduce[0].weight, a=1)
-        nn.init.kaiming_uniform_(self.project[0].weight, a=1)
+        # After every submodule is built, so the draws keep their order.
+        nn.init.kaiming_uniform_(reduce_conv.weight, a=1)
+        nn.init.kaiming_uniform_(project_conv.weight, a=1)
 
     def forward(self, x: Tensor, residual: Tensor | None, target: Tensor) -> tuple[Tensor, Tensor]:
         """Returns (output at the teacher's size and width, residual for the next level)."""

@@ -119,6 +119,7 @@ class TeacherAssistantKD(Method):
         ok, reason = same_classes(student, teacher)
         if not ok:
             return ok, reason
+        assert teacher is not None  # same_classes refuses a missing teacher
         if (
             self.params.assistant == "auto"
             and self.resolve_assistant(teacher, student, task) is None
@@ -145,9 +146,12 @@ class TeacherAssistantKD(Method):
         self.chain: tuple[str, ...] = ()
 
     def before_training(self, ctx: TrainContext) -> None:
-        arch = self.resolve_assistant(ctx.teacher_info, ctx.student_info, ctx.task)
+        teacher_info = ctx.teacher_info
+        if teacher_info is None:
+            raise RuntimeError("takd: the trial has no teacher; give one (--teacher NAME)")
+        arch = self.resolve_assistant(teacher_info, ctx.student_info, ctx.task)
         if arch is None:
-            self.chain = (ctx.teacher_info.name, ctx.student_info.name)
+            self.chain = (teacher_info.name, ctx.student_info.name)
             return
         assistant, _ = ctx.create_model(arch)
         stage = type(self)(dataclasses.replace(self.params, assistant="none"))
@@ -155,7 +159,7 @@ class TeacherAssistantKD(Method):
         history = ctx.fit(assistant, stage, teacher=ctx.teacher, epochs=epochs, name=arch)
         assistant.eval().requires_grad_(False)
         self.assistant_model = assistant
-        self.chain = (ctx.teacher_info.name, arch, ctx.student_info.name)
+        self.chain = (teacher_info.name, arch, ctx.student_info.name)
         if history:
             ctx.log_metrics({"assistant_val_acc": history[-1]["val_acc"]})
 

@@ -28,7 +28,7 @@ over channels and positions and averages over the batch (then lower ``beta``).
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -132,5 +132,7 @@ class VariationalInformationDistillation(Method):
         for (s, t), regressor in zip(self.pairs, self.regressors, strict=True):
             f_t = teacher.features[t]
             f_s = match_spatial(student.features[s], f_t)
-            total = total + regressor.nll(f_s, f_t, p.reduction)
+            # nn.ModuleList yields plain Modules; setup() fills it with GaussianRegressors.
+            nll = cast(GaussianRegressor, regressor).nll
+            total = total + nll(f_s, f_t, p.reduction)
         return {"vid": p.beta * total}

@@ -195,6 +195,12 @@ class Method(nn.Module):
         if params is None:
             params = self.Params()
         elif not isinstance(params, self.Params):
+            if not isinstance(params, Mapping):
+                # Another method's Params: its fields are not this method's.
+                raise TypeError(
+                    f"{self.name}.params: expected {type(self).__qualname__}.Params or a "
+                    f"mapping, got {type(params).__qualname__}"
+                )
             params = self.Params.from_mapping(dict(params), where=f"{self.name}.params")
         self.params = params
 

@@ -46,7 +46,7 @@ def match_spatial(x: Tensor, like: Tensor) -> Tensor:
     if x.dim() != 4 or x.shape[-2:] == like.shape[-2:]:
         return x
     if x.shape[-2] >= like.shape[-2] and x.shape[-1] >= like.shape[-1]:
-        return F.adaptive_avg_pool2d(x, like.shape[-2:])
+        return F.adaptive_avg_pool2d(x, (like.shape[-2], like.shape[-1]))
     return F.interpolate(x, size=like.shape[-2:], mode="bilinear", align_corners=False)
 
 

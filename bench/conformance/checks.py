@@ -269,8 +269,11 @@ def _where(exc: BaseException) -> str:
     torch_dir = str(Path(torch.__file__).parent)
     stdlib = str(Path(traceback.__file__).parent)
     own = [f for f in frames if not f.filename.startswith((torch_dir, stdlib))]
-    frame = (own or frames or [None])[-1]
-    return f" ({frame.filename}:{frame.lineno})" if frame else ""
+    candidates = own or frames
+    if not candidates:
+        return ""
+    frame = candidates[-1]
+    return f" ({frame.filename}:{frame.lineno})"
 
 
 def describe(exc: BaseException) -> str:

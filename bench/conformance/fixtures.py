@@ -18,10 +18,10 @@ from torch import Tensor, nn
 
 from bench.api import Batch, Method, ModelInfo, TaskInfo
 from bench.config import Recipe
-from bench.data import DataBundle, DatasetInfo, TensorSplit, load_dataset
+from bench.data import DataBundle, DatasetInfo, Split, TensorSplit, load_dataset
 from bench.models import create_model, list_models, model_info
 from bench.trial.compose import trial_services
-from bench.trial.context import make_context
+from bench.trial.context import TrialContext, make_context
 from bench.trial.device import freeze, seed_everything
 
 DATASET = "digits"
@@ -107,8 +107,9 @@ def teacher_recipe() -> Recipe:
     )
 
 
-def _subset(split: TensorSplit, info: DatasetInfo, count: int, seed: int) -> TensorSplit:
+def _subset(split: Split, info: DatasetInfo, count: int, seed: int) -> TensorSplit:
     """A fixed random subset (all classes mixed) of an in-memory split."""
+    assert isinstance(split, TensorSplit)  # DATASET is held in memory
     order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:count]
     return TensorSplit(
         split.images.index_select(0, order),
@@ -231,7 +232,7 @@ def context(
     teacher_info: ModelInfo | None = None,
     *,
     recipe: Recipe | None = None,
-) -> make_context:
+) -> TrialContext:
     """A training context over the conformance data and recipe, seeded alike every time."""
     info = task()
     recipe = recipe or student_recipe()

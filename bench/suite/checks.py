@@ -12,7 +12,7 @@ import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import yaml
 
@@ -38,6 +38,16 @@ class Found(list[Problem]):
         """Whether ``problems`` is empty, after keeping them."""
         self.extend(problems)
         return not problems
+
+    def fits(self, value: object, tp: type[T], ctx: Context, path: KeyPath) -> TypeGuard[T]:
+        """Whether ``value`` fits the plain type ``tp`` (see :func:`typed`), after keeping the
+        problem if it does not. ``value`` is left as given, not converted.
+
+        The check is strict (YAML's scalars are never parsed), so a value that fits is a
+        ``tp`` as type checkers see one (an integer counts as a float); ``value`` comes first
+        so that they narrow it.
+        """
+        return self.passed(misfit(ctx, value, tp, path))
 
 
 @dataclass(frozen=True)

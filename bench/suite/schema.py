@@ -325,20 +325,24 @@ class Suite:
             ConfigError: A change no recipe accepts (e.g. ``epochs=0``).
         """
 
-        def changed(recipe: Recipe | None) -> Recipe | None:
-            return None if recipe is None else dataclasses.replace(recipe, **changes)
+        def changed(recipe: Recipe) -> Recipe:
+            return dataclasses.replace(recipe, **changes)
+
+        def changed_own(recipe: Recipe | None) -> Recipe | None:
+            # A pair without a recipe of its own keeps following the suite's.
+            return None if recipe is None else changed(recipe)
 
         teacher = changed(self.teacher_recipe)
         pairs = []
         for pair in self.pairs:
-            own = changed(pair.teacher_recipe)
+            own = changed_own(pair.teacher_recipe)
             epochs = (own or teacher).epochs
             stops = pair.teacher_epochs
             if stops:
                 stops = tuple(sorted({min(e, epochs) for e in stops}))
             pairs.append(
                 dataclasses.replace(
-                    pair, recipe=changed(pair.recipe), teacher_recipe=own, teacher_epochs=stops
+                    pair, recipe=changed_own(pair.recipe), teacher_recipe=own, teacher_epochs=stops
                 )
             )
         return dataclasses.replace(

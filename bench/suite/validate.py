@@ -75,7 +75,15 @@ def validate_suite(
     saving = found.take(checkpointing(ctx, top.get("checkpoint")))
     values = found.take(scalars(ctx, top, name))
     request, teacher_request = found.take(suite_resources(ctx, top))
-    if found or None in (sets, grid, entries, seed_list, recipes.student, recipes.teacher):
+    if (
+        found
+        or sets is None
+        or grid is None
+        or entries is None
+        or seed_list is None
+        or recipes.student is None
+        or recipes.teacher is None
+    ):
         return None, found
     suite = Suite(
         name=name,
@@ -171,7 +179,7 @@ def dataset(ctx: Context, item: Any, path: KeyPath) -> tuple[DatasetEntry | None
     if entry is None:
         return None, found
     name = entry.get("name")
-    if not found.passed(misfit(ctx, name, str, (*path, "name"))):
+    if not found.fits(name, str, ctx, (*path, "name")):
         return None, found
     if name not in DATASETS:
         return None, [*found, ctx.problem(path, unknown("dataset", name, DATASETS.names()))]
@@ -222,7 +230,7 @@ def tune_budget(ctx: Context, value: Any, phase: Any) -> tuple[int | None, list[
     if entry is None:
         return None, found
     budget = entry.get("budget")
-    if not found.passed(misfit(ctx, budget, int, ("tune", "budget"))):
+    if not found.fits(budget, int, ctx, ("tune", "budget")):
         return None, found
     if budget < 1:
         return None, [*found, ctx.problem(("tune", "budget"), f"must be ≥ 1, got {budget}")]
@@ -263,7 +271,7 @@ def scalars(ctx: Context, top: dict, name: str) -> tuple[dict[str, Any], list[Pr
         "max_failures": (int, 3),
     }
     found = Found()
-    values = {}
+    values: dict[str, Any] = {}
     for key, (tp, default) in defaults.items():
         value = top.get(key, default)
         # Kept as given: messages below quote the value the file has.

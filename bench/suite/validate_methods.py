@@ -9,7 +9,7 @@ and the trials it expands to carry them as they are.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.suite.checks import (
     Context,
@@ -36,6 +36,9 @@ from bench.suite.schema import (
     Problem,
     Study,
 )
+
+if TYPE_CHECKING:
+    from bench.api import Method
 
 Search = tuple[tuple[str, tuple[Any, ...]], ...]
 
@@ -67,7 +70,7 @@ def method_entry(
     if entry is None:
         return None, found
     name = entry.get("name")
-    if not found.passed(misfit(ctx, name, str, (*path, "name"))):
+    if not found.fits(name, str, ctx, (*path, "name")):
         return None, found
     cls = found.take(method_class(ctx, name, (*path, "name")))
     if cls is None:
@@ -86,7 +89,9 @@ def method_entry(
     return MethodEntry(name, tuple(sorted(params.items())), search, own), found
 
 
-def method_class(ctx: Context, name: str, path: KeyPath) -> tuple[type | None, list[Problem]]:
+def method_class(
+    ctx: Context, name: str, path: KeyPath
+) -> tuple[type[Method] | None, list[Problem]]:
     """The registered method class of ``name``, or the problem: an unknown name with close
     ones, or a method whose file failed to import."""
     from bench.plugins import get_method
@@ -104,7 +109,7 @@ def method_class(ctx: Context, name: str, path: KeyPath) -> tuple[type | None, l
 
 
 def params_of(
-    ctx: Context, cls: type, value: Any, path: KeyPath
+    ctx: Context, cls: type[Method], value: Any, path: KeyPath
 ) -> tuple[dict[str, Any] | None, list[Problem]]:
     """A method entry's fixed params, each converted to its field's type; every unknown name
     and wrong value is reported."""
@@ -124,7 +129,7 @@ def params_of(
 
 
 def search_of(
-    ctx: Context, cls: type, value: Any, path: KeyPath, phase: Any
+    ctx: Context, cls: type[Method], value: Any, path: KeyPath, phase: Any
 ) -> tuple[Search | None, list[Problem]]:
     """A method entry's search space (phase tune only), sorted by name; ``default`` is the
     method's own ``search_space``. Empty when not given."""
@@ -190,8 +195,11 @@ def study(
     if entry is None or entries is None or pairs is None:
         return None, found
     parameter, method = entry.get("parameter"), entry.get("method", "kd")
-    named = [(parameter, ("study", "parameter")), (method, ("study", "method"))]
-    if not found.passed(first_misfit(ctx, named, str)):
+    # As with first_misfit(), only the first value that does not fit is reported.
+    if not (
+        found.fits(parameter, str, ctx, ("study", "parameter"))
+        and found.fits(method, str, ctx, ("study", "method"))
+    ):
         return None, found
     listed = [m for m in entries if m.name == method]
     if not listed:
@@ -264,7 +272,9 @@ def compress(
     chosen = found.take(compress_methods(ctx, entry.get("methods", known), known))
     sparsities = found.take(compress_sparsities(ctx, entry.get("sparsities", [])))
     int8 = entry.get("int8", False)
-    if not found.passed(misfit(ctx, int8, bool, (*path, "int8"))) or None in (chosen, sparsities):
+    if not found.passed(misfit(ctx, int8, bool, (*path, "int8"))):
+        return None, found
+    if chosen is None or sparsities is None:
         return None, found
     if not sparsities and not int8:
         message = (

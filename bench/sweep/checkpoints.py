@@ -14,9 +14,12 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from bench.trial.resume import CheckpointPolicy, TrainState, load_state, save_state
+
+if TYPE_CHECKING:
+    from ray.tune import Checkpoint
 
 #: The file inside a checkpoint folder.
 STATE_FILE = "trial_state.pt"
@@ -47,7 +50,7 @@ class TuneCheckpointer:
             )
 
 
-def latest_state(tune_checkpoint: Any, storage: str, key: str) -> TrainState | None:
+def latest_state(tune_checkpoint: Checkpoint | None, storage: str, key: str) -> TrainState | None:
     """The state a restarted attempt continues from: Tune's checkpoint of this trial when Tune
     restarted it, else the newest checkpoint of the run key an earlier sweep left in
     ``storage``; None when there is none (or none is readable)."""

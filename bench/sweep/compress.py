@@ -28,7 +28,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from bench.analysis import (
     COMPRESS_KIND,
@@ -41,6 +41,13 @@ from bench.analysis import (
 from bench.suite.expand import PlannedTrial
 from bench.suite.schema import Compression
 from bench.tracking import search_all_runs
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.tracking import MlflowClient
+
+    from bench.analysis.compress import Variant
+    from bench.analysis.runs import RecordedRun
 
 #: The latency column the sweep summary shows (the one a deployed student sees most).
 SUMMARY_BATCH = 1
@@ -86,16 +93,18 @@ class CompressionOutcome:
     failed: dict[str, str] = field(default_factory=dict)
     recorded: int = 0
     seconds: float = 0.0
-    table: dict[tuple[str, str, str, str], list[Any]] = field(default_factory=dict)
+    table: dict[tuple[str, str, str, str], list[Run]] = field(default_factory=dict)
 
 
-def recorded_variants(client: Any, experiment_id: str | None) -> dict[str, dict[str, Any]]:
+def recorded_variants(
+    client: MlflowClient | None, experiment_id: str | None
+) -> dict[str, dict[str, Run]]:
     """Run key → variant → its FINISHED compression child run (the latest, if several)."""
     if client is None or experiment_id is None:
         return {}
     query = f"tags.`kdbench.kind` = '{COMPRESS_KIND}' and attributes.status = 'FINISHED'"
     runs = search_all_runs(client, experiment_id, query, ["attributes.start_time ASC"])
-    out: dict[str, dict[str, Any]] = defaultdict(dict)
+    out: dict[str, dict[str, Run]] = defaultdict(dict)
     for run in runs:
         tags = run.data.tags
         if COMPRESSED_KEY_TAG in tags and VARIANT_TAG in tags:
@@ -106,8 +115,8 @@ def recorded_variants(client: Any, experiment_id: str | None) -> dict[str, dict[
 def plan_compression(
     compression: Compression,
     trials: Sequence[PlannedTrial],
-    done: Mapping[str, Any],
-    recorded: Mapping[str, Mapping[str, Any]],
+    done: Mapping[str, Run],
+    recorded: Mapping[str, Mapping[str, Run]],
 ) -> CompressionPlan:
     """Sort the selected trials into to do, done and unfinished.
 
@@ -136,9 +145,9 @@ def plan_compression(
 
 def run_compression(
     plan: CompressionPlan,
-    done: Mapping[str, Any],
-    client: Any,
-    experiment_id: str,
+    done: Mapping[str, Run],
+    client: MlflowClient | None,
+    experiment_id: str | None,
     err: TextIO,
 ) -> CompressionOutcome:
     """Compress every student of ``plan.todo``, one after another, in this process.
@@ -146,8 +155,9 @@ def run_compression(
     Args:
         plan: From :func:`plan_compression`.
         done: Run key → its FINISHED MLflow run.
-        client: The MLflow client to read and record with.
-        experiment_id: The suite's experiment.
+        client: The MLflow client to read and record with; None when the store does not
+            exist yet (nor then any run to compress).
+        experiment_id: The suite's experiment; None when it does not exist yet.
         err: Where progress lines go.
     """
     from bench.analysis.runs import recorded_run
@@ -202,8 +212,8 @@ def _threads(count: int) -> Iterator[None]:
 
 
 def _compress_one(
-    run: Any, compression: Compression, missing: tuple[str, ...]
-) -> tuple[list[Any], str | None]:
+    run: RecordedRun, compression: Compression, missing: tuple[str, ...]
+) -> tuple[list[Variant], str | None]:
     """Record the ``missing`` variants of one student; returns the variants measured and,
     when int8 was refused but the rest recorded, the refusal."""
     from bench.analysis import QuantizationError
@@ -229,10 +239,10 @@ def _reason(exc: BaseException) -> str:
 
 
 def summary_table(
-    plan: CompressionPlan, recorded: Mapping[str, Mapping[str, Any]]
-) -> dict[tuple[str, str, str, str], list[Any]]:
+    plan: CompressionPlan, recorded: Mapping[str, Mapping[str, Run]]
+) -> dict[tuple[str, str, str, str], list[Run]]:
     """(pair, method, params, variant) → the child runs of the plan's finished students."""
-    table: dict[tuple[str, str, str, str], list[Any]] = defaultdict(list)
+    table: dict[tuple[str, str, str, str], list[Run]] = defaultdict(list)
     students = [t for t, _ in plan.todo] + plan.done
     for trial in students:
         have = recorded.get(trial.key, {})
@@ -282,7 +292,7 @@ def print_outcome(outcome: CompressionOutcome, out: TextIO) -> None:
             print(f"  {described.get(key, key)} [{key}]: {reason}", file=out)
     if not outcome.table:
         return
-    header = ("pair", "method", "params", "variant", "n", "test_acc", "size KB")
+    header: tuple[str, ...] = ("pair", "method", "params", "variant", "n", "test_acc", "size KB")
     header += (f"ms@batch{SUMMARY_BATCH}",)
     rows = []
     for (pair, method, params, variant), runs in outcome.table.items():
@@ -306,7 +316,7 @@ def print_outcome(outcome: CompressionOutcome, out: TextIO) -> None:
         )
 
 
-def _mean(runs: Sequence[Any], metric: str, form: str, scale: float = 1.0) -> str:
+def _mean(runs: Sequence[Run], metric: str, form: str, scale: float = 1.0) -> str:
     values = [r.data.metrics[metric] for r in runs if metric in r.data.metrics]
     values = [v for v in values if math.isfinite(v)]
     return form.format(statistics.fmean(values) * scale) if values else ""

@@ -40,10 +40,10 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from bench.suite.expand import PlannedTrial, plan_trials
-from bench.suite.schema import Suite
+from bench.suite.schema import Compression, Suite
 from bench.sweep import compress as compression
 from bench.sweep import ledger
 from bench.sweep.preflight import PreflightError, check_reachable, local_capacity
@@ -61,6 +61,10 @@ from bench.sweep.report import (
 from bench.sweep.teachers import train_teachers
 from bench.sweep.tune import ray_session, tune_students
 from bench.sweep.worker import SweepContext
+from bench.tracking import Tracker
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 
 class SweepError(RuntimeError):
@@ -155,8 +159,8 @@ class _Plan:
     uri: str
     home: Path
     storage: Path
-    grouped: dict[str, list[Any]]
-    done: dict[str, Any]
+    grouped: dict[str, list[Run]]
+    done: dict[str, Run]
     sweep: str
     started: float
 
@@ -223,7 +227,7 @@ def _nothing_to_run(plan: _Plan, report: SweepReport, out: TextIO, err: TextIO) 
     if suite.compress is not None:
         plan.storage.mkdir(parents=True, exist_ok=True)
         with _sweep_lock(plan.lock):
-            report.compression = _compress(suite, trials, plan.uri, err)
+            report.compression = _compress(suite.compress, suite.experiment, trials, plan.uri, err)
         count_compression(report)
     report.seconds = time.perf_counter() - plan.started
     print_summary(report, suite, plan.grouped, trials, board=None, out=out)
@@ -261,7 +265,9 @@ def _run(plan: _Plan, report: SweepReport, options: SweepOptions, out: TextIO, e
             # In this process, after the trials and once Ray is down (when this sweep started
             # it): the CPU latencies it measures then do not share the cores with trials.
             if suite.compress is not None:
-                report.compression = _compress(suite, plan.trials, plan.uri, err)
+                report.compression = _compress(
+                    suite.compress, suite.experiment, plan.trials, plan.uri, err
+                )
         except KeyboardInterrupt:
             run.interrupted = True
             report.exit_code = EXIT_INTERRUPTED
@@ -286,13 +292,18 @@ class _SweepRun:
         self.started = plan.started
         self.interrupted = False
         self.board: ProgressBoard | None = None
-        self.tracker: Any = None
+        # Both set by start(); _opened() hands them to the steps after it.
+        self.tracker: Tracker | None = None
         self.parent: ledger.ParentRun | None = None
+
+    def _opened(self) -> tuple[Tracker, ledger.ParentRun]:
+        """The tracker and parent run that :meth:`start` opened."""
+        if self.tracker is None or self.parent is None:
+            raise RuntimeError("the sweep's parent run is not open; start() comes first")
+        return self.tracker, self.parent
 
     def start(self, err: TextIO) -> None:
         """Open (or reopen) the parent run; mark dead attempts of this sweep KILLED."""
-        from bench.tracking import Tracker
-
         suite, report = self.suite, self.report
         self.tracker = Tracker(report.tracking_uri, experiment=suite.experiment)
         plan = {
@@ -324,6 +335,7 @@ class _SweepRun:
     def execute(self, err: TextIO) -> None:
         """Teachers first, then the student trials."""
         suite, options = self.suite, self.options
+        _, parent = self._opened()
         plugins = tuple(dict.fromkeys((*suite.plugins, *options.plugins)))
         lost = train_teachers(
             suite, self.todo, str(self.home), plugins, err, options.progress_interval
@@ -340,7 +352,7 @@ class _SweepRun:
             tracking_uri=self.report.tracking_uri,
             experiment=suite.experiment,
             sweep=self.sweep,
-            parent_run_id=self.parent.run_id,
+            parent_run_id=parent.run_id,
             home=str(self.home),
             trials={t.key: t.config for t in runnable},
             resources={t.key: t.resources for t in runnable},
@@ -369,11 +381,12 @@ class _SweepRun:
         report = self.report
         if self.board is not None:
             self.board.close()
-        self._supersede(f"sweep ended (parent run {self.parent.run_id})")
+        tracker, parent = self._opened()
+        self._supersede(f"sweep ended (parent run {parent.run_id})")
         planned = {t.key for t in report.planned}
-        grouped = ledger.trial_runs(self.tracker)
-        ledger.deduplicate(self.tracker, {k: v for k, v in grouped.items() if k in planned})
-        grouped = ledger.trial_runs(self.tracker)
+        grouped = ledger.trial_runs(tracker)
+        ledger.deduplicate(tracker, {k: v for k, v in grouped.items() if k in planned})
+        grouped = ledger.trial_runs(tracker)
         finish_report(report, grouped, report.planned, self.started, self.board)
         status = "FINISHED" if report.exit_code == EXIT_OK else "FAILED"
         count_compression(report)
@@ -389,24 +402,30 @@ class _SweepRun:
         if report.compression is not None:
             counts["compressed"] = len(report.compression.compressed)
             counts["compression_failed"] = len(report.compression.failed)
-        ledger.close_parent(self.tracker, self.parent.run_id, status, counts)
+        ledger.close_parent(tracker, parent.run_id, status, counts)
         print_summary(report, self.suite, grouped, report.planned, board=self.board, out=out)
 
     def _supersede(self, reason: str) -> None:
-        runs = [r for group in ledger.trial_runs(self.tracker).values() for r in group]
-        ledger.supersede_stale(self.tracker, runs, self.sweep, by=reason)
+        tracker, _ = self._opened()
+        runs = [r for group in ledger.trial_runs(tracker).values() for r in group]
+        ledger.supersede_stale(tracker, runs, self.sweep, by=reason)
 
 
 def _compress(
-    suite: Suite, trials: Sequence[PlannedTrial], uri: str, err: TextIO
+    section: Compression,
+    experiment: str,
+    trials: Sequence[PlannedTrial],
+    uri: str,
+    err: TextIO,
 ) -> compression.CompressionOutcome:
-    """The compression post-stage over the students MLflow now records as finished."""
-    client, found = ledger.read_experiment(uri, suite.experiment)
+    """The compression post-stage (the suite's ``compress:`` section) over the students
+    MLflow now records as finished in ``experiment``."""
+    client, found = ledger.read_experiment(uri, experiment)
     experiment_id = found.experiment_id if found is not None else None
-    grouped = ledger.recorded_runs(uri, suite.experiment)
+    grouped = ledger.recorded_runs(uri, experiment)
     done = ledger.done_runs(grouped)
     recorded = compression.recorded_variants(client, experiment_id)
-    plan = compression.plan_compression(suite.compress, trials, done, recorded)
+    plan = compression.plan_compression(section, trials, done, recorded)
     return compression.run_compression(plan, done, client, experiment_id, err)
 
 

@@ -25,13 +25,17 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from bench.config import stable_hash
 from bench.tracking import RUN_KEY_TAG, Tracker
+
+if TYPE_CHECKING:
+    from mlflow.entities import Experiment, Run
+    from mlflow.tracking import MlflowClient
 
 SWEEP_TAG = "kdbench.sweep"
 KIND_TAG = "kdbench.kind"
@@ -57,7 +61,7 @@ def sweep_key(experiment: str, keys: Iterable[str]) -> str:
     return stable_hash({"experiment": experiment, "keys": sorted(set(keys))})
 
 
-def is_done(run: Any, retry_failed: bool = False) -> bool:
+def is_done(run: Run, retry_failed: bool = False) -> bool:
     """Whether a run settles its run key (see the module docstring)."""
     status = run.info.status
     if status == "FINISHED":
@@ -65,9 +69,9 @@ def is_done(run: Any, retry_failed: bool = False) -> bool:
     return status == "FAILED" and OUTCOME_TAG in run.data.tags and not retry_failed
 
 
-def runs_by_key(runs: Iterable[Any]) -> dict[str, list[Any]]:
+def runs_by_key(runs: Iterable[Run]) -> dict[str, list[Run]]:
     """Trial runs grouped by run key, oldest first (runs without a key are left out)."""
-    grouped: dict[str, list[Any]] = defaultdict(list)
+    grouped: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         key = run.data.tags.get(RUN_KEY_TAG)
         if key:
@@ -77,7 +81,7 @@ def runs_by_key(runs: Iterable[Any]) -> dict[str, list[Any]]:
     return dict(grouped)
 
 
-def done_runs(grouped: dict[str, list[Any]], retry_failed: bool = False) -> dict[str, Any]:
+def done_runs(grouped: Mapping[str, list[Run]], retry_failed: bool = False) -> dict[str, Run]:
     """Run key → the run that settles it (the first FINISHED, else the last verdict)."""
     out = {}
     for key, runs in grouped.items():
@@ -88,13 +92,13 @@ def done_runs(grouped: dict[str, list[Any]], retry_failed: bool = False) -> dict
     return out
 
 
-def key_runs(tracker: Tracker, key: str) -> list[Any]:
+def key_runs(tracker: Tracker, key: str) -> list[Run]:
     """Every run of one run key in the tracker's experiment, oldest first."""
     runs = tracker.search(f"{quoted(RUN_KEY_TAG)} = '{key}'")
     return runs_by_key(runs).get(key, [])
 
 
-def trial_runs(tracker: Tracker) -> dict[str, list[Any]]:
+def trial_runs(tracker: Tracker) -> dict[str, list[Run]]:
     """Every trial run of the experiment, by run key."""
     return runs_by_key(tracker.search(f"{quoted(RUN_KEY_TAG)} LIKE '%'"))
 
@@ -107,7 +111,7 @@ def mark_killed(tracker: Tracker, run_id: str, tags: dict[str, str]) -> None:
     tracker.client.set_terminated(run_id, "KILLED")
 
 
-def supersede_stale(tracker: Tracker, runs: Sequence[Any], sweep: str, by: str) -> list[str]:
+def supersede_stale(tracker: Tracker, runs: Sequence[Run], sweep: str, by: str) -> list[str]:
     """Mark the RUNNING runs of ``sweep`` among ``runs`` KILLED (their attempts are dead);
     returns their ids."""
     stale = [r for r in runs if r.info.status == "RUNNING" and r.data.tags.get(SWEEP_TAG) == sweep]
@@ -123,7 +127,7 @@ def supersede_stale(tracker: Tracker, runs: Sequence[Any], sweep: str, by: str) 
     return [r.info.run_id for r in stale]
 
 
-def deduplicate(tracker: Tracker, grouped: dict[str, list[Any]]) -> list[str]:
+def deduplicate(tracker: Tracker, grouped: Mapping[str, list[Run]]) -> list[str]:
     """Keep the earliest FINISHED run of each key; end any other FINISHED run KILLED with
     ``kdbench.duplicate_of``. Returns the ids demoted."""
     demoted = []
@@ -146,7 +150,7 @@ class ParentRun:
     resumed: bool
 
 
-def find_parent(tracker: Tracker, sweep: str) -> Any | None:
+def find_parent(tracker: Tracker, sweep: str) -> Run | None:
     """The latest parent run of ``sweep``, if one exists."""
     runs = tracker.search(
         f"{quoted(KIND_TAG)} = '{SWEEP_KIND}' and {quoted(SWEEP_TAG)} = '{sweep}'"
@@ -204,11 +208,11 @@ def close_parent(tracker: Tracker, run_id: str, status: str, metrics: dict[str, 
 # --------------------------------------------------------------------------------------------
 
 
-def recorded_runs(uri: str, experiment: str) -> dict[str, list[Any]]:
+def recorded_runs(uri: str, experiment: str) -> dict[str, list[Run]]:
     """Trial runs already recorded in ``experiment``, by run key. Reads only: a missing
     database or experiment is not created here."""
     client, found = read_experiment(uri, experiment)
-    if found is None:
+    if client is None or found is None:
         return {}
     from bench.tracking import search_all_runs
 
@@ -216,7 +220,7 @@ def recorded_runs(uri: str, experiment: str) -> dict[str, list[Any]]:
     return runs_by_key(search_all_runs(client, found.experiment_id, query))
 
 
-def read_experiment(uri: str, experiment: str) -> tuple[Any, Any]:
+def read_experiment(uri: str, experiment: str) -> tuple[MlflowClient | None, Experiment | None]:
     """(client, experiment) for reading; (None, None) when the database or experiment does not
     exist yet (nothing is created just to look)."""
     from bench.tracking import _quiet_mlflow
@@ -233,7 +237,7 @@ def read_experiment(uri: str, experiment: str) -> tuple[Any, Any]:
 def has_parent(uri: str, experiment: str, sweep: str) -> bool:
     """Whether ``sweep`` already has a parent run in ``experiment`` (it started before)."""
     client, found = read_experiment(uri, experiment)
-    if found is None:
+    if client is None or found is None:
         return False
     query = f"{quoted(KIND_TAG)} = '{SWEEP_KIND}' and {quoted(SWEEP_TAG)} = '{sweep}'"
     return bool(client.search_runs([found.experiment_id], filter_string=query, max_results=1))

@@ -212,12 +212,13 @@ def run_pilots(
     errors: dict[TrialConfig, str] = {}
     for ref, shape in pending.items():
         try:
-            readings[shape] = ray.get(ref)
+            reading = ray.get(ref)
         except Exception as exc:  # the trial itself will fail alone, under its cap
             errors[shape] = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:200]
             continue
-        if cache is not None and readings[shape] is not None:
-            _store_reading(cache, shape, readings[shape])
+        readings[shape] = reading
+        if cache is not None and reading is not None:
+            _store_reading(cache, shape, reading)
     return readings, errors
 
 

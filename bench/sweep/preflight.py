@@ -25,9 +25,12 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.config import ConfigError
+
+if TYPE_CHECKING:
+    from bench.suite.schema import Suite
 
 PROBE_FILE = ".kdbench-shared-probe"
 HEALTH_TIMEOUT_S = 5.0
@@ -225,7 +228,7 @@ def node_types_of(path: str | Path) -> list[dict[str, float]]:
 
 def preflight(
     *,
-    suite: Any,
+    suite: Suite,
     tracking_uri: str,
     shared_paths: Sequence[str | Path],
     view: ClusterView,
@@ -308,14 +311,13 @@ def validate_cluster_config(config: Mapping[str, Any] | str | Path) -> list[str]
     from ray.autoscaler._private.util import validate_config
     from ray.autoscaler.sdk import fillout_defaults
 
-    if not isinstance(config, Mapping):
-        config = yaml.safe_load(Path(config).read_text())
-    config = copy.deepcopy(dict(config))
-    problems = provider_problems(config.get("provider"))
+    given = config if isinstance(config, Mapping) else yaml.safe_load(Path(config).read_text())
+    settings = copy.deepcopy(dict(given))
+    problems = provider_problems(settings.get("provider"))
     if problems:
         return problems
     try:
-        validate_config(fillout_defaults(config))
+        validate_config(fillout_defaults(settings))
     except jsonschema.ValidationError as exc:
         # str(exc) embeds the whole schema; the message and path are what a person needs.
         return [f"{exc.json_path}: {exc.message}"]

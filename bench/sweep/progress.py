@@ -13,10 +13,13 @@ import math
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from bench.suite.expand import PlannedTrial
 from bench.sweep.worker import SKIPPED, STATUS
+
+if TYPE_CHECKING:
+    from ray.tune import Callback
 
 PENDING, RUNNING, FINISHED, FAILED = "pending", "running", "finished", "failed"
 
@@ -195,7 +198,7 @@ class ProgressBoard:
         print(self.line(), file=self.stream, flush=True)
 
 
-def tune_callback(board: ProgressBoard) -> Any:
+def tune_callback(board: ProgressBoard) -> Callback:
     """A Ray Tune callback that feeds ``board``."""
     from ray.tune import Callback
 

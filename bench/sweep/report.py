@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from bench.suite.expand import PlannedTrial, teacher_jobs, teacher_trainings
 from bench.suite.schema import Suite, SuiteError
@@ -23,6 +23,9 @@ from bench.sweep import compress as compression
 from bench.sweep import ledger
 from bench.sweep.preflight import local_capacity
 from bench.sweep.progress import ProgressBoard, format_seconds
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
 
 # Exit statuses of ``kdbench sweep``.
 EXIT_OK = 0
@@ -65,7 +68,7 @@ class SweepReport:
 
 def finish_report(
     report: SweepReport,
-    grouped: dict[str, list[Any]],
+    grouped: dict[str, list[Run]],
     trials: Sequence[PlannedTrial],
     started: float,
     board: ProgressBoard | None = None,
@@ -92,7 +95,7 @@ def finish_report(
     return report
 
 
-def _status(run: Any) -> str:
+def _status(run: Run) -> str:
     return run.info.status
 
 
@@ -107,7 +110,7 @@ def count_compression(report: SweepReport) -> None:
 def print_matrix(
     suite: Suite,
     trials: Sequence[PlannedTrial],
-    done: dict[str, Any],
+    done: dict[str, Run],
     uri: str,
     home: Path,
     out: TextIO,
@@ -151,7 +154,7 @@ def print_matrix(
 
 
 def _print_trial_rows(
-    seeds: Sequence[int], trials: Sequence[PlannedTrial], done: dict[str, Any], out: TextIO
+    seeds: Sequence[int], trials: Sequence[PlannedTrial], done: dict[str, Run], out: TextIO
 ) -> None:
     """One row per (dataset, pair, method, params), one mark per seed."""
     rows: dict[tuple[str, str, str, str], dict[int, str]] = defaultdict(dict)
@@ -209,7 +212,7 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]], out: Text
 def print_summary(
     report: SweepReport,
     suite: Suite,
-    grouped: dict[str, list[Any]],
+    grouped: dict[str, list[Run]],
     trials: Sequence[PlannedTrial],
     *,
     board: ProgressBoard | None,
@@ -255,7 +258,7 @@ def print_summary(
 
 
 def _print_results(
-    suite: Suite, grouped: dict[str, list[Any]], trials: Sequence[PlannedTrial], out: TextIO
+    suite: Suite, grouped: dict[str, list[Run]], trials: Sequence[PlannedTrial], out: TextIO
 ) -> None:
     """Mean ± sd of the suite's metric per (dataset, pair, method, params) over seeds."""
     metric = "final_val_acc" if suite.metric == "val_acc" else suite.metric

@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from bench.suite.expand import PlannedTrial, TeacherJob, teacher_jobs, teacher_trainings
 from bench.suite.schema import Suite
 from bench.sweep.progress import format_seconds
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
+
+    #: A teacher task (:func:`bench.sweep.worker.train_teacher`) → the jobs its training
+    #: serves (one, or the early-stopped checkpoints of one teacher run).
+    Pending = dict[ObjectRef[dict[str, Any]], Sequence[TeacherJob]]
 
 
 def train_teachers(
@@ -54,7 +61,7 @@ def train_teachers(
 
 def _submit(
     suite: Suite, trainings: Sequence[Sequence[TeacherJob]], home: str, plugins: tuple[str, ...]
-) -> dict[Any, Sequence[TeacherJob]]:
+) -> Pending:
     """One Ray task per training (its last job trains, keeping the others' checkpoints);
     returns task reference → the jobs it serves."""
     import ray
@@ -62,7 +69,7 @@ def _submit(
     from bench.sweep.worker import train_teacher
 
     task = ray.remote(train_teacher)
-    pending = {}
+    pending: Pending = {}
     for group in trainings:
         job = group[-1]
         pending[
@@ -77,7 +84,7 @@ def _submit(
 
 
 def _wait_for(
-    pending: dict[Any, Sequence[TeacherJob]], trainings: int, err: TextIO, interval: float
+    pending: Pending, trainings: int, err: TextIO, interval: float
 ) -> dict[TeacherJob, str]:
     """Wait for every task, printing each outcome as it comes and a status line every
     ``interval`` seconds; returns job → reason for the jobs whose training failed."""
@@ -102,7 +109,9 @@ def _wait_for(
     return failed
 
 
-def _collect(ref: Any, group: Sequence[TeacherJob], err: TextIO) -> str | None:
+def _collect(
+    ref: ObjectRef[dict[str, Any]], group: Sequence[TeacherJob], err: TextIO
+) -> str | None:
     """Print a finished task's outcome; returns why it failed, None when it did not."""
     import ray
 

@@ -14,19 +14,31 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 from bench.suite.expand import PlannedTrial
 from bench.suite.schema import Suite
-from bench.sweep.preflight import local_capacity
+from bench.sweep.preflight import ClusterView, local_capacity
 from bench.sweep.progress import ProgressBoard
 from bench.sweep.worker import SweepContext
 
+if TYPE_CHECKING:
+    from ray.tune import PlacementGroupFactory
+
+
+class _InitOptions(TypedDict):
+    """The ``ray.init`` options a sweep's session has whether it joins or starts Ray."""
+
+    logging_level: int
+    log_to_driver: bool
+
 
 @contextlib.contextmanager
-def ray_session(address: str | None, cluster_config: str | None = None) -> Iterator[Any]:
+def ray_session(
+    address: str | None, cluster_config: str | None = None
+) -> Iterator[ClusterView | None]:
     """Ray for the sweep: joined (``address``; yields the cluster view for the preflight),
     started on this machine (yields None), or the one this process already runs.
 
@@ -47,7 +59,7 @@ def ray_session(address: str | None, cluster_config: str | None = None) -> Itera
     # Ctrl-C reaches the sweep, which records the interruption and shuts Ray down; Tune's own
     # handler would swallow it and print a Tuner.restore hint that does not apply here.
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
-    common = {"logging_level": logging.ERROR, "log_to_driver": False}
+    common: _InitOptions = {"logging_level": logging.ERROR, "log_to_driver": False}
     if address:
         ray.init(address=address, **common)
     else:
@@ -65,7 +77,7 @@ def ray_session(address: str | None, cluster_config: str | None = None) -> Itera
         ray.shutdown()
 
 
-def _view_if_cluster(address: str | None, cluster_config: str | None) -> Any:
+def _view_if_cluster(address: str | None, cluster_config: str | None) -> ClusterView | None:
     if not address:
         return None
     from bench.sweep.preflight import cluster_view
@@ -100,11 +112,12 @@ def tune_students(
 
     requests = {t.key: t.resources.as_ray() for t in runnable}
     distinct = {tuple(sorted(r.items())) for r in requests.values()}
+    resources: PlacementGroupFactory | Callable[[dict], PlacementGroupFactory]
     if len(distinct) == 1:
-        resources: Any = tune.PlacementGroupFactory([next(iter(requests.values()))])
+        resources = tune.PlacementGroupFactory([next(iter(requests.values()))])
     else:
 
-        def resources(config: dict) -> Any:
+        def resources(config: dict) -> PlacementGroupFactory:
             return tune.PlacementGroupFactory([requests[config["run_key"]]])
 
     trainable = tune.with_resources(

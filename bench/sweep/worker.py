@@ -15,7 +15,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from bench.config import CHECKPOINT_EVERY_EPOCHS, CHECKPOINT_EVERY_MINUTES, TrialConfig
 from bench.suite.expand import TeacherJob
@@ -23,11 +23,19 @@ from bench.suite.schema import Resources
 from bench.sweep import checkpoints, ledger
 from bench.trial.resume import CheckpointPolicy, TrainState
 
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+
+    from bench.api import Method
+    from bench.tracking import RunHandle, Tracker
+    from bench.trial.compose import Prepared, TrialResult
+    from bench.trial.loop import EpochRecord
+
 #: Key of the last result a trial reports; the driver reads the outcome from it.
 STATUS = "kdbench_status"
 SKIPPED = "SKIPPED"
 
-_trackers: dict[tuple[str, str], Any] = {}
+_trackers: dict[tuple[str, str], Tracker] = {}
 
 
 @dataclass(frozen=True)
@@ -81,7 +89,7 @@ def prepare_worker(home: str, threads: int, plugins: tuple[str, ...] = ()) -> No
             load_plugin_file(path)
 
 
-def tracker_for(uri: str, experiment: str) -> Any:
+def tracker_for(uri: str, experiment: str) -> Tracker:
     """One :class:`~bench.tracking.Tracker` per process (reused actors keep theirs)."""
     from bench.tracking import Tracker
 
@@ -180,7 +188,9 @@ def run_trial_once(
     with tracker.trial_run(
         config,
         key,
-        method_cls or _UnresolvedMethod,
+        # The run reads only a method's version, knowledge and module, which the stand-in
+        # has; trial_run's parameter names the whole Method class.
+        method_cls or cast("type[Method]", _UnresolvedMethod),
         parent_run_id=context.parent_run_id,
         extra_tags=tags,
         resume_run_id=continued,
@@ -221,14 +231,14 @@ def _prepare_process(context: SweepContext, resources: Resources) -> None:
         limit_process_memory(resources.gpu)
 
 
-def _settled_run(runs: list[Any], retry_failed: bool) -> Any | None:
+def _settled_run(runs: list[Run], retry_failed: bool) -> Run | None:
     """The recorded run that settles the key (a FINISHED one first), None when none does."""
     settled = [r for r in runs if ledger.is_done(r, retry_failed)]
     finished = [r for r in settled if r.info.status == "FINISHED"] or settled
     return finished[0] if finished else None
 
 
-def _attempt_tags(runs: list[Any], sweep: str, attempt_id: str) -> dict[str, str]:
+def _attempt_tags(runs: list[Run], sweep: str, attempt_id: str) -> dict[str, str]:
     """Tags of a new attempt: its sweep, its number within the sweep, where it runs."""
     attempt = 1 + sum(r.data.tags.get(ledger.SWEEP_TAG) == sweep for r in runs)
     return {
@@ -240,7 +250,7 @@ def _attempt_tags(runs: list[Any], sweep: str, attempt_id: str) -> dict[str, str
     }
 
 
-def _epochs_on_record(run: Any, resume: TrainState | None) -> set[int]:
+def _epochs_on_record(run: RunHandle, resume: TrainState | None) -> set[int]:
     """The epochs the run already holds. A resumed attempt in a new run first records the
     epochs its saved state covers, so every run of a trial holds each epoch once."""
     if resume is None:
@@ -253,15 +263,15 @@ def _epochs_on_record(run: Any, resume: TrainState | None) -> set[int]:
 
 
 def _epoch_reporter(
-    run: Any,
-    tracker: Any,
+    run: RunHandle,
+    tracker: Tracker,
     report: Callable[[dict[str, Any]], None],
     skip: set[int] | frozenset[int] = frozenset(),
-) -> Callable[[Any], None]:
+) -> Callable[[EpochRecord], None]:
     """The trial's per-epoch hook: log the epoch to the run (unless it holds it already, from
     an earlier attempt), report its metrics to Tune."""
 
-    def epoch_done(record: Any) -> None:
+    def epoch_done(record: EpochRecord) -> None:
         if record.epoch not in skip:
             run.log_epoch(record)
         metrics = {
@@ -281,7 +291,7 @@ def _epoch_reporter(
     return epoch_done
 
 
-def _end_run(run: Any, tracker: Any, key: str, outcome: Any) -> None:
+def _end_run(run: RunHandle, tracker: Tracker, key: str, outcome: TrialResult) -> None:
     """End the run with the trial's outcome, or KILLED as a duplicate when another run of the
     key finished meanwhile (see :mod:`bench.sweep.ledger`)."""
     duplicate = _finished_elsewhere(tracker, key, run.run_id)
@@ -293,19 +303,19 @@ def _end_run(run: Any, tracker: Any, key: str, outcome: Any) -> None:
 
 
 def _execute(
-    prepared: Any,
-    on_epoch: Callable,
-    log: Callable,
+    prepared: Prepared,
+    on_epoch: Callable[[EpochRecord], None],
+    log: Callable[[dict[str, float]], None],
     *,
     resume: TrainState | None = None,
     checkpoint: checkpoints.TuneCheckpointer | None = None,
-) -> Any:
+) -> TrialResult:
     from bench.trial.compose import execute
 
     return execute(prepared, on_epoch=on_epoch, log=log, resume=resume, checkpoint=checkpoint)
 
 
-def _finished_elsewhere(tracker: Any, key: str, run_id: str) -> str | None:
+def _finished_elsewhere(tracker: Tracker, key: str, run_id: str) -> str | None:
     others = [
         r
         for r in ledger.key_runs(tracker, key)
@@ -322,7 +332,7 @@ class _UnresolvedMethod:
 
 
 def _record_setup_failure(
-    run: Any, key: str, error: BaseException | None, report: Callable[[dict[str, Any]], None]
+    run: RunHandle, key: str, error: BaseException | None, report: Callable[[dict[str, Any]], None]
 ) -> dict[str, Any]:
     """A trial whose inputs could not be built on this worker (missing data, plugin, teacher
     file): FAILED without a verdict, so the next sweep tries it again."""
@@ -345,7 +355,7 @@ def _record_setup_failure(
     return result
 
 
-def _result_of(outcome: Any, seconds: float) -> dict[str, Any]:
+def _result_of(outcome: TrialResult, seconds: float) -> dict[str, Any]:
     return {
         STATUS: outcome.status,
         "outcome": outcome.outcome,
@@ -359,7 +369,7 @@ def _result_of(outcome: Any, seconds: float) -> dict[str, Any]:
     }
 
 
-def _recorded_result(run: Any) -> dict[str, Any]:
+def _recorded_result(run: Run) -> dict[str, Any]:
     metrics = run.data.metrics
     return {
         STATUS: SKIPPED,

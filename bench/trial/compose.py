@@ -313,7 +313,11 @@ def execute(
         result.test_acc = topk_accuracy(test_logits, test_labels, 1)
         result.test_top5 = topk_accuracy(test_logits, test_labels, 5)
         record_test_metrics(result, student, test_logits, test_labels, data.info)
-        if teacher_model is not None and teacher_info.num_classes == s_info.num_classes:
+        if (
+            teacher_model is not None
+            and teacher_info is not None
+            and teacher_info.num_classes == s_info.num_classes
+        ):
             teacher_pred = predict(teacher_model, data.test, device).argmax(1)
             result.agreement = (test_logits.argmax(1) == teacher_pred).float().mean().item()
         result.student = student

@@ -125,6 +125,7 @@ class StepLog:
         """Raise :class:`TrialFailed` naming the first non-finite step since the last check."""
         if self._checked == len(self.rows):
             return
+        assert self.names is not None  # set by the add() that appended the first row
         window = torch.stack(self.rows[self._checked :])
         self._checked = len(self.rows)
         finite = torch.isfinite(window).all(dim=1)
@@ -144,6 +145,7 @@ class StepLog:
         self.check()
         if not self.rows:
             return {}
+        assert self.names is not None  # set by the add() that appended the first row
         means = torch.stack(self.rows).double().mean(dim=0).tolist()
         return dict(zip(self.names, means, strict=True))
 
@@ -195,6 +197,8 @@ def train_loop(
                 group["lr"] = lr
             terms = method.train_step(ctx, batch)
             total = sum(terms.values())
+            if not isinstance(total, Tensor):  # no terms sum to the integer 0
+                raise TypeError(f"{method.name}: train_step returned no loss terms")
             steps.add(terms, total, batch)
             optimizer.zero_grad(set_to_none=True)
             total.backward()

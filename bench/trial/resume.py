@@ -94,7 +94,7 @@ class CheckpointPolicy:
 def capture_rng(generators: dict[str, torch.Generator]) -> dict[str, Any]:
     """Every random stream the loop may draw from, as tensors and plain values (so a state
     loads with ``weights_only=True``)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)  # type: ignore[misc]
+    kind, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": {
