@@ -86,7 +86,7 @@ def kd_context(
     if teacher_name is not None:
         teacher = freeze(create_model(teacher_name, classes).to(device))
         t_info = model_info(teacher, teacher_name, image)
-        execution.apply(teacher, teacher=True)
+        execution.apply(teacher)
     task = task_info("synthetic-cifar", data, recipe)
     method = build_method(method_name)
     method.setup(s_info, t_info, task)
