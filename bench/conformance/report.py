@@ -76,13 +76,6 @@ class ConformanceReport:
     def failures(self) -> list[CheckResult]:
         return [r for r in self.results if r.failed]
 
-    def failed_methods(self) -> list[str]:
-        """Methods with at least one failed check, in run order."""
-        seen: dict[str, None] = {}
-        for r in self.failures():
-            seen.setdefault(r.method, None)
-        return list(seen)
-
     def for_pair(self, pair_id: str) -> list[CheckResult]:
         return [r for r in self.results if r.pair_id == pair_id]
 

@@ -127,10 +127,6 @@ def rank(entry: EntrySummary) -> str:
     return DASH if entry.rank is None else str(entry.rank)
 
 
-def method_of(entry: str | None) -> str:
-    return (entry or "").split("@")[0]
-
-
 def markdown_table(header: list[str], rows: list[list[str]], align: list[str]) -> list[str]:
     """A Markdown table as lines: header, alignment rule (``l`` or ``r`` per column), rows.
 

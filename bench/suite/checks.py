@@ -9,7 +9,7 @@ found; nothing is remembered between calls, so sections can be checked in any or
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeGuard, TypeVar
@@ -189,6 +189,27 @@ def unique(
             return None, [ctx.problem((*path, i), f"duplicate {what}: {item!r} is listed twice")]
         seen.add(item)
     return tuple(items), []
+
+
+def entries(
+    ctx: Context,
+    value: Any,
+    key: str,
+    what: str,
+    parse: Callable[[Any, KeyPath], tuple[T | None, list[Problem]]],
+) -> tuple[tuple[T, ...] | None, list[Problem]]:
+    """The list under the suite's top-level ``key``: at least one item, each read by
+    ``parse(item, path)``, none listed twice (``what`` names one item in messages)."""
+    found = Found()
+    items = found.take(nonempty_list(ctx, value, (key,), key))
+    if items is None:
+        return None, found
+    out = []
+    for i, item in enumerate(items):
+        entry = found.take(parse(item, (key, i)))
+        if entry is not None:
+            out.append(entry)
+    return found.take(unique(ctx, out, (key,), what)), found
 
 
 def frozen(value: Any) -> Any:

@@ -9,6 +9,7 @@ another having run first.
 from __future__ import annotations
 
 import difflib
+from functools import partial
 from typing import Any
 
 from bench.suite.checks import (
@@ -16,6 +17,7 @@ from bench.suite.checks import (
     Found,
     KeyPath,
     duplicate_keys,
+    entries,
     first_misfit,
     mapping,
     misfit,
@@ -156,16 +158,7 @@ def plugins(ctx: Context, value: Any) -> tuple[tuple[str, ...], list[Problem]]:
 
 def datasets(ctx: Context, value: Any) -> tuple[tuple[DatasetEntry, ...] | None, list[Problem]]:
     """The suite's datasets (names, or ``{name, data_root, download}``)."""
-    found = Found()
-    items = found.take(nonempty_list(ctx, value, ("datasets",), "datasets"))
-    if items is None:
-        return None, found
-    out = []
-    for i, item in enumerate(items):
-        entry = found.take(dataset(ctx, item, ("datasets", i)))
-        if entry is not None:
-            out.append(entry)
-    return found.take(unique(ctx, out, ("datasets",), "dataset")), found
+    return entries(ctx, value, "datasets", "dataset", partial(dataset, ctx))
 
 
 def dataset(ctx: Context, item: Any, path: KeyPath) -> tuple[DatasetEntry | None, list[Problem]]:

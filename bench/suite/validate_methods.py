@@ -9,12 +9,14 @@ and the trials it expands to carry them as they are.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from bench.suite.checks import (
     Context,
     Found,
     KeyPath,
+    entries,
     first_misfit,
     frozen,
     mapping,
@@ -47,16 +49,7 @@ def methods(
     ctx: Context, value: Any, phase: Any
 ) -> tuple[tuple[MethodEntry, ...] | None, list[Problem]]:
     """The suite's method entries (``ce`` or ``{name, params, search, resources}``)."""
-    found = Found()
-    items = found.take(nonempty_list(ctx, value, ("methods",), "methods"))
-    if items is None:
-        return None, found
-    out = []
-    for i, item in enumerate(items):
-        entry = found.take(method_entry(ctx, item, ("methods", i), phase))
-        if entry is not None:
-            out.append(entry)
-    return found.take(unique(ctx, out, ("methods",), "method entry")), found
+    return entries(ctx, value, "methods", "method entry", partial(method_entry, ctx, phase=phase))
 
 
 def method_entry(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,11 @@ from bench.suite.checks import (
     Context,
     Found,
     KeyPath,
+    entries,
     first_misfit,
     frozen,
     mapping,
     misfit,
-    nonempty_list,
-    unique,
 )
 from bench.suite.schema import PAIR_KEYS, RECIPE_KEYS, STUDENT_ONLY_RECIPE_KEYS, Pair, Problem
 
@@ -132,16 +132,7 @@ def pairs(
     ctx: Context, value: Any, recipes: SuiteRecipes
 ) -> tuple[tuple[Pair, ...] | None, list[Problem]]:
     """The suite's teacher → student pairs, their recipes merged over ``recipes``."""
-    found = Found()
-    items = found.take(nonempty_list(ctx, value, ("pairs",), "pairs"))
-    if items is None:
-        return None, found
-    out = []
-    for i, item in enumerate(items):
-        pair = found.take(one_pair(ctx, item, ("pairs", i), recipes))
-        if pair is not None:
-            out.append(pair)
-    return found.take(unique(ctx, out, ("pairs",), "pair")), found
+    return entries(ctx, value, "pairs", "pair", partial(one_pair, ctx, recipes=recipes))
 
 
 def one_pair(
