@@ -246,7 +246,6 @@ def test_a_sweep_survives_a_worker_node_killed_mid_trial(cluster, mlflow_server,
                     break
             time.sleep(0.1)
         assert victim is not None, log_path.read_text()[-3000:]
-        killed_ms = time.time() * 1000
         cluster.remove_node(workers[victim[1]], allow_graceful=False)
         assert driver.wait(timeout=300) == 0, log_path.read_text()[-4000:]
     finally:
