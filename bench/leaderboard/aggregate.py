@@ -25,6 +25,7 @@ method version other than the current one (old runs still in the store) are kept
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import zlib
@@ -49,6 +50,10 @@ from bench.leaderboard.runs import LeaderboardError
 
 #: Metrics a leaderboard may rank by (all "higher is better", stored as fractions).
 RANKABLE_METRICS = ("test_acc", "test_top5", "macro_f1", "val_acc")
+
+#: How a note that the reader must not miss begins (a missing baseline or reference); the
+#: command line repeats such notes as warnings.
+WARNING = "⚠ "
 
 #: Per-run metrics summarised per cell besides the ranked one (means over seeds).
 SIDE_METRICS = (
@@ -146,10 +151,13 @@ class MethodFacts:
     Attributes:
         version: The version a suite runs now.
         defaults: Its params' defaults, by name.
+        fields: Its params' annotations, by name (to type the params an entry names); empty
+            when unknown.
     """
 
     version: int
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    fields: Mapping[str, Any] = field(default_factory=dict)
 
 
 def installed_methods(names: Iterable[str]) -> dict[str, MethodFacts]:
@@ -164,7 +172,7 @@ def installed_methods(names: Iterable[str]) -> dict[str, MethodFacts]:
             cls = get_method(name)
         except (RegistryError, KeyError):
             continue
-        out[name] = MethodFacts(int(cls.version), _defaults(cls.Params))
+        out[name] = MethodFacts(int(cls.version), _defaults(cls.Params), cls.Params.fields())
     return out
 
 
@@ -648,8 +656,10 @@ def _anchor(
     version = spec.version
     if version is None:
         version = known.version if known is not None else _highest(done["method_version"])
-    defaults = known.defaults if known is not None and known.version == version else {}
-    wanted = {**defaults, **dict(spec.params)}
+    current = known is not None and known.version == version
+    defaults = known.defaults if known is not None and current else {}
+    named = _typed(spec, known.fields if known is not None and current else {}, role)
+    wanted = {**defaults, **named}
     entries = sorted(set(done["entry"]), key=_entry_sort_key)
     matching = sorted(
         {
@@ -669,6 +679,33 @@ def _anchor(
         entry=matching[0] if matching else None,
         others=tuple(e for e in entries if e not in matching),
     )
+
+
+def _typed(spec: EntrySpec, fields: Mapping[str, Any], role: str) -> dict[str, Any]:
+    """The params ``spec`` names, each of its field's type (``temperature=8`` is 8.0) when the
+    fields are known.
+
+    Raises:
+        LeaderboardError: A param the method does not have, or a value that does not fit.
+    """
+    from bench.api.params import ParamError, coerce_value
+
+    if not fields:
+        return dict(spec.params)
+    out = {}
+    for name, raw in spec.params:
+        if name not in fields:
+            close = difflib.get_close_matches(name, list(fields), n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise LeaderboardError(
+                f"{role} {spec.text}: {spec.method} has no param {name!r}.{hint} Its params: "
+                f"{', '.join(fields) or 'none'}."
+            )
+        try:
+            out[name] = coerce_value(raw, fields[name], where=f"{role} {spec.text}: {name}")
+        except ParamError as exc:
+            raise LeaderboardError(str(exc)) from None
+    return out
 
 
 def _setting_from_key(key: str) -> dict[str, Any]:
@@ -1143,8 +1180,9 @@ def _anchor_notes(baseline: Anchor, reference: Anchor, phase: str) -> list[str]:
             continue
         if anchor.version is None:
             notes.append(
-                f"⚠ No {anchor.role}: no finished {anchor.method!r} run in phase {phase!r}, so "
-                f"gains over {anchor.method} and verdicts against it are not computed."
+                f"{WARNING}No {anchor.role}: no finished {anchor.method!r} run in phase "
+                f"{phase!r}, so gains over {anchor.method} and verdicts against it are not "
+                "computed."
             )
             continue
         others = (
@@ -1155,7 +1193,7 @@ def _anchor_notes(baseline: Anchor, reference: Anchor, phase: str) -> list[str]:
             else ""
         )
         notes.append(
-            f"⚠ No {anchor.role}: {anchor.description} has no finished run in phase "
+            f"{WARNING}No {anchor.role}: {anchor.description} has no finished run in phase "
             f"{phase!r}, so gains over {anchor.method} and verdicts against it are not "
             f"computed.{others}"
         )

@@ -37,7 +37,13 @@ from pathlib import Path
 import pandas as pd
 
 from bench.entry_spec import EntrySpecError, parse_entry_spec
-from bench.leaderboard.aggregate import RANKABLE_METRICS, Leaderboard, Settings, build_leaderboard
+from bench.leaderboard.aggregate import (
+    RANKABLE_METRICS,
+    WARNING,
+    Leaderboard,
+    Settings,
+    build_leaderboard,
+)
 from bench.leaderboard.compression import COMPRESSION_FILE, compression_from_mlflow
 from bench.leaderboard.compression import beside as compression_beside
 from bench.leaderboard.models import MODELS_FILE, model_costs
@@ -378,6 +384,9 @@ def leaderboard_main(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     for note in notes:
         print(f"kdbench leaderboard: {note}", file=sys.stderr)
+    for note in board.notes:
+        if note.startswith(WARNING):
+            print(f"kdbench leaderboard: warning: {note[len(WARNING) :]}", file=sys.stderr)
     elapsed = time.perf_counter() - started
     if not args.quiet:
         print("\n".join(main_table_markdown(board)))
