@@ -501,9 +501,11 @@ def mlflow_suite(tmp_path_factory):
     teacher = TeacherSpec(arch="resnet56", recipe=recipe)
     # Method classes carrying what the tracker reads (version, knowledge, and the module whose
     # helper imports make the shared code: none here).
+    from bench.plugins import get_method
+
     kinds = {
-        "ce": type("Ce", (), {"version": 1, "knowledge": "none"}),
-        "kd": type("Kd", (), {"version": 2, "knowledge": "logits"}),
+        "ce": type("Ce", (), {"version": get_method("ce").version, "knowledge": "none"}),
+        "kd": type("Kd", (), {"version": get_method("kd").version, "knowledge": "logits"}),
     }
     accuracy = {("ce", s): 0.80 + 0.01 * s for s in range(3)}
     accuracy.update({("kd", s): 0.84 + 0.01 * s for s in range(3)})
@@ -527,7 +529,9 @@ def mlflow_suite(tmp_path_factory):
     config = TrialConfig(dataset="digits", student="resnet20", method="ce", seed=0, recipe=recipe)
     with pytest.raises(RuntimeError), tracker.trial_run(config, retried, kinds["ce"]):
         raise RuntimeError("node lost")
-    return SimpleNamespace(uri=uri, suite=suite, logged=logged, retried=retried)
+    return SimpleNamespace(
+        uri=uri, suite=suite, logged=logged, retried=retried, kd=f"kd@{kinds['kd'].version}"
+    )
 
 
 def _result(acc: float, *, teacher: bool) -> SimpleNamespace:
@@ -558,7 +562,7 @@ def test_leaderboard_from_a_real_mlflow_store(mlflow_suite, capsys):
     assert dict(zip(runs["run_key"], runs["mlflow_run_id"], strict=True)) == s.logged
     assert set(runs["status"]) == {"FINISHED"}
     kd = runs[runs["method"] == "kd"]
-    assert set(kd["method_version"]) == {2}
+    assert {f"kd@{v}" for v in kd["method_version"]} == {s.kd}
     assert set(kd["teacher"]) == {"resnet56"}
     assert json.loads(kd["params"].iloc[0]) == {"temperature": 4.0}
     assert set(runs.loc[runs["method"] == "ce", "teacher"]) == {""}
@@ -567,7 +571,7 @@ def test_leaderboard_from_a_real_mlflow_store(mlflow_suite, capsys):
     readme = (s.suite / "README.md").read_text(encoding="utf-8")
     assert readme.startswith("# Leaderboard: tiny")
     assert "### digits: resnet56 → resnet20 (teacher 95.00%; " in readme
-    kd_row = next(line for line in readme.splitlines() if line.startswith("| `kd@2` | 85.00"))
+    kd_row = next(line for line in readme.splitlines() if line.startswith(f"| `{s.kd}` | 85.00"))
     assert "▲ +4.00" in kd_row  # paired by seed: the same +4 points on every seed
     html = (s.suite / "index.html").read_text(encoding="utf-8")
     assert (

@@ -208,9 +208,9 @@ def test_page_renders_sorts_and_drills_down(browser, page, tmp_path):
     assert struct.unpack(">II", png[16:24]) == (WIDTH, browser.script("return innerHeight"))
     _save("leaderboard.png", png, tmp_path)
 
-    # Clicking a header re-sorts: gain over kd, largest first, then smallest first.
+    # Clicking a header re-sorts: gain over the reference kd@1, largest first, then smallest first.
     header = browser.find("#main thead th:nth-child(5) button")
-    assert browser.text(header) == "Gain vs kd"
+    assert browser.text(header) == "Gain vs kd@1"
     browser.click(header)
     gains = _column_keys(browser, 4)
     known = [g for g in gains if g is not None]

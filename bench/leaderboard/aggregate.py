@@ -13,27 +13,47 @@ metric in percentage points. The statistics are those of :mod:`bench.leaderboard
   Holm-corrected over all pairs; the Wilcoxon-Holm critical-difference groups; stratified
   bootstrap intervals of the mean gain over ``ce`` and ``kd`` and of the probability of
   improvement over ``kd``. Nothing is imputed.
+
+The baseline and the reference are declared, not guessed: each is one entry, the method at
+the version the installed code runs with its default params unless the settings name others
+(:mod:`bench.entry_spec`). When no finished run has that setting, the leaderboard says so at
+the top and computes nothing against it; it never falls back to another setting. Entries of a
+method version other than the current one (old runs still in the store) are kept apart as
+*retired*: summarised, but left out of the ranks, the Friedman test and every Holm family.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import zlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
 
+from bench.entry_spec import (
+    EntrySpec,
+    EntrySpecError,
+    normalized,
+    parse_entry_spec,
+    same_settings,
+    value_text,
+)
 from bench.leaderboard import stats
 from bench.leaderboard.runs import LeaderboardError
 
 #: Metrics a leaderboard may rank by (all "higher is better", stored as fractions).
 RANKABLE_METRICS = ("test_acc", "test_top5", "macro_f1", "val_acc")
+
+#: How a note that the reader must not miss begins (a missing baseline or reference); the
+#: command line repeats such notes as warnings.
+WARNING = "⚠ "
 
 #: Per-run metrics summarised per cell besides the ranked one (means over seeds).
 SIDE_METRICS = (
@@ -57,8 +77,10 @@ class Settings:
     Attributes:
         phase: Which runs count (``final``: fresh seeds on the test split).
         metric: The ranked metric, one of :data:`RANKABLE_METRICS`.
-        baseline: Method of the student trained alone.
-        reference: Method every other is measured against first (vanilla KD).
+        baseline: The entry of the student trained alone, in the text form of
+            :mod:`bench.entry_spec` (``ce``: ce at its current version, default params).
+        reference: The entry every other is measured against first (``kd``: vanilla KD at
+            its current version and default params; ``kd@1[temperature=8.0]`` another).
         alpha: Family-wise significance level.
         cell_test: Within-cell test, ``t`` (paired t when seeds match, else Welch) or
             ``mannwhitney`` (exact Mann-Whitney U).
@@ -91,12 +113,136 @@ class Settings:
             raise LeaderboardError("alpha and confidence must lie strictly between 0 and 1.")
         if self.n_boot < 100:
             raise LeaderboardError(f"n_boot must be at least 100, got {self.n_boot}.")
+        for role in ("baseline", "reference"):
+            try:
+                parse_entry_spec(getattr(self, role))
+            except EntrySpecError as exc:
+                raise LeaderboardError(f"{role}: {exc}.") from None
+
+    @property
+    def baseline_spec(self) -> EntrySpec:
+        return parse_entry_spec(self.baseline)
+
+    @property
+    def reference_spec(self) -> EntrySpec:
+        return parse_entry_spec(self.reference)
+
+    @property
+    def baseline_method(self) -> str:
+        """The baseline's method name (CSV columns are named after it: ``gain_vs_ce``)."""
+        return self.baseline_spec.method
+
+    @property
+    def reference_method(self) -> str:
+        """The reference's method name (``gain_vs_kd``, ``verdict_vs_kd``)."""
+        return self.reference_spec.method
 
     @property
     def cell_test_name(self) -> str:
         if self.cell_test == "t":
             return "paired t-test when both sides have the same seeds, Welch's t-test otherwise"
         return "exact Mann-Whitney U test"
+
+
+@dataclass(frozen=True)
+class MethodFacts:
+    """What the installed code says about a method.
+
+    Attributes:
+        version: The version a suite runs now.
+        defaults: Its params' defaults, by name.
+        fields: Its params' annotations, by name (to type the params an entry names); empty
+            when unknown.
+    """
+
+    version: int
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    fields: Mapping[str, Any] = field(default_factory=dict)
+
+
+def installed_methods(names: Iterable[str]) -> dict[str, MethodFacts]:
+    """Version and default params of each of ``names`` that is registered (kdbench's methods
+    and the plugins loaded so far); names that are not registered are left out."""
+    from bench.plugins import get_method
+    from bench.registry import RegistryError
+
+    out = {}
+    for name in sorted(set(names)):
+        try:
+            cls = get_method(name)
+        except (RegistryError, KeyError):
+            continue
+        out[name] = MethodFacts(int(cls.version), _defaults(cls.Params), cls.Params.fields())
+    return out
+
+
+def _defaults(params: Any) -> dict[str, Any]:
+    return {
+        f.name: f.default
+        for f in dataclasses.fields(params)
+        if f.default is not dataclasses.MISSING
+    }
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """The baseline or the reference: the setting looked for and the entry that has it.
+
+    Attributes:
+        role: ``baseline`` or ``reference``.
+        spec: As the settings name it.
+        version: The version looked for: the named one, else the installed one, else (for a
+            method that is not installed) the highest with finished runs; None without any.
+        params: The whole setting looked for: the named params over the method's defaults.
+        named_params: Whether the settings named params other than the defaults.
+        entry: The entry used, or None when no finished run has that setting.
+        others: The method's other entries with finished runs (for the message when
+            ``entry`` is None).
+    """
+
+    role: str
+    spec: EntrySpec
+    version: int | None
+    params: tuple[tuple[str, Any], ...]
+    named_params: bool
+    entry: str | None
+    others: tuple[str, ...] = ()
+
+    @property
+    def method(self) -> str:
+        return self.spec.method
+
+    @property
+    def wanted(self) -> str:
+        """The entry looked for, e.g. ``kd@1``."""
+        return self.method if self.version is None else f"{self.method}@{self.version}"
+
+    @property
+    def label(self) -> str:
+        """How column headers name it: the entry used (``kd@1[temperature=4.0]``), else the
+        entry looked for with ``(no runs)``."""
+        return self.entry if self.entry is not None else f"{self.wanted} (no runs)"
+
+    @property
+    def setting(self) -> str:
+        """The params in words: ``its default params (alpha=0.9, temperature=4.0)``, or
+        ``temperature=8.0 as named, the other params at their defaults (alpha=0.9)``."""
+        if not self.named_params:
+            listed = ", ".join(f"{k}={value_text(v)}" for k, v in self.params)
+            return f"its default params ({listed})" if listed else "no params"
+        named = dict(self.spec.params)
+        given = ", ".join(f"{k}={value_text(v)}" for k, v in self.params if k in named)
+        rest = ", ".join(f"{k}={value_text(v)}" for k, v in self.params if k not in named)
+        return f"{given} as named" + (
+            f", the other params at their defaults ({rest})" if rest else ""
+        )
+
+    @property
+    def description(self) -> str:
+        """``kd@1[temperature=4.0]: kd version 1 with its default params (…)``."""
+        head = f"`{self.label}`" if self.entry else f"`{self.wanted}`"
+        version = "" if self.version is None else f" version {self.version}"
+        return f"{head}: {self.method}{version} with {self.setting}"
 
 
 class Cell(NamedTuple):
@@ -264,12 +410,15 @@ class Leaderboard:
         pairwise: Wilcoxon-Holm record for every pair of entries.
         friedman: Friedman test over the ranked entries.
         cd_groups: Critical-difference groups over the ranked entries.
-        baseline_entry: The entry used as the baseline (None when absent).
-        reference_entry: The entry used as the reference (None when absent).
+        baseline: The baseline: the setting looked for and the entry used.
+        reference: The reference, likewise.
         notes: Honesty statements and exclusions, shown above the tables.
         teacher_acc: Teacher test accuracy per cell in points (NaN when unknown).
         n_runs: Rows of the runs table.
         n_used: Finished runs of the phase that entered the statistics.
+        retired: Entries of a method version other than the one the suite runs now, shown
+            apart: never ranked, never in a Holm family (their gains are still computed).
+        current_versions: Method → the version counted as current.
     """
 
     name: str
@@ -280,19 +429,31 @@ class Leaderboard:
     pairwise: tuple[stats.PairComparison, ...]
     friedman: stats.FriedmanResult
     cd_groups: tuple[tuple[str, ...], ...]
-    baseline_entry: str | None
-    reference_entry: str | None
+    baseline: Anchor
+    reference: Anchor
     notes: tuple[str, ...]
     teacher_acc: dict[Cell, float]
     n_runs: int
     n_used: int
+    retired: tuple[EntrySummary, ...] = ()
+    current_versions: dict[str, int] = field(default_factory=dict)
 
     @property
     def ranked(self) -> tuple[EntrySummary, ...]:
         return tuple(e for e in self.entries if e.rank is not None)
 
+    @property
+    def baseline_entry(self) -> str | None:
+        """The entry used as the baseline (None when no finished run has its setting)."""
+        return self.baseline.entry
+
+    @property
+    def reference_entry(self) -> str | None:
+        """The entry used as the reference (None when no finished run has its setting)."""
+        return self.reference.entry
+
     def entry(self, name: str) -> EntrySummary:
-        for e in self.entries:
+        for e in (*self.entries, *self.retired):
             if e.entry == name:
                 return e
         raise KeyError(name)
@@ -307,7 +468,11 @@ class Leaderboard:
 
 
 def build_leaderboard(
-    runs: pd.DataFrame, settings: Settings | None = None, *, name: str = "leaderboard"
+    runs: pd.DataFrame,
+    settings: Settings | None = None,
+    *,
+    name: str = "leaderboard",
+    methods: Mapping[str, MethodFacts] | None = None,
 ) -> Leaderboard:
     """Compute a leaderboard from a checked runs table.
 
@@ -316,6 +481,9 @@ def build_leaderboard(
             statuses; only finished runs of ``settings.phase`` enter the statistics).
         settings: How to compute it (defaults: :class:`Settings`).
         name: Suite name shown in the outputs.
+        methods: Current version and default params of the methods (default: the installed
+            code's, :func:`installed_methods`). A method missing here counts its highest
+            version with runs as current, and only the params it names as its setting.
 
     Returns:
         The leaderboard.
@@ -327,7 +495,8 @@ def build_leaderboard(
     settings = settings or Settings()
     notes: list[str] = []
     phase_runs = _phase_runs(runs, settings.phase)
-    table = _with_entries(phase_runs, notes)
+    facts = dict(methods) if methods is not None else installed_methods(set(runs["method"]))
+    table = _with_entries(phase_runs, notes, facts)
     table = _place_teacherless(table, notes)
     finished = table[table["status"] == "FINISHED"]
     if finished.empty:
@@ -338,22 +507,34 @@ def build_leaderboard(
     cells = tuple(
         sorted({Cell(*c) for c in table[["dataset", "teacher", "student"]].itertuples(index=False)})
     )
-    entry_names = sorted(set(table["entry"]), key=_entry_sort_key)
-    baseline = _pick_entry(table, settings.baseline)
-    reference = _pick_entry(table, settings.reference)
-    results = _cell_results(table, cells, entry_names, settings, baseline, reference)
+    baseline = _anchor(table, settings.baseline_spec, facts, "baseline")
+    reference = _anchor(table, settings.reference_spec, facts, "reference")
+    current_versions = _current_versions(table, facts)
+    anchors = {a.entry for a in (baseline, reference) if a.entry is not None}
+    all_entries = sorted(set(table["entry"]), key=_entry_sort_key)
+    retired = [
+        e
+        for e in all_entries
+        if e not in anchors and _version_of(table, e) != current_versions[_method_of(e)]
+    ]
+    entry_names = [e for e in all_entries if e not in retired]
+    results = _cell_results(
+        table, cells, all_entries, settings, baseline.entry, reference.entry, set(entry_names)
+    )
     teacher_acc = _teacher_accuracy(finished, cells)
     scores = np.array(
-        [[_cell_mean(results, c, e) for e in entry_names] for c in cells], dtype=float
-    ).reshape(len(cells), len(entry_names))
-    coverage = {e: int(np.sum(~np.isnan(scores[:, j]))) for j, e in enumerate(entry_names)}
+        [[_cell_mean(results, c, e) for e in all_entries] for c in cells], dtype=float
+    ).reshape(len(cells), len(all_entries))
+    coverage = {e: int(np.sum(~np.isnan(scores[:, j]))) for j, e in enumerate(all_entries)}
+    # Only current entries are ranked and tested against each other across cells.
+    scores = scores[:, [all_entries.index(e) for e in entry_names]]
     complete = [entry_names.index(e) for e in entry_names if coverage[e] == len(cells)]
     friedman = stats.friedman(scores[:, complete])
     # A rank among fewer than two methods says nothing.
     ranked = [entry_names[j] for j in complete] if len(complete) >= 2 else []
     avg = stats.average_ranks(scores[:, complete]) if ranked else np.array([])
     avg_rank = dict(zip(ranked, avg.tolist(), strict=True))
-    order = _pairwise_order(entry_names, baseline, reference)
+    order = _pairwise_order(entry_names, baseline.entry, reference.entry)
     pairwise = tuple(
         stats.wilcoxon_pairwise(
             scores[:, [entry_names.index(e) for e in order]], order, alpha=settings.alpha
@@ -366,15 +547,27 @@ def build_leaderboard(
     if ranked:
         in_ranked = [p for p in pairwise if p.a in avg_rank and p.b in avg_rank]
         cd_groups = tuple(stats.critical_difference_groups(avg_rank, in_ranked))
-    summaries = [
-        _entry_summary(
-            e, table, results, cells, settings, baseline, reference, pairwise, avg_rank, coverage
+    summaries = {
+        e: _entry_summary(
+            e,
+            table,
+            results,
+            cells,
+            settings,
+            baseline.entry,
+            reference.entry,
+            pairwise,
+            avg_rank,
+            coverage,
         )
-        for e in entry_names
-    ]
-    summaries = _rank(summaries)
+        for e in all_entries
+    }
+    current = _rank([summaries[e] for e in entry_names], settings.metric)
+    old = [summaries[e] for e in retired]
     notes = (
-        _honesty_notes(settings, cells, results, summaries, friedman, pairwise, baseline, reference)
+        _anchor_notes(baseline, reference, settings.phase)
+        + _honesty_notes(settings, cells, results, current, friedman, pairwise)
+        + _retired_notes(old, current_versions)
         + notes
     )
     notes += _exclusion_notes(runs, phase_runs, settings)
@@ -382,17 +575,19 @@ def build_leaderboard(
         name=name,
         settings=settings,
         cells=cells,
-        entries=tuple(summaries),
+        entries=tuple(current),
         results=results,
         pairwise=pairwise,
         friedman=friedman,
         cd_groups=cd_groups,
-        baseline_entry=baseline,
-        reference_entry=reference,
+        baseline=baseline,
+        reference=reference,
         notes=tuple(notes),
         teacher_acc=teacher_acc,
         n_runs=len(runs),
         n_used=int(finished["run_key"].nunique()),
+        retired=tuple(old),
+        current_versions=current_versions,
     )
 
 
@@ -407,29 +602,133 @@ def _phase_runs(runs: pd.DataFrame, phase: str) -> pd.DataFrame:
     return selected
 
 
-def _with_entries(runs: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
-    """Adds the entry label; a method@version run with several params in one cell is split."""
+def _setting_of(
+    method: str, version: int, params_text: str, facts: Mapping[str, MethodFacts]
+) -> dict[str, Any]:
+    """A run's whole setting: its recorded params over the method's defaults, where the
+    installed code is that version (a run recorded before defaults were written out has
+    ``{}`` for them; the defaults of another version are not known)."""
+    known = facts.get(method)
+    defaults = known.defaults if known is not None and known.version == version else {}
+    return {**defaults, **json.loads(params_text or "{}")}
+
+
+def _with_entries(
+    runs: pd.DataFrame, notes: list[str], facts: Mapping[str, MethodFacts]
+) -> pd.DataFrame:
+    """Adds the entry label (``method@version``) and each run's whole setting (column
+    ``setting``, comparable text); a method@version run with several settings is split into
+    one entry per setting, named by the params that vary (``kd@1[temperature=4.0]``)."""
     table = runs.copy()
     table["entry"] = [
         f"{m}@{v}" for m, v in zip(table["method"], table["method_version"], strict=True)
     ]
-    cell_cols = ["dataset", "teacher", "student", "entry"]
-    variants = table.groupby(cell_cols)["params"].nunique()
-    split = sorted({key[-1] for key, count in variants.items() if count > 1})
+    full = [
+        _setting_of(m, int(v), p, facts)
+        for m, v, p in zip(table["method"], table["method_version"], table["params"], strict=True)
+    ]
+    table["setting"] = [json.dumps(normalized(p)) for p in full]
+    variants = table.groupby("entry")["setting"].nunique()
+    split = sorted(entry for entry, count in variants.items() if count > 1)
     for entry in split:
-        rows = table["entry"] == entry
-        params = [json.loads(p) for p in table.loc[rows, "params"]]
+        rows = (table["entry"] == entry).to_numpy()
+        params = [p for p, row in zip(full, rows, strict=True) if row]
         varying = sorted(
-            {k for p in params for k in p if len({repr(q.get(k)) for q in params}) > 1}
+            {k for p in params for k in p if len({repr(normalized(q.get(k))) for q in params}) > 1}
         )
         table.loc[rows, "entry"] = [
             f"{entry}[{', '.join(f'{k}={p.get(k)}' for k in varying)}]" for p in params
         ]
         notes.append(
-            f"{entry} was run with several settings of {', '.join(varying)} in the same cell; "
+            f"{entry} was run with several settings of {', '.join(varying)}; "
             "each setting is its own row."
         )
     return table
+
+
+def _anchor(
+    table: pd.DataFrame, spec: EntrySpec, facts: Mapping[str, MethodFacts], role: str
+) -> Anchor:
+    """The entry with exactly the setting ``spec`` names (its params over the defaults of the
+    version looked for), or an anchor without entry: never another setting instead."""
+    known = facts.get(spec.method)
+    done = table[(table["method"] == spec.method) & (table["status"] == "FINISHED")]
+    version = spec.version
+    if version is None:
+        version = known.version if known is not None else _highest(done["method_version"])
+    current = known is not None and known.version == version
+    defaults = known.defaults if known is not None and current else {}
+    named = _typed(spec, known.fields if known is not None and current else {}, role)
+    wanted = {**defaults, **named}
+    entries = sorted(set(done["entry"]), key=_entry_sort_key)
+    matching = sorted(
+        {
+            e
+            for e, v, s in zip(done["entry"], done["method_version"], done["setting"], strict=True)
+            if v == version and same_settings(_setting_from_key(s), wanted)
+        }
+    )
+    if len(matching) > 1:  # cannot happen: entries are split by setting
+        raise LeaderboardError(f"{role} {spec.text}: several entries match: {matching}.")
+    return Anchor(
+        role=role,
+        spec=spec,
+        version=version,
+        params=tuple(sorted(wanted.items())),
+        named_params=bool(spec.params) and (known is None or not same_settings(wanted, defaults)),
+        entry=matching[0] if matching else None,
+        others=tuple(e for e in entries if e not in matching),
+    )
+
+
+def _typed(spec: EntrySpec, fields: Mapping[str, Any], role: str) -> dict[str, Any]:
+    """The params ``spec`` names, each of its field's type (``temperature=8`` is 8.0) when the
+    fields are known.
+
+    Raises:
+        LeaderboardError: A param the method does not have, or a value that does not fit.
+    """
+    from bench.api.params import ParamError, coerce_value
+
+    if not fields:
+        return dict(spec.params)
+    out = {}
+    for name, raw in spec.params:
+        if name not in fields:
+            close = difflib.get_close_matches(name, list(fields), n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise LeaderboardError(
+                f"{role} {spec.text}: {spec.method} has no param {name!r}.{hint} Its params: "
+                f"{', '.join(fields) or 'none'}."
+            )
+        try:
+            out[name] = coerce_value(raw, fields[name], where=f"{role} {spec.text}: {name}")
+        except ParamError as exc:
+            raise LeaderboardError(str(exc)) from None
+    return out
+
+
+def _setting_from_key(key: str) -> dict[str, Any]:
+    """The setting back from the ``setting`` column's text (pairs of name and value)."""
+    return {k: v for k, v in json.loads(key)}
+
+
+def _highest(versions: pd.Series) -> int | None:
+    return int(versions.max()) if len(versions) else None
+
+
+def _current_versions(table: pd.DataFrame, facts: Mapping[str, MethodFacts]) -> dict[str, int]:
+    """The version of each method counted as current: the installed code's, else the highest
+    recorded."""
+    out = {}
+    for method, versions in table.groupby("method")["method_version"]:
+        known = facts.get(str(method))
+        out[str(method)] = known.version if known is not None else int(versions.max())
+    return out
+
+
+def _version_of(table: pd.DataFrame, entry: str) -> int:
+    return int(table.loc[table["entry"] == entry, "method_version"].iloc[0])
 
 
 def _place_teacherless(table: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
@@ -477,22 +776,6 @@ def _entry_sort_key(entry: str) -> tuple[str, int, str]:
     return (method, int(version) if version.isdigit() else 0, variant)
 
 
-def _pick_entry(table: pd.DataFrame, method: str) -> str | None:
-    """The entry of ``method`` with the highest version (and most finished runs).
-
-    ``method`` may name one setting of a method run with several, as its entries show it:
-    ``kd[temperature=4.0]`` picks the entry ``kd@<version>[temperature=4.0]``.
-    """
-    name, bracket, variant = method.partition("[")
-    rows = table[(table["method"] == name) & (table["status"] == "FINISHED")]
-    if bracket:
-        rows = rows[rows["entry"].str.endswith(f"[{variant}")]
-    if rows.empty:
-        return None
-    counts = rows.groupby("entry").size()
-    return max(counts.index, key=lambda e: (_entry_sort_key(e)[1], counts[e], e))
-
-
 def _pairwise_order(
     entries: Sequence[str], baseline: str | None, reference: str | None
 ) -> list[str]:
@@ -508,7 +791,10 @@ def _cell_results(
     settings: Settings,
     baseline: str | None,
     reference: str | None,
+    compared: set[str],
 ) -> dict[tuple[Cell, str], CellResult]:
+    """Every (cell, entry) result; the entries in ``compared`` (the current ones) are tested
+    against the baseline and the reference, Holm-corrected together within each cell."""
     grouped = {
         key: group for key, group in table.groupby(["dataset", "teacher", "student", "entry"])
     }
@@ -520,9 +806,10 @@ def _cell_results(
             if group is not None:
                 plain[entry] = _plain_result(cell, entry, group, settings)
         versus = {"reference": reference, "baseline": baseline}
+        family = {e: r for e, r in plain.items() if e in compared}
         comparisons: dict[str, dict[str, tuple]] = {}
         for role, against in versus.items():
-            comparisons[role] = _family(plain, against, settings)
+            comparisons[role] = _family(family, against, settings)
         for entry, result in plain.items():
             changes = {}
             for role in versus:
@@ -596,7 +883,7 @@ def _family(
     """Every entry of one cell against one baseline, Holm-corrected together."""
     if against is None or against not in plain or plain[against].n == 0:
         return {
-            e: (None, math.nan, stats.Verdict(None, f"no {_method_of(against)} runs in this cell"))
+            e: (None, math.nan, stats.Verdict(None, f"no {against} runs in this cell"))
             for e in plain
             if e != against and against is not None
         }
@@ -799,20 +1086,19 @@ def _entry_summary(
     )
 
 
-def _rank(summaries: list[EntrySummary]) -> list[EntrySummary]:
-    def gain(s: EntrySummary) -> float:
-        g = s.gain_vs_reference.estimate
-        if math.isnan(g):
-            g = s.gain_vs_baseline.estimate
-        return -math.inf if math.isnan(g) else g
+def _rank(summaries: list[EntrySummary], metric: str) -> list[EntrySummary]:
+    """Entries covering every cell by average rank (1 = best), ties broken by the higher mean
+    of ``metric`` over the cells, then by name; the others follow, unranked, by name."""
+
+    def mean_score(s: EntrySummary) -> float:
+        value = s.side.get(metric, math.nan)
+        return -math.inf if math.isnan(value) else value
 
     ranked = sorted(
         (s for s in summaries if not math.isnan(s.avg_rank)),
-        key=lambda s: (s.avg_rank, -gain(s), s.entry),
+        key=lambda s: (s.avg_rank, -mean_score(s), s.entry),
     )
-    partial = sorted(
-        (s for s in summaries if math.isnan(s.avg_rank)), key=lambda s: (-gain(s), s.entry)
-    )
+    partial = sorted((s for s in summaries if math.isnan(s.avg_rank)), key=lambda s: s.entry)
     return [dataclasses.replace(s, rank=i + 1) for i, s in enumerate(ranked)] + partial
 
 
@@ -828,8 +1114,6 @@ def _honesty_notes(
     summaries: Sequence[EntrySummary],
     friedman: stats.FriedmanResult,
     pairwise: Sequence[stats.PairComparison],
-    baseline: str | None,
-    reference: str | None,
 ) -> list[str]:
     notes = []
     need = stats.wilcoxon_min_cells(settings.alpha)
@@ -849,7 +1133,8 @@ def _honesty_notes(
             f"{_holm_floor(pairwise):.2g}, so no across-cell verdict can be ▲ or ▼ and the "
             f"tables say “insufficient cells” instead; {enough} cells would be needed."
         )
-    few = [r for r in results.values() if 0 < r.n < stats.MIN_SEEDS]
+    current = {s.entry for s in summaries}
+    few = [r for r in results.values() if 0 < r.n < stats.MIN_SEEDS and r.entry in current]
     if few:
         where = sorted({f"{r.entry} on {r.cell.label} (n={r.n})" for r in few})
         shown = "; ".join(where[:6]) + (f"; and {len(where) - 6} more" if len(where) > 6 else "")
@@ -867,15 +1152,6 @@ def _honesty_notes(
             "left out of the average ranks and the Friedman test, and compared with each other "
             "method only on the cells both have. Nothing is imputed."
         )
-    for role, entry, method in (
-        ("baseline", baseline, settings.baseline),
-        ("reference", reference, settings.reference),
-    ):
-        if entry is None:
-            notes.append(
-                f"No finished {method!r} runs: the {role} is missing, so gains over "
-                f"{method} and verdicts against it are not computed."
-            )
     if friedman.insufficient:
         notes.append(f"Friedman test not run: {friedman.insufficient}.")
     elif math.isnan(friedman.pvalue):
@@ -894,6 +1170,47 @@ def _honesty_notes(
             )
         )
     return notes
+
+
+def _anchor_notes(baseline: Anchor, reference: Anchor, phase: str) -> list[str]:
+    """A missing baseline or reference, said first: nothing is compared with a stand-in."""
+    notes = []
+    for anchor in (baseline, reference):
+        if anchor.entry is not None:
+            continue
+        if anchor.version is None:
+            notes.append(
+                f"{WARNING}No {anchor.role}: no finished {anchor.method!r} run in phase "
+                f"{phase!r}, so gains over {anchor.method} and verdicts against it are not "
+                "computed."
+            )
+            continue
+        others = (
+            f" Finished {anchor.method} runs exist as {', '.join(f'`{e}`' for e in anchor.others)}"
+            f"; none is used in its place. If one of them is the comparison you mean, name it "
+            f"under `leaderboard: {{{anchor.role}: …}}` in suite.yaml (or --{anchor.role})."
+            if anchor.others
+            else ""
+        )
+        notes.append(
+            f"{WARNING}No {anchor.role}: {anchor.description} has no finished run in phase "
+            f"{phase!r}, so gains over {anchor.method} and verdicts against it are not "
+            f"computed.{others}"
+        )
+    return notes
+
+
+def _retired_notes(retired: Sequence[EntrySummary], current: Mapping[str, int]) -> list[str]:
+    if not retired:
+        return []
+    names = ", ".join(f"`{e.entry}`" for e in retired)
+    now = ", ".join(f"`{m}@{current[m]}`" for m in sorted({e.method for e in retired}))
+    return [
+        f"Retired versions: {names} {'is' if len(retired) == 1 else 'are'} not the version the "
+        f"suite runs now ({now}). Listed apart under “Retired versions”, unranked, and left "
+        "out of the ranks, the Friedman test and every Holm family; run the suite again to "
+        "measure the current version."
+    ]
 
 
 def _holm_floor(pairwise: Sequence[stats.PairComparison]) -> float:

@@ -12,15 +12,23 @@ the measured latencies).
 
 The experiment is the suite's (``experiment:`` in suite.yaml, else its ``name:``, else the
 folder name), and so is the phase (``phase:``, else ``final``; a ``tune`` suite is ranked by
-validation accuracy). The Models section's costs come from the folder's models.csv, measuring
-the models it lacks (``--reprofile``: all of them). A results.csv written before it had an
-``image_size`` column takes the suite's ``recipe.student.image_size``. Exit status: 0 written,
-2 bad input (the message says where and what to fix).
+validation accuracy). The baseline and the reference are the suite's (``leaderboard:
+{baseline: ce, reference: kd@1[temperature=4.0]}``; ``study: {reference: …}`` names the
+reference's setting of the studied parameter), else ``ce`` and ``kd`` at their current versions
+with default params; ``--baseline``/``--reference`` override both. The suite's ``plugins:`` are
+loaded, so that their versions and defaults are known.
+
+The Models section's costs come from the folder's models.csv, measuring the models it lacks
+(``--reprofile``: all of them). A results.csv written before it had an ``image_size`` column
+takes the suite's ``recipe.student.image_size``. Exit status: 0 written, 2 bad input (the
+message says where and what to fix), also when one run key has two finished runs with
+different results.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 import time
 from dataclasses import dataclass
@@ -28,7 +36,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.leaderboard.aggregate import RANKABLE_METRICS, Leaderboard, Settings, build_leaderboard
+from bench.entry_spec import EntrySpecError, parse_entry_spec
+from bench.leaderboard.aggregate import (
+    RANKABLE_METRICS,
+    WARNING,
+    Leaderboard,
+    Settings,
+    build_leaderboard,
+)
 from bench.leaderboard.compression import COMPRESSION_FILE, compression_from_mlflow
 from bench.leaderboard.compression import beside as compression_beside
 from bench.leaderboard.models import MODELS_FILE, model_costs
@@ -39,6 +54,10 @@ from bench.tracking import default_tracking_uri
 
 EXIT_BAD_INPUT = 2
 SUITE_FILE = "suite.yaml"
+#: Keys of a suite's ``leaderboard:`` section.
+LEADERBOARD_KEYS = ("baseline", "reference")
+DEFAULT_BASELINE = "ce"
+DEFAULT_REFERENCE = "kd"
 
 
 @dataclass(frozen=True)
@@ -51,6 +70,10 @@ class SuiteInfo:
         phase: ``phase:``, else ``final``.
         study: ``study:`` (what a study suite varies), else None.
         image_size: ``recipe.student.image_size``, else None (the dataset's own size).
+        baseline: ``leaderboard.baseline`` in the text form of :mod:`bench.entry_spec`, else
+            None (``ce`` at its defaults).
+        reference: ``leaderboard.reference``, else the study's reference setting, else None
+            (``kd`` at its defaults).
     """
 
     name: str
@@ -58,6 +81,8 @@ class SuiteInfo:
     phase: str
     study: StudySpec | None = None
     image_size: int | None = None
+    baseline: str | None = None
+    reference: str | None = None
 
 
 def read_suite_info(folder: str | Path) -> SuiteInfo:
@@ -86,13 +111,66 @@ def read_suite_info(folder: str | Path) -> SuiteInfo:
     if not isinstance(data, dict):
         raise LeaderboardError(f"{path}: expected a mapping at the top (name: …, methods: …).")
     name = str(data.get("name") or fallback)
+    study = _study(data.get("study"), path)
+    anchors = _anchors(data.get("leaderboard"), path)
+    # A study of the reference method's parameter names the reference's setting.
+    studied = (
+        study.reference_entry if study is not None and study.method == DEFAULT_REFERENCE else None
+    )
+    if studied and "reference" in anchors:
+        raise LeaderboardError(
+            f"{path}: leaderboard.reference and study.reference both name the reference; keep one."
+        )
+    _load_plugins(data.get("plugins"), path)
     return SuiteInfo(
         name,
         str(data.get("experiment") or name),
         str(data.get("phase") or "final"),
-        _study(data.get("study"), path),
+        study,
         _image_size(data.get("recipe"), path),
+        anchors.get("baseline"),
+        anchors.get("reference") or studied,
     )
+
+
+def _anchors(value: object, path: Path) -> dict[str, str]:
+    """``leaderboard: {baseline: …, reference: …}`` as entry texts (the sweep validates the
+    names against the suite's methods; here only the form is checked)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise LeaderboardError(
+            f"{path}: leaderboard: expected a mapping like {{reference: kd@1[temperature=4.0]}}; "
+            f"got {value!r}."
+        )
+    out = {}
+    for key, given in value.items():
+        if key not in LEADERBOARD_KEYS:
+            close = difflib.get_close_matches(str(key), LEADERBOARD_KEYS, n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise LeaderboardError(
+                f"{path}: leaderboard.{key}: unknown key.{hint} Known: "
+                f"{', '.join(LEADERBOARD_KEYS)}."
+            )
+        try:
+            out[key] = parse_entry_spec(given).text
+        except EntrySpecError as exc:
+            raise LeaderboardError(f"{path}: leaderboard.{key}: {exc}.") from None
+    return out
+
+
+def _load_plugins(value: object, path: Path) -> None:
+    """Import the suite's method files, so that their versions and defaults are known."""
+    from bench.plugins import load_plugin_file
+
+    if not isinstance(value, list):
+        return
+    for item in value:
+        file = Path(str(item)).expanduser()
+        try:
+            load_plugin_file(file if file.is_absolute() else path.parent / file)
+        except (FileNotFoundError, ImportError) as exc:
+            raise LeaderboardError(f"{path}: plugins: {exc}") from None
 
 
 def _image_size(recipe: object, path: Path) -> int | None:
@@ -172,14 +250,6 @@ def _seed_models_csv(source: Path, folder: Path) -> None:
         target.write_bytes(given.read_bytes())
 
 
-def _reference(given: str, study: StudySpec | None) -> str:
-    """The reference method: the suite's study names the setting when the reference method
-    is the one the study varies (``--reference`` other than ``kd`` wins)."""
-    if study is not None and study.reference_entry and given == study.method:
-        return study.reference_entry
-    return given
-
-
 def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the ``kdbench leaderboard`` arguments to a (sub)parser."""
     parser.add_argument(
@@ -220,12 +290,20 @@ def add_leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
         choices=RANKABLE_METRICS,
         help="ranked metric (default: val_acc for the tune phase, test_acc for final)",
     )
-    parser.add_argument("--baseline", default="ce", help="the student-alone method (default: ce)")
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        metavar="ENTRY",
+        help="the student-alone entry (default: the suite's leaderboard.baseline, else ce at "
+        "its current version and default params)",
+    )
     parser.add_argument(
         "--reference",
-        default="kd",
-        help="the reference method (default: kd; one setting of it as kd[temperature=4.0]; a "
-        "study suite's study.reference sets it)",
+        default=None,
+        metavar="ENTRY",
+        help="the reference entry, as kd, kd@1 or kd@1[temperature=4.0] (default: the suite's "
+        "leaderboard.reference or study.reference, else kd at its current version and default "
+        "params)",
     )
     parser.add_argument("--alpha", type=float, default=0.05, help="family-wise level")
     parser.add_argument(
@@ -264,8 +342,8 @@ def leaderboard_main(args: argparse.Namespace) -> int:
         settings = Settings(
             phase=phase,
             metric=args.metric or ("val_acc" if phase == "tune" else "test_acc"),
-            baseline=args.baseline,
-            reference=_reference(args.reference, suite.study),
+            baseline=args.baseline or suite.baseline or DEFAULT_BASELINE,
+            reference=args.reference or suite.reference or DEFAULT_REFERENCE,
             alpha=args.alpha,
             cell_test=args.cell_test,
             n_boot=args.n_boot,
@@ -306,6 +384,9 @@ def leaderboard_main(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     for note in notes:
         print(f"kdbench leaderboard: {note}", file=sys.stderr)
+    for note in board.notes:
+        if note.startswith(WARNING):
+            print(f"kdbench leaderboard: warning: {note[len(WARNING) :]}", file=sys.stderr)
     elapsed = time.perf_counter() - started
     if not args.quiet:
         print("\n".join(main_table_markdown(board)))

@@ -168,10 +168,10 @@ def draw_gains(board: Leaderboard):
     y = np.arange(n)[::-1]
     labels = [e.entry for e in entries]
     panels = (
-        (board.settings.baseline, board.baseline_entry, "gain_vs_baseline", "vs_baseline"),
-        (board.settings.reference, board.reference_entry, "gain_vs_reference", "vs_reference"),
+        (board.baseline.label, "gain_vs_baseline", "vs_baseline"),
+        (board.reference.label, "gain_vs_reference", "vs_reference"),
     )
-    for ax, (method, against, attr, across) in zip(axes, panels, strict=True):
+    for ax, (method, attr, across) in zip(axes, panels, strict=True):
         ax.axvline(0, color="#8c959f", lw=0.8)
         for yi, e in zip(y, entries, strict=True):
             ci = getattr(e, attr)
@@ -182,8 +182,6 @@ def draw_gains(board: Leaderboard):
             ax.plot([ci.low, ci.high], [yi, yi], color=color, lw=2, solid_capstyle="butt")
             ax.plot([ci.estimate], [yi], "o", color=color, ms=4)
         title = f"gain over {method} (points)"
-        if against is None:
-            title += f": no {method} runs"
         ax.set_title(title, fontsize=9)
         ax.grid(axis="x", color="#eaeef2", lw=0.6)
         ax.set_axisbelow(True)
@@ -211,7 +209,7 @@ def draw_gain_heatmap(board: Leaderboard):
     """Entries × cells, colour = gain over the reference in points, text = gain and mark."""
     ref = board.reference_entry
     if ref is None:
-        return _message(f"No heatmap: no {board.settings.reference} runs to compare with.")
+        return _message(f"No heatmap: no {board.reference.wanted} runs to compare with.")
     entries = [e.entry for e in board.entries if e.entry != ref]
     cells = list(board.cells)
     if not entries:
@@ -259,10 +257,10 @@ def draw_gain_heatmap(board: Leaderboard):
                 fontsize=7,
                 color="white" if dark else "#24292f",
             )
-    fig.colorbar(image, ax=ax, label=f"gain over {board.settings.reference} (points)", shrink=0.8)
+    fig.colorbar(image, ax=ax, label=f"gain over {ref} (points)", shrink=0.8)
     ax.set_title(
         _wrap(
-            f"Gain over {board.settings.reference} per cell (points): ▲/▼ within-cell "
+            f"Gain over {ref} per cell (points): ▲/▼ within-cell "
             f"Holm verdict, ? fewer than {stats.MIN_SEEDS} seeds, — no runs",
             width - 1.5,
         ),

@@ -144,19 +144,24 @@ def markdown_table(header: list[str], rows: list[list[str]], align: list[str]) -
 def how_to_read(board: Leaderboard) -> list[str]:
     """The "how to read this" paragraph, one sentence per item."""
     s = board.settings
-    base, ref = s.baseline, s.reference
+    base, ref = board.baseline.label, board.reference.label
     need = stats.wilcoxon_min_cells(s.alpha)
     pct = f"{s.confidence:.0%}"
-    return [
-        f"Scores are {METRIC_NAMES[s.metric]} in percent, one run per seed, phase “{s.phase}”. "
+    metric = METRIC_NAMES[s.metric]
+    lines = [
+        f"Scores are {metric} in percent, one run per seed, phase “{s.phase}”. "
         "A cell is one dataset with one teacher → student pair.",
-        f"Gains are in percentage points over `{base}` (the student trained alone) and over "
-        f"`{ref}` (vanilla KD): the mean over the cells both methods have of the difference in "
-        f"seed means, with a {pct} stratified bootstrap interval ({s.n_boot} replicates, "
-        f"seed {s.bootstrap_seed}; seeds resampled within each cell"
+        f"The baseline is {board.baseline.description} (the student trained alone); the "
+        f"reference is {board.reference.description} (vanilla KD). Each is that one "
+        "setting, as the suite declares it (`leaderboard:` in suite.yaml) or else the "
+        "method's defaults; the columns that compare with them name them.",
+        f"Gains are in percentage points over `{base}` and over `{ref}`: the mean over the "
+        f"cells both entries have of the difference in seed means, with a {pct} stratified "
+        f"bootstrap interval ({s.n_boot} replicates, seed {s.bootstrap_seed}; seeds resampled "
+        "within each cell"
         + ("; cells resampled too" if s.bootstrap_over_cells else "")
         + "). An interval that excludes 0 is not a significance test; the verdict columns are.",
-        f"“vs {ref} across cells” is a Wilcoxon signed-rank test on the cell means over the "
+        f"“vs `{ref}` across cells” is a Wilcoxon signed-rank test on the cell means over the "
         f"cells both have, Holm-corrected over all pairs of methods: ▲ better, ▼ worse, "
         f"≈ no significant difference at α = {s.alpha:g}. With fewer than {need} cells the test "
         "cannot reach significance and the table says “insufficient cells” instead.",
@@ -164,10 +169,47 @@ def how_to_read(board: Leaderboard) -> list[str]:
         f"The within-cell test is the {s.cell_test_name}, Holm-corrected over all methods "
         f"compared with the same baseline in the same cell; a cell with fewer than "
         f"{stats.MIN_SEEDS} seeds on a side gets no verdict (“insufficient seeds”).",
-        f"P(> {ref}) is the chance that a random run of the method beats a random run of "
+        f"P(> `{ref}`) is the chance that a random run of the method beats a random run of "
         f"`{ref}` on a random common cell (0.5: neither tends to win).",
-        "Rank orders the methods that cover every cell by average rank (1 = best; Friedman "
-        "test in the notes); methods with partial coverage follow, unranked, ordered by gain. "
+        "Rank orders the methods that cover every cell by their average rank over the cells "
+        f"(1 = best; Friedman test in the notes); equal average ranks are ordered by the "
+        f"higher mean {metric} over the cells, then by name. Methods with partial coverage "
+        "follow, unranked, by name. "
         f"Coverage is cells with a finished run / all cells. Cost is train time relative to "
         f"`{base}` (geometric mean over cells) and the parameters the method adds.",
+    ]
+    if board.retired:
+        lines.append(
+            "Retired versions are runs of a method version the suite no longer runs: shown "
+            "apart with their gains, never ranked, and left out of every test."
+        )
+    return lines
+
+
+def retired_rows(board: Leaderboard) -> list[list[str]]:
+    """The “Retired versions” table's rows: entry, the version current now, coverage, gains
+    over the baseline and the reference, seeds."""
+    n_cells = len(board.cells)
+    return [
+        [
+            f"`{e.entry}`",
+            f"`{e.method}@{board.current_versions.get(e.method, e.version)}`",
+            coverage(e, n_cells),
+            interval(e.gain_vs_baseline),
+            interval(e.gain_vs_reference),
+            seeds(e),
+        ]
+        for e in board.retired
+    ]
+
+
+def retired_header(board: Leaderboard) -> list[str]:
+    pct = f"{board.settings.confidence:.0%}"
+    return [
+        "retired entry",
+        "current version",
+        "coverage",
+        f"gain over `{board.baseline.label}` [{pct} CI]",
+        f"gain over `{board.reference.label}` [{pct} CI]",
+        "seeds",
     ]

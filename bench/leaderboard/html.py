@@ -71,6 +71,7 @@ def render_html(
         "<main>",
         _notes(board),
         _main_table(board, links),
+        _retired(board),
         _figures(),
         _models(models) if models is not None else "",
         _compression(compression),
@@ -199,7 +200,7 @@ def _inline_code(text: str) -> str:
 
 def _main_table(board: Leaderboard, links: _Links) -> str:
     s = board.settings
-    base, ref = s.baseline, s.reference
+    base, ref = board.baseline.label, board.reference.label
     columns = [
         ("Rank", "num", "ascending"),
         ("Method", "text", "ascending"),
@@ -275,6 +276,25 @@ def _main_table(board: Leaderboard, links: _Links) -> str:
     )
 
 
+def _retired(board: Leaderboard) -> str:
+    """Entries of method versions the suite no longer runs, apart from the ranked table."""
+    if not board.retired:
+        return ""
+    head = "".join(
+        f'<th scope="col">{_inline_code(label)}</th>' for label in fmt.retired_header(board)
+    )
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_inline_code(c)}</td>" for c in row) + "</tr>"
+        for row in fmt.retired_rows(board)
+    )
+    return (
+        '<section id="retired"><h2>Retired versions</h2><p class="hint">Runs of a method '
+        "version the suite no longer runs (the store still holds them). Not ranked and left "
+        "out of every test; their gains are shown for the record.</p>"
+        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></section>"
+    )
+
+
 #: Per-run metrics shown when any run logged them: (label, metric, first sort direction).
 _SIDE_METRICS = (
     ("Top-5", "test_top5", "descending"),
@@ -297,12 +317,11 @@ def _percent_td(fraction: float) -> str:
 
 
 def _method_drill(board: Leaderboard, e: EntrySummary, links: _Links) -> str:
-    s = board.settings
     results = [board.result(cell, e.entry) for cell in board.cells]
     problems = any(r is not None and r.problems for r in results)
     head = (
         "<thead><tr><th>Cell</th><th>Mean ± sd (n)</th>"
-        f"<th>vs {escape(s.reference)}</th><th>vs {escape(s.baseline)}</th>"
+        f"<th>vs {escape(board.reference.label)}</th><th>vs {escape(board.baseline.label)}</th>"
         + ("<th>Did not finish</th>" if problems else "")
         + "</tr></thead>"
     )
@@ -450,8 +469,8 @@ def _cells(board: Leaderboard, links: _Links, models: ModelsTable | None = None)
         ("Method", "text", "ascending"),
         ("Mean ± sd (n)", "num", "descending"),
         (f"{s.confidence:.0%} t-interval", "num", "descending"),
-        (f"vs {s.reference}", "num", "descending"),
-        (f"vs {s.baseline}", "num", "descending"),
+        (f"vs {board.reference.label}", "num", "descending"),
+        (f"vs {board.baseline.label}", "num", "descending"),
         *((label, "num", first) for label, _, first in _side_columns(board)),
         ("Seeds (runs)", "text", "ascending"),
     ]
@@ -558,9 +577,9 @@ def _how_to_read(board: Leaderboard) -> str:
 def _settings(board: Leaderboard) -> str:
     s = board.settings
     items = [
-        f"phase: {s.phase}; metric: {s.metric}; baseline: {s.baseline} "
-        f"({board.baseline_entry or 'absent'}); reference: {s.reference} "
-        f"({board.reference_entry or 'absent'})",
+        f"phase: {s.phase}; metric: {s.metric}",
+        f"baseline: {s.baseline} → {board.baseline_entry or 'absent (no finished run)'}; "
+        f"reference: {s.reference} → {board.reference_entry or 'absent (no finished run)'}",
         f"within-cell test: {s.cell_test_name}; Holm within each cell and baseline; "
         f"α = {s.alpha:g}; fewest seeds for a verdict: {stats.MIN_SEEDS}",
         "across cells: Friedman on the methods covering every cell; Wilcoxon signed-rank "

@@ -152,10 +152,13 @@ def _with_teacher(board: Leaderboard, row: PublishedRow) -> PublishedRow:
 
 
 def _result_of(board: Leaderboard, cell: Cell, method: str) -> CellResult | None:
-    """The cell's result of ``method``: the leaderboard's own pick for the baseline and the
-    reference, else the entry with the most finished seeds (then the highest version)."""
+    """The cell's result of ``method``: the leaderboard's baseline or reference, else the
+    current entry with the most finished seeds (then the highest version); a retired version
+    only when the method has no current one."""
     candidates = [r for (c, _), r in board.results.items() if c == cell and r.method == method]
     candidates = [r for r in candidates if r.n > 0]
+    retired = {e.entry for e in board.retired}
+    candidates = [r for r in candidates if r.entry not in retired] or candidates
     if not candidates:
         return None
     for picked in (board.baseline_entry, board.reference_entry):

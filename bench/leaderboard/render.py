@@ -123,7 +123,7 @@ def write_outputs(
             study,
             metric=s.metric,
             phase=s.phase,
-            baseline=s.baseline,
+            baseline=s.baseline_method,
             confidence=s.confidence,
         )
         extra += write_study(study_result, folder)
@@ -181,15 +181,18 @@ def _write_compression(
 
 
 def summary_frame(board: Leaderboard) -> pd.DataFrame:
-    """The main table with every number unrounded, one row per method@version.
+    """The main table with every number unrounded, one row per method@version, the retired
+    versions last (``retired`` true, no rank).
 
     Columns named ``…_<baseline>`` and ``…_<reference>`` use the method names of the settings
-    (``ce`` and ``kd`` by default). Verdict columns hold ▲, ▼, ≈, or ``insufficient``.
+    (``ce`` and ``kd`` by default); ``baseline_entry`` and ``reference_entry`` name the entries
+    they are (empty when missing). Verdict columns hold ▲, ▼, ≈, or ``insufficient``.
     """
     s = board.settings
-    base, ref = s.baseline, s.reference
+    base, ref = s.baseline_method, s.reference_method
+    retired = {e.entry for e in board.retired}
     rows = []
-    for e in board.entries:
+    for e in (*board.entries, *board.retired):
         row = {
             "rank": e.rank if e.rank is not None else pd.NA,
             "method": e.method,
@@ -244,6 +247,9 @@ def summary_frame(board: Leaderboard) -> pd.DataFrame:
         row.update({f"mean_{m}": v for m, v in e.side.items()})
         row.update(
             {
+                "retired": e.entry in retired,
+                "baseline_entry": board.baseline_entry or "",
+                "reference_entry": board.reference_entry or "",
                 "metric": s.metric,
                 "phase": s.phase,
                 "alpha": s.alpha,
@@ -274,8 +280,8 @@ def cells_frame(board: Leaderboard) -> pd.DataFrame:
             "ci_high": r.summary.ci_high,
         }
         for name, comp, p_holm, verdict in (
-            (s.reference, r.vs_reference, r.vs_reference_p_holm, r.vs_reference_verdict),
-            (s.baseline, r.vs_baseline, r.vs_baseline_p_holm, r.vs_baseline_verdict),
+            (s.reference_method, r.vs_reference, r.vs_reference_p_holm, r.vs_reference_verdict),
+            (s.baseline_method, r.vs_baseline, r.vs_baseline_p_holm, r.vs_baseline_verdict),
         ):
             row.update(
                 {
@@ -359,6 +365,7 @@ def render_markdown(
     if board.notes:
         lines += [*(f"- {n}" for n in board.notes), ""]
     lines += ["## Methods", "", *main_table_markdown(board), ""]
+    lines += _retired_markdown(board)
     if board.cd_groups:
         groups = "; ".join("{" + ", ".join(g) + "}" for g in board.cd_groups)
         lines += [
@@ -399,7 +406,7 @@ def render_markdown(
 def main_table_markdown(board: Leaderboard) -> list[str]:
     """The main table as Markdown lines (also what the project README shows)."""
     s = board.settings
-    base, ref = s.baseline, s.reference
+    base, ref = f"`{board.baseline.label}`", f"`{board.reference.label}`"
     header = [
         "rank",
         "method",
@@ -439,6 +446,25 @@ def main_table_markdown(board: Leaderboard) -> list[str]:
     )
 
 
+def _retired_markdown(board: Leaderboard) -> list[str]:
+    """Entries of method versions the suite no longer runs, apart from the ranked table."""
+    if not board.retired:
+        return []
+    return [
+        "### Retired versions",
+        "",
+        "Runs of a method version the suite no longer runs (the store still holds them). "
+        "Not ranked and left out of every test; their gains are shown for the record.",
+        "",
+        *fmt.markdown_table(
+            fmt.retired_header(board),
+            fmt.retired_rows(board),
+            align=["l", "l", "r", "r", "r", "r"],
+        ),
+        "",
+    ]
+
+
 def _cell_markdown(board: Leaderboard, cell, cost: str = "") -> list[str]:
     s = board.settings
     teacher = board.teacher_acc.get(cell, math.nan)
@@ -451,8 +477,8 @@ def _cell_markdown(board: Leaderboard, cell, cost: str = "") -> list[str]:
         "method",
         "mean ± sd (n)",
         f"{s.confidence:.0%} t-interval",
-        f"vs {s.reference}",
-        f"vs {s.baseline}",
+        f"vs `{board.reference.label}`",
+        f"vs `{board.baseline.label}`",
         "did not finish",
     ]
     rows = []

@@ -438,22 +438,36 @@ def write_results_csv(runs: pd.DataFrame, path: str | Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def runs_from_mlflow(tracking_uri: str, experiment: str) -> tuple[pd.DataFrame, list[str]]:
-    """Every kdbench run of an MLflow experiment as a runs table.
+#: A run recorded again on purpose (``kdbench train --rerun``) to check that its key reproduces
+#: its result; such runs are never leaderboard entries.
+REPLICATE_TAG = "kdbench.replicate"
 
-    Runs without a ``kdbench.run_key`` tag (a sweep's parent run) are skipped. When a run key
-    was recorded more than once (a failed trial retried), the FINISHED run is kept, else the
-    latest one.
+#: The columns that are a run's result: two FINISHED runs of one key must agree on every one
+#: (train time is a measurement of the machine, not of the trial, and may differ).
+RESULT_COLUMNS: tuple[str, ...] = tuple(c for c in METRIC_COLUMNS.values() if c != "train_seconds")
+
+
+def runs_from_mlflow(tracking_uri: str, experiment: str) -> tuple[pd.DataFrame, list[str]]:
+    """Every kdbench run of an MLflow experiment as a runs table, one row per run key.
+
+    Runs without a ``kdbench.run_key`` tag (a sweep's parent run) and replicates (tagged
+    ``kdbench.replicate=true``) are skipped. When a run key was recorded more than once: a
+    FINISHED run is kept over the others (a failed trial retried); of several FINISHED runs
+    with identical results the first recorded is kept, and a note names it; several FINISHED
+    runs with different results are an error, since one key must mean one result. Without a
+    FINISHED run, the latest one is kept.
 
     Args:
         tracking_uri: MLflow tracking URI (``sqlite:///…`` or a server's ``http://…``).
         experiment: Experiment name.
 
     Returns:
-        The runs table and a list of notes about skipped duplicate runs.
+        The runs table and a list of notes about skipped runs, each naming the run kept.
 
     Raises:
-        LeaderboardError: When the experiment does not exist.
+        LeaderboardError: When the experiment does not exist, or one run key has FINISHED
+            runs with different results (the message names the key, both runs and their
+            results).
     """
 
     _quiet_mlflow()
@@ -469,32 +483,92 @@ def runs_from_mlflow(tracking_uri: str, experiment: str) -> tuple[pd.DataFrame, 
             "--tracking-uri."
         )
     runs = search_all_runs(client, found.experiment_id, order_by=["start_time ASC"])
-    chosen: dict[str, Any] = {}
-    notes = []
+    by_key: dict[str, list[Any]] = {}
+    replicates = 0
     for run in runs:
         key = run.data.tags.get(RUN_KEY_TAG)
         if not key:
             continue
-        if key in chosen:
-            kept, dropped = _prefer(chosen[key], run)
-            notes.append(
-                f"run key {key} was recorded twice; using MLflow run {kept.info.run_id} "
-                f"({kept.info.status}), ignoring {dropped.info.run_id} ({dropped.info.status})"
-            )
-            chosen[key] = kept
-        else:
-            chosen[key] = run
-    records = [_record(run) for run in chosen.values()]
+        if str(run.data.tags.get(REPLICATE_TAG, "")).lower() == "true":
+            replicates += 1
+            continue
+        by_key.setdefault(key, []).append(run)
+    notes = []
+    records = []
+    for key, recorded in by_key.items():
+        kept, note = _one_run(key, recorded)
+        records.append(kept)
+        if note:
+            notes.append(note)
+    if replicates:
+        notes.append(
+            f"{replicates} replicate run{'s' if replicates > 1 else ''} (tagged "
+            f"{REPLICATE_TAG}=true) left out: replicates are not leaderboard entries"
+        )
     return runs_frame(records, source=f"MLflow experiment {experiment!r}"), notes
 
 
-def _prefer(a: Any, b: Any) -> tuple[Any, Any]:
-    """(kept, dropped): FINISHED beats any other status, then the later start."""
+def _one_run(key: str, recorded: list[Any]) -> tuple[dict[str, Any], str | None]:
+    """The record kept for one run key (its runs in start order), and a note naming the runs
+    ignored when there are any.
 
-    def rank(run: Any) -> tuple[bool, int]:
-        return (run.info.status == "FINISHED", run.info.start_time or 0)
+    Raises:
+        LeaderboardError: Two FINISHED runs of the key differ in a result column.
+    """
+    if len(recorded) == 1:
+        return _record(recorded[0]), None
+    finished = [r for r in recorded if r.info.status == "FINISHED"]
+    if finished:
+        kept = finished[0]
+        record = _record(kept)
+        for other in finished[1:]:
+            _check_same_result(key, kept, record, other, _record(other))
+    else:
+        kept = max(recorded, key=lambda r: r.info.start_time or 0)
+        record = _record(kept)
+    ignored = ", ".join(f"{r.info.run_id} ({r.info.status})" for r in recorded if r is not kept)
+    times = "twice" if len(recorded) == 2 else f"{len(recorded)} times"
+    why = (
+        ", the first of its FINISHED runs, which have identical results"
+        if len(finished) > 1
+        else ""
+    )
+    note = (
+        f"run key {key} was recorded {times}; using MLflow run {kept.info.run_id} "
+        f"({kept.info.status}{why}), ignoring {ignored}"
+    )
+    return record, note
 
-    return (a, b) if rank(a) >= rank(b) else (b, a)
+
+def _check_same_result(
+    key: str, a: Any, a_record: Mapping[str, Any], b: Any, b_record: Mapping[str, Any]
+) -> None:
+    """Raise when two FINISHED runs of one key differ in a result column."""
+    differ = [c for c in RESULT_COLUMNS if not _same_value(a_record.get(c), b_record.get(c))]
+    if not differ:
+        return
+
+    def values(record: Mapping[str, Any]) -> str:
+        return ", ".join(f"{c}={_shown(record.get(c))}" for c in differ)
+
+    raise LeaderboardError(
+        f"run key {key} has two FINISHED runs with different results: MLflow run "
+        f"{a.info.run_id} ({values(a_record)}) and MLflow run {b.info.run_id} "
+        f"({values(b_record)}). One run key must mean one result, so the leaderboard uses "
+        "neither: find what differed between the two (thread count, teacher checkpoint, "
+        "edited code), then delete the wrong run in MLflow (or move it to another "
+        "experiment) and build again."
+    )
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    missing_a = a is None or (isinstance(a, float) and math.isnan(a))
+    missing_b = b is None or (isinstance(b, float) and math.isnan(b))
+    return (missing_a and missing_b) or (not missing_a and not missing_b and a == b)
+
+
+def _shown(value: Any) -> str:
+    return "missing" if value is None else repr(value)
 
 
 def _record(run: Any) -> dict[str, Any]:

@@ -39,8 +39,8 @@ class StudySpec:
         parameter: A parameter of ``method`` or ``teacher_epoch``.
         method: The method whose accuracy is plotted.
         reference: The parameter value whose entry is the leaderboard's reference (the
-            "gain over kd" column) when the method was run with several; None: the
-            leaderboard's default pick.
+            "gain over kd" column) when ``method`` is the reference method; None: the
+            reference method's default setting.
     """
 
     parameter: str

@@ -63,6 +63,13 @@ The schema (``leaderboards/digits/suite.yaml`` is a complete example)::
                                  # method parameter, or against the teacher's training epochs
                                  # with {parameter: teacher_epoch}; reference: the setting
                                  # its "gain over kd" column compares with
+    leaderboard:                 # optional: the entries every method is compared with
+      baseline: ce               # default: ce at its current version, default params
+      reference: kd@1[temperature=4.0]
+                                 # default: kd at its current version, default params;
+                                 # METHOD, METHOD@VERSION or METHOD@VERSION[NAME=VALUE, ...],
+                                 # or {method: kd, version: 1, params: {temperature: 4.0}};
+                                 # a method of this suite, at a setting the suite runs
     compress:                    # optional post-stage of the sweep (phase final only)
       methods: [ce, kd]          # whose students; default: every method of the suite
       sparsities: [0.5, 0.8]     # global magnitude pruning, each in (0, 1); may be left out
@@ -71,6 +78,12 @@ The schema (``leaderboards/digits/suite.yaml`` is a complete example)::
                                  # is measured as fp32, pruned at each sparsity and int8
                                  # (`kdbench compress`), each variant an MLflow child run of
                                  # its trial; the leaderboard adds a Compression section
+
+The leaderboard's baseline and reference are one setting each, never "whichever ran": when a
+method runs at several settings (a tune phase, a temperature study), ``kd`` still means kd at
+its defaults, and the leaderboard says so loudly when that setting has no finished run instead
+of comparing with another. Name another setting under ``leaderboard:`` (or, for a study of the
+reference's parameter, with ``study: {reference: …}``; not both).
 
 A method that uses no teacher (``ce``, self-distillation, online methods) runs once per
 distinct student rather than once per pair: same config, same run key, one trial. The same

@@ -20,6 +20,7 @@ from bench.config import (
     Recipe,
     stable_hash,
 )
+from bench.entry_spec import EntrySpec
 
 SUITE_FILE = "suite.yaml"
 #: Student recipe fields a suite's teacher recipe does not inherit.
@@ -45,6 +46,7 @@ TOP_KEYS = (
     "plugins",
     "study",
     "compress",
+    "leaderboard",
 )
 REQUIRED_KEYS = ("datasets", "pairs", "methods", "seeds")
 DATASET_KEYS = ("name", "data_root", "download")
@@ -63,6 +65,7 @@ CHECKPOINT_KEYS = ("epochs", "minutes")
 TUNE_KEYS = ("budget",)
 STUDY_KEYS = ("parameter", "method", "reference")
 COMPRESS_KEYS = ("methods", "sparsities", "int8")
+LEADERBOARD_KEYS = ("baseline", "reference")
 #: The study parameter that is the teacher's training epochs rather than a method parameter.
 TEACHER_EPOCH = "teacher_epoch"
 
@@ -218,6 +221,20 @@ class Study:
 
 
 @dataclass(frozen=True)
+class LeaderboardAnchors:
+    """The entries a suite's leaderboard compares every method with (``leaderboard:``); each
+    left out is its method's default setting (``ce``, ``kd``) at the current version.
+
+    Attributes:
+        baseline: The student-alone entry, or None for ``ce`` at its defaults.
+        reference: The reference entry, or None for ``kd`` at its defaults.
+    """
+
+    baseline: EntrySpec | None = None
+    reference: EntrySpec | None = None
+
+
+@dataclass(frozen=True)
 class Compression:
     """The suite's compression post-stage (``compress:``): after the trials, every finished
     student of ``methods`` is measured as trained (``fp32``), pruned at each sparsity and
@@ -294,6 +311,7 @@ class Suite:
     description: str = ""
     study: Study | None = None
     compress: Compression | None = None
+    leaderboard: LeaderboardAnchors | None = None
     path: str | None = field(default=None, compare=False)
 
     @property

@@ -39,7 +39,7 @@ from bench.suite.schema import (
     Resources,
     Suite,
 )
-from bench.suite.validate_methods import compress, methods, study
+from bench.suite.validate_methods import compress, leaderboard, methods, study
 from bench.suite.validate_pairs import pairs, suite_recipes
 
 PHASES = ("tune", "final")
@@ -74,6 +74,11 @@ def validate_suite(
         found.take(compress(ctx, top["compress"], entries, phase)) if "compress" in top else None
     )
     budget = found.take(tune_budget(ctx, top.get("tune"), phase))
+    anchors = (
+        found.take(leaderboard(ctx, top["leaderboard"], entries, budget, top.get("study")))
+        if "leaderboard" in top
+        else None
+    )
     saving = found.take(checkpointing(ctx, top.get("checkpoint")))
     values = found.take(scalars(ctx, top, name))
     request, teacher_request = found.take(suite_resources(ctx, top))
@@ -108,6 +113,7 @@ def validate_suite(
         description=values["description"],
         study=studied,
         compress=compressed,
+        leaderboard=anchors,
     )
     return suite, found
 

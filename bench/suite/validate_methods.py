@@ -1,5 +1,5 @@
-"""Validation of a suite's methods (their params, search spaces and resources), its study and
-its compression post-stage.
+"""Validation of a suite's methods (their params, search spaces and resources), its study, its
+compression post-stage and the entries its leaderboard compares with.
 
 Params and search candidates go through :func:`bench.api.coerce_value` (strict, as YAML types
 them) once, here: a :class:`~bench.suite.schema.MethodEntry` holds values of each field's type,
@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from bench.entry_spec import SPEC_KEYS, EntrySpec, EntrySpecError, parse_entry_spec, same_settings
 from bench.suite.checks import (
     Context,
     Found,
@@ -29,10 +30,12 @@ from bench.suite.checks import (
 )
 from bench.suite.schema import (
     COMPRESS_KEYS,
+    LEADERBOARD_KEYS,
     METHOD_KEYS,
     STUDY_KEYS,
     TEACHER_EPOCH,
     Compression,
+    LeaderboardAnchors,
     MethodEntry,
     Pair,
     Problem,
@@ -323,3 +326,122 @@ def compress_sparsities(ctx: Context, value: Any) -> tuple[tuple[float, ...] | N
         return None, outside
     distinct, problems = unique(ctx, [float(s) for s in value], path, "sparsity")
     return (None if distinct is None else tuple(sorted(distinct))), problems
+
+
+def leaderboard(
+    ctx: Context,
+    value: Any,
+    entries: Sequence[MethodEntry] | None,
+    budget: int | None,
+    study_value: Any,
+) -> tuple[LeaderboardAnchors | None, list[Problem]]:
+    """The entries the leaderboard compares with (``leaderboard: {baseline, reference}``):
+    each a setting of one of the suite's methods that the suite runs."""
+    path = ("leaderboard",)
+    found = Found()
+    entry = found.take(mapping(ctx, value, path, LEADERBOARD_KEYS))
+    if entry is None or entries is None:
+        return None, found
+    # A study of kd's parameter with a reference value names the leaderboard's reference too.
+    named_twice = (
+        isinstance(study_value, dict)
+        and study_value.get("reference") is not None
+        and study_value.get("method", "kd") == "kd"
+    )
+    if "reference" in entry and named_twice:
+        message = "the reference is named twice, here and in leaderboard.reference; keep one"
+        found.append(ctx.problem(("study", "reference"), message))
+    anchors = {
+        role: found.take(anchor(ctx, entry[role], (*path, role), entries, budget))
+        for role in LEADERBOARD_KEYS
+        if role in entry
+    }
+    if found:
+        return None, found
+    return LeaderboardAnchors(**anchors), found
+
+
+def anchor(
+    ctx: Context, value: Any, path: KeyPath, entries: Sequence[MethodEntry], budget: int | None
+) -> tuple[EntrySpec | None, list[Problem]]:
+    """One of ``leaderboard:``'s entries: ``kd``, ``kd@1[temperature=4.0]`` or
+    ``{method, version, params}``; a method of this suite at its current version, with params
+    it has, at a setting the suite runs."""
+    from bench.plugins import get_method
+
+    if isinstance(value, dict):
+        found = Found()
+        if found.take(mapping(ctx, value, path, SPEC_KEYS)) is None or found:
+            return None, found
+    try:
+        spec = parse_entry_spec(value)
+    except EntrySpecError as exc:
+        return None, [ctx.problem(path, str(exc))]
+    listed = list(dict.fromkeys(m.name for m in entries))
+    at = (*path, "method") if isinstance(value, dict) else path
+    if spec.method not in listed:
+        return None, [ctx.problem(at, unknown("method of this suite", spec.method, listed))]
+    cls = get_method(spec.method)
+    if spec.version is not None and spec.version != cls.version:
+        message = (
+            f"{spec.method} is at version {cls.version} here, and a suite runs only that "
+            f"version, so {spec.method}@{spec.version} would have no runs; write "
+            f"{spec.method}@{cls.version} or leave the version out"
+        )
+        at = (*path, "version") if isinstance(value, dict) else path
+        return None, [ctx.problem(at, message)]
+    found = Found()
+    fields = cls.Params.fields()
+    params = {}
+    for name, raw in spec.params:
+        at = (*path, "params", name) if isinstance(value, dict) else path
+        if name not in fields:
+            found.append(
+                ctx.problem(at, unknown(f"parameter of {spec.method}", name, list(fields)))
+            )
+            continue
+        converted, problems = typed(ctx, raw, fields[name], at)
+        if found.passed(problems):
+            params[name] = frozen(converted)
+    if found:
+        return None, found
+    spec = EntrySpec(spec.method, spec.version, tuple(sorted(params.items())))
+    return spec, setting_run(ctx, spec, path, entries, budget)
+
+
+def setting_run(
+    ctx: Context,
+    spec: EntrySpec,
+    path: KeyPath,
+    entries: Sequence[MethodEntry],
+    budget: int | None,
+) -> list[Problem]:
+    """The problem of the suite running ``spec.method`` at no setting equal to ``spec``'s
+    (named params over the method's defaults), if it does not."""
+    from bench.plugins import get_method
+
+    defaults = get_method(spec.method).Params().to_dict()
+    wanted = {**defaults, **dict(spec.params)}
+    runs = [
+        {**defaults, **config}
+        for m in entries
+        if m.name == spec.method
+        for config in m.configurations(budget)
+    ]
+    if any(same_settings(wanted, config) for config in runs):
+        return []
+    shown = sorted({k for config in runs for k in config if config[k] != defaults.get(k)})
+    shown = shown or [k for k, _ in spec.params]
+    settings = "; ".join(
+        dict.fromkeys(
+            ", ".join(f"{k}={config.get(k)}" for k in shown) or "the defaults" for config in runs
+        )
+    )
+    named = ", ".join(f"{k}={v}" for k, v in spec.params) or "its default params"
+    return [
+        ctx.problem(
+            path,
+            f"the suite runs {spec.method} at no such setting ({named}); it runs {spec.method} "
+            f"with {settings}. Name one of those, or add this setting to methods",
+        )
+    ]
