@@ -246,6 +246,44 @@ def test_sockets_beyond_this_machine_are_told_from_loopback_ones():
     assert not is_loopback("::ffff:192.0.2.2") and not is_loopback("::")
 
 
+WATCHED = """
+import signal, subprocess, sys, time
+from bench.sweep.watchdog import watchdog
+
+with watchdog("test-token"):
+    # A process of its own session and group that ignores SIGTERM, as a stuck agent might.
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+         "signal.SIG_IGN); print('up', flush=True); time.sleep(600)"],
+        start_new_session=True, stdout=subprocess.PIPE)
+    stubborn.stdout.readline()
+    print(stubborn.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_watchdog_ends_what_a_killed_driver_started_even_what_ignores_sigterm(tmp_path):
+    mark = uuid.uuid4().hex
+    env = {**os.environ, MARK: mark}
+    driver = subprocess.Popen(
+        [sys.executable, "-c", WATCHED], env=env, stdout=subprocess.PIPE, text=True
+    )
+    seen: dict[int, int] = {}
+    try:
+        stubborn = int(driver.stdout.readline())
+        time.sleep(1)  # the watchdog notes the driver's new processes every quarter second
+        seen = tree(driver.pid, process_table())
+        assert stubborn in seen and len(seen) == 2  # it and the watchdog
+        took, left = kill_driver(driver, seen, mark)
+    finally:
+        kill_all(alive(seen, mark))
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert not left, describe(left)
+    assert 1.5 < took < 10  # SIGTERM was ignored; SIGKILL followed after the grace period
+
+
 def test_a_sweep_that_would_listen_beyond_this_machine_does_not_start(tmp_path, monkeypatch):
     """The driver itself holds a socket open to every interface: the check after Ray starts
     names it, Ray is shut down, nothing is recorded and nothing is left running."""

@@ -58,13 +58,16 @@ def descendants(
     root: int, table: dict[int, _Entry] | None = None, skip: frozenset[int] = frozenset()
 ) -> dict[int, int]:
     """The live processes below ``root`` (not below those in ``skip``): pid → start time."""
-    table = processes() if table is None else table
+    return _below([root], processes() if table is None else table, skip)
+
+
+def _below(roots: list[int], table: dict[int, _Entry], skip: frozenset[int]) -> dict[int, int]:
     children: dict[int, list[int]] = {}
     for pid, (parent, _, state) in table.items():
         if state != "Z":
             children.setdefault(parent, []).append(pid)
     found: dict[int, int] = {}
-    todo = [root]
+    todo = list(roots)
     while todo:
         for pid in children.get(todo.pop(), []):
             if pid not in skip and pid not in found:
@@ -94,8 +97,7 @@ def _alive(known: dict[int, int], token: str) -> dict[int, int]:
         if pid in table and table[pid][1] == started and table[pid][2] != "Z"
     }
     left.update(_marked(token, table))
-    for pid in list(left):
-        left.update(descendants(pid, table))
+    left.update(_below(list(left), table, frozenset()))
     left.pop(os.getpid(), None)
     return left
 
@@ -133,7 +135,7 @@ def watchdog(token: str) -> Iterator[None]:
         yield
         return
     process = subprocess.Popen(
-        [sys.executable, "-I", "-S", __file__, token],
+        [sys.executable, "-I", "-S", __file__, token, str(os.getpid())],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         start_new_session=True,
@@ -167,9 +169,8 @@ def _wait_ready(process: subprocess.Popen[bytes]) -> None:
         raise RuntimeError(f"the sweep's watchdog did not start (exit status {process.poll()})")
 
 
-def _watch(token: str) -> None:
+def _watch(token: str, driver: int) -> None:
     """Note the driver's new processes until it says it is done or dies; then stop them."""
-    driver = os.getppid()
     table = processes()
     # What the driver ran before the session (a test's server, say) is not the session's.
     before = frozenset(descendants(driver, table))
@@ -204,4 +205,4 @@ if __name__ == "__main__":
     # clean up after it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    _watch(sys.argv[1])
+    _watch(sys.argv[1], int(sys.argv[2]))
