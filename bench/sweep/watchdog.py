@@ -193,8 +193,8 @@ def _watch(token: str, driver: int) -> None:
     stopped = stop_session(known, token)
     if said != _STOP and stopped:
         print(
-            f"kdbench sweep: the driver (pid {driver}) ended; stopped {stopped} processes of "
-            "its Ray session",
+            f"kdbench sweep: the driver (pid {driver}) ended; stopped {stopped} "
+            f"process{'es' if stopped != 1 else ''} of its Ray session",
             file=sys.stderr,
             flush=True,
         )
