@@ -130,15 +130,18 @@ def local_ray(num_cpus: int, num_gpus: int, **init_options: Any) -> Iterator[Non
 
 def _refuse_exposed() -> None:
     """Stop here if the driver or a process it started listens beyond loopback."""
+    import ray
+
     exposed = exposed_sockets([os.getpid(), *descendants(os.getpid())])
     if exposed:
         listed = "\n".join(f"  {s}" for s in exposed)
         raise ExposedRayError(
-            "Ray on this machine would listen beyond this machine, and Ray has no "
-            f"authentication; the sweep did not start:\n{listed}\nStop whatever in this "
-            "process opened these sockets, or report the Ray version (the sweep runs Ray with "
-            f"node address {LOOPBACK}); to run across machines, start a cluster and join it "
-            "with --address."
+            "Ray on this machine would listen beyond this machine (Ray has no "
+            f"authentication), so the sweep did not start:\n{listed}\nA socket of this "
+            "process: close what opened it. A socket of Ray's: this Ray "
+            f"({ray.__version__}) does not keep to the node address {LOOPBACK}; use a Ray "
+            "version that does, or start a cluster on a network you control and join it with "
+            "--address."
         )
 
 
