@@ -10,6 +10,7 @@ import pytest
 
 from bench.suite.expand import plan_trials
 from bench.suite.load import parse_suite
+from bench.sweep.localray import local_ray
 from bench.sweep.pilot import (
     PilotReading,
     apply_plans,
@@ -90,17 +91,13 @@ def test_unpacked_trials_are_not_piloted():
 
 @pytest.fixture
 def ray_with_two_gpus():
-    import ray
     from ray import cloudpickle
 
     # Ray's GPUs are only a resource count here: the pilots below are stand-ins, shipped to
     # the workers by value (they cannot import this test module).
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False)
-    try:
+    with local_ray(num_cpus=2, num_gpus=2):  # as a sweep starts it: loopback only, watched
         yield
-    finally:
-        ray.shutdown()
 
 
 def pilot_3gib_of_16(config, home, plugins):

@@ -8,6 +8,8 @@ importing one module does not import the others; nothing outside the sweep impor
   post-stages, the parent run and its reconciliation.
 - :mod:`bench.sweep.teachers`: the teachers stage, as Ray tasks.
 - :mod:`bench.sweep.tune`: Ray for a sweep (started or joined) and the students on Ray Tune.
+- :mod:`bench.sweep.localray`: Ray started on this machine: loopback only, checked, watched.
+- :mod:`bench.sweep.watchdog`: ends what the driver started for its Ray when the driver dies.
 - :mod:`bench.sweep.pilot`: the packing stage: pilots of packed trial shapes, GPU shares.
 - :mod:`bench.sweep.report`: what a sweep did, and its console reports.
 - :mod:`bench.sweep.compress`: the compression post-stage.

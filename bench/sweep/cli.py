@@ -14,6 +14,7 @@ from pathlib import Path
 from bench.suite.load import load_suite
 from bench.suite.schema import SuiteError
 from bench.sweep.driver import SweepError, SweepOptions, run_sweep
+from bench.sweep.localray import ExposedRayError
 from bench.sweep.preflight import PreflightError
 from bench.sweep.report import EXIT_BAD_INPUT
 
@@ -88,7 +89,14 @@ def sweep_main(args: argparse.Namespace) -> int:
         if options.max_concurrent is not None and options.max_concurrent < 1:
             raise SweepError(f"--max-concurrent must be ≥ 1, got {options.max_concurrent}")
         return run_sweep(suite, options).exit_code
-    except (SuiteError, PreflightError, SweepError, ImportError, FileNotFoundError) as exc:
+    except (
+        SuiteError,
+        PreflightError,
+        SweepError,
+        ExposedRayError,
+        ImportError,
+        FileNotFoundError,
+    ) as exc:
         print(f"kdbench sweep: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 

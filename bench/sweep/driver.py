@@ -6,8 +6,9 @@ The order of work:
    (or, after joining, the cluster). Bad input stops here, before anything starts.
 2. Look every run key up in MLflow: keys already done are skipped (:mod:`bench.sweep.ledger`
    says what "done" means). Nothing left → nothing starts, not even Ray.
-3. Start Ray (``address="local"``) or join ``--address`` (:mod:`bench.sweep.tune`); on a
-   cluster, run the preflight (:mod:`bench.sweep.preflight`).
+3. Start Ray on this machine, listening on loopback only and watched so that none of its
+   processes outlives the driver (:mod:`bench.sweep.localray`), or join ``--address``
+   (:mod:`bench.sweep.tune`); on a cluster, run the preflight (:mod:`bench.sweep.preflight`).
 4. Open the sweep's parent run (reused when the same sweep runs again).
 5. Teachers first: each distinct teacher that is not cached yet is trained once, as a Ray task
    with the suite's teacher resources, into the cache under the kdbench home (shared storage

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, TypedDict
 
 from bench.suite.expand import PlannedTrial
 from bench.suite.schema import Suite
+from bench.sweep.localray import local_ray
 from bench.sweep.preflight import ClusterView, local_capacity
 from bench.sweep.progress import ProgressBoard
 from bench.sweep.worker import SweepContext
@@ -40,7 +41,8 @@ def ray_session(
     address: str | None, cluster_config: str | None = None
 ) -> Iterator[ClusterView | None]:
     """Ray for the sweep: joined (``address``; yields the cluster view for the preflight),
-    started on this machine (yields None), or the one this process already runs.
+    started on this machine (on loopback only, watched; :mod:`bench.sweep.localray`; yields
+    None), or the one this process already runs.
 
     Args:
         address: Ray cluster to join (``auto``, ``ray://…``, ``host:port``); None starts Ray
@@ -60,17 +62,13 @@ def ray_session(
     # handler would swallow it and print a Tuner.restore hint that does not apply here.
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     common: _InitOptions = {"logging_level": logging.ERROR, "log_to_driver": False}
-    if address:
-        ray.init(address=address, **common)
-    else:
+    if not address:
         capacity = local_capacity()
-        ray.init(
-            address="local",
-            num_cpus=int(capacity["CPU"]),
-            num_gpus=int(capacity["GPU"]),
-            include_dashboard=False,
-            **common,
-        )
+        with local_ray(int(capacity["CPU"]), int(capacity["GPU"]), **common):
+            yield None
+        return
+    # A cluster listens as its launcher configured it; the driver only joins.
+    ray.init(address=address, **common)
     try:
         yield _view_if_cluster(address, cluster_config)
     finally:
