@@ -3,7 +3,9 @@
 The default store is SQLite under the kdbench home (``<home>/mlflow.db``, artifacts in
 ``<home>/mlartifacts``); ``MLFLOW_TRACKING_URI`` (or ``--tracking-uri``) selects another, such
 as a cluster's ``mlflow server``. Parameters go in one ``log_batch`` per call and respect
-MLflow's length limits; the full config is an artifact (``config.json``).
+MLflow's length limits; the full config is an artifact (``config.json``), which also gets,
+when the trial ends, how the method set itself up (``setup``: the stage pairs of a feature
+method), as do the run's ``kdbench.setup.<name>`` tags.
 
 MLflow itself is imported inside the functions that talk to it: the import takes over a second,
 and commands that never record or read runs (a leaderboard rebuilt from ``results.csv``, a
@@ -29,8 +31,11 @@ if TYPE_CHECKING:
 
 TAG_PREFIX = "kdbench."
 RUN_KEY_TAG = "kdbench.run_key"
+#: Prefix of the tags of how the method set itself up (``kdbench.setup.stage_pairs``).
+SETUP_TAG_PREFIX = "kdbench.setup."
 #: MLflow accepts longer values, but short ones keep the UI and search usable.
 MAX_PARAM_CHARS = 500
+MAX_TAG_CHARS = 5000
 DEFAULT_EXPERIMENT = "kdbench"
 #: Artifact holding the trained student's state dict (``torch.save``; load with weights_only).
 STUDENT_ARTIFACT = "student.pt"
@@ -134,8 +139,13 @@ class Tracker:
         """
         from mlflow.entities import Param, RunTag
 
+        config_doc = {
+            "config": to_jsonable(config),
+            "key_fields": key_fields(config, method_cls.version, shared_code_of(method_cls)),
+            "run_key": key,
+        }
         if resume_run_id is not None:
-            handle = RunHandle(self.client, resume_run_id)
+            handle = RunHandle(self.client, resume_run_id, config_doc)
             if extra_tags:
                 run_tags = [RunTag(k, v) for k, v in extra_tags.items()]
                 self.client.log_batch(resume_run_id, tags=run_tags)
@@ -160,22 +170,12 @@ class Tracker:
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(self.experiment_id, tags=tags)
-        handle = RunHandle(self.client, run.info.run_id)
+        handle = RunHandle(self.client, run.info.run_id, config_doc)
         with self._ended_failed_on_error(handle):
             params = [Param(k, v) for k, v in trial_params(config).items()]
             for i in range(0, len(params), 100):  # MLflow's per-batch param limit
                 self.client.log_batch(handle.run_id, params=params[i : i + 100])
-            self.client.log_dict(
-                handle.run_id,
-                {
-                    "config": to_jsonable(config),
-                    "key_fields": key_fields(
-                        config, method_cls.version, shared_code_of(method_cls)
-                    ),
-                    "run_key": key,
-                },
-                "config.json",
-            )
+            self.client.log_dict(handle.run_id, config_doc, "config.json")
             yield handle
 
     @contextmanager
@@ -257,9 +257,11 @@ def search_all_runs(
 class RunHandle:
     """Logging into one MLflow run."""
 
-    def __init__(self, client: Any, run_id: str) -> None:
+    def __init__(self, client: Any, run_id: str, config_doc: dict[str, Any] | None = None) -> None:
         self.client = client
         self.run_id = run_id
+        #: What the run's ``config.json`` holds (None: not known to this handle).
+        self.config_doc = config_doc
         self.ended = False
         self._extra_step = 0
 
@@ -332,6 +334,11 @@ class RunHandle:
         if student is not None and result.status == "FINISHED":
             self.log_state_dict(student.state_dict())
         tags = [RunTag("kdbench.outcome", result.outcome)]
+        setup = getattr(result, "setup", None) or {}
+        tags += [RunTag(SETUP_TAG_PREFIX + k, v[:MAX_TAG_CHARS]) for k, v in setup.items()]
+        if setup and self.config_doc is not None:
+            self.config_doc = {**self.config_doc, "setup": setup}
+            self.client.log_dict(self.run_id, self.config_doc, "config.json")
         if result.error:
             tags.append(RunTag("kdbench.error", result.error[-5000:]))
         self.client.log_batch(self.run_id, tags=tags)

@@ -16,7 +16,9 @@ side of the teacher's activation boundary::
 
 summed over elements, divided by the batch size, with weight 1 on the deepest pair halved
 for each shallower one, times 3/1000 (μ = 1). The connector's output is resized to the
-teacher's map with ``match_spatial`` where sizes differ.
+teacher's map with ``match_spatial`` where sizes differ. Pairs with a 1×1 map on either side
+carry no spatial knowledge and are left out (``spatial_pairs``; the deepest remaining pair
+weighs 1); the pair is refused when none remains.
 
 Training (both codebases): an initialisation stage trains the student (the layers the loss
 reaches) and the connectors on this loss alone (``before_training``), then the student is
@@ -53,10 +55,13 @@ from bench.api import (
     TrainContext,
     align_stages,
     conv_connector,
+    describe_pairs,
     init_stage_epochs,
     match_spatial,
     register_method,
     require_teacher,
+    spatial_pair_supports,
+    spatial_pairs,
     spatial_supports,
 )
 from methods._common import soft_kl
@@ -87,7 +92,7 @@ class ActivationBoundaries(Method):
     knowledge = "intermediate"
     mode = "offline"
     needs = frozenset({"preact_features"})
-    version = 1
+    version = 2
 
     class Params(Method.Params):
         margin: float = 1.0
@@ -102,18 +107,16 @@ class ActivationBoundaries(Method):
         self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo
     ) -> tuple[bool, str]:
         ok, reason = spatial_supports(student, teacher)
-        if (
-            ok
-            and self.params.kd_weight > 0
-            and teacher is not None
-            and teacher.num_classes != student.num_classes
-        ):
+        if not ok or teacher is None:
+            return ok, reason
+        if self.params.kd_weight > 0 and teacher.num_classes != student.num_classes:
             return False, "kd_weight > 0 needs a teacher with the student's classes"
-        return ok, reason
+        return spatial_pair_supports(student, teacher, task, align_stages(student, teacher))
 
     def setup(self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo) -> None:
         assert teacher is not None
-        self.pairs = align_stages(student, teacher)
+        self.pairs = spatial_pairs(student, teacher, task, align_stages(student, teacher))
+        self.stage_pairs = describe_pairs(student, teacher, task, self.pairs)
         self.connectors = nn.ModuleList(
             conv_connector(student.feature_channels[s], teacher.feature_channels[t])
             for s, t in self.pairs
@@ -125,6 +128,9 @@ class ActivationBoundaries(Method):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         self.init_epochs = init_stage_epochs(self.params.init_epochs, task)
+
+    def setup_facts(self) -> dict[str, str]:
+        return {"stage_pairs": self.stage_pairs}
 
     def before_training(self, ctx: TrainContext) -> None:
         needs = frozenset({"preact_features"})

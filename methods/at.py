@@ -19,9 +19,10 @@ Paper vs code:
 - The paper sums |A_c|^p over channels, the code averages; the L2 normalisation removes the
   difference.
 - Stages: the code pairs same-resolution group outputs of two WRNs (the CRD benchmark all
-  stage outputs but the stem). Here all stage pairs of ``align_stages``; where spatial sizes
-  differ the student's map is resized to the teacher's with ``match_spatial`` (the CRD
-  benchmark pools whichever map is larger).
+  stage outputs but the stem). Here the stage pairs of ``align_stages`` whose maps are at
+  least 2×2 on both sides (``spatial_pairs``: a 1×1 map's attention map is a constant); the
+  pair is refused when none is. Where spatial sizes differ the student's map is resized to
+  the teacher's with ``match_spatial`` (the CRD benchmark pools whichever map is larger).
 """
 
 from __future__ import annotations
@@ -39,9 +40,12 @@ from bench.api import (
     Outputs,
     TaskInfo,
     align_stages,
+    describe_pairs,
     match_spatial,
     register_method,
     require_teacher,
+    spatial_pair_supports,
+    spatial_pairs,
     spatial_supports,
 )
 
@@ -66,7 +70,7 @@ class AttentionTransfer(Method):
     knowledge = "intermediate"
     mode = "offline"
     needs = frozenset({"features"})
-    version = 1
+    version = 2
 
     class Params(Method.Params):
         beta: float = 1000.0
@@ -78,11 +82,18 @@ class AttentionTransfer(Method):
     def supports(
         self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo
     ) -> tuple[bool, str]:
-        return spatial_supports(student, teacher)
+        ok, reason = spatial_supports(student, teacher)
+        if not ok or teacher is None:
+            return ok, reason
+        return spatial_pair_supports(student, teacher, task, align_stages(student, teacher))
 
     def setup(self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo) -> None:
         assert teacher is not None
-        self.pairs = align_stages(student, teacher)
+        self.pairs = spatial_pairs(student, teacher, task, align_stages(student, teacher))
+        self.stage_pairs = describe_pairs(student, teacher, task, self.pairs)
+
+    def setup_facts(self) -> dict[str, str]:
+        return {"stage_pairs": self.stage_pairs}
 
     def loss(self, batch: Batch, student: Outputs, teacher: Outputs | None) -> dict[str, Tensor]:
         teacher = require_teacher(teacher, "at")

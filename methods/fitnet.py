@@ -8,8 +8,19 @@ https://github.com/HobbitLong/RepDistiller (``distiller_zoo/FitNet.py``,
 
 A regressor r maps the student's guided layer to the teacher's hint layer; the hint loss is
 the squared error ‖u_h − r(v_g)‖². Guided/hint layers: ``hint_pair`` (the middle aligned
-stage pair); the regressor is ``conv_connector`` (1×1 conv + BN), followed by
-``match_spatial`` when the maps' sizes differ.
+stage pair); a pair with a 1×1 map on either side carries no spatial knowledge and is refused
+(``spatial_pair_supports``).
+
+The regressor is the CRD benchmark's ``ConvReg`` (``use_relu=True``, as its
+``train_student.py`` builds it for FitNets): a convolution chosen by the two maps' heights,
+then BatchNorm, then ReLU:
+
+- equal sizes: 1×1 convolution;
+- student map twice the teacher's: 3×3 convolution, stride 2, padding 1;
+- student map half the teacher's: 4×4 transposed convolution, stride 2, padding 1;
+- student map larger otherwise: a convolution of kernel (1 + H_s − H_t) × (1 + W_s − W_t);
+- student map smaller than half the teacher's (ConvReg raises there): 1×1 convolution, and
+  the output resized to the hint's size with ``match_spatial``.
 
 Paper vs code (``stages`` selects):
 - ``two_stage`` (the paper, default): stage 1 trains the student up to the guided layer and
@@ -19,9 +30,15 @@ Paper vs code (``stages`` selects):
   (paper, appendix). H is implemented as KL(P_T^τ‖P_S^τ), which differs from the
   cross-entropy by the teacher's entropy, a constant: same gradients.
 - ``joint`` (the CRD benchmark): one stage, CE + β·MSE(r(v_g), u_h), β = 100.
-- The paper's regressor is a convolution whose kernel maps the guided map onto the hint
-  map's size (the CRD benchmark's ConvReg adds BN + ReLU and uses a strided/transposed
-  convolution); here the shared 1×1 connector plus ``match_spatial``.
+- Regressor: the paper's is a convolution whose kernel maps the guided map onto the hint
+  map's size, with the hint layer's non-linearity so that r and u_h are comparable (ReLU for
+  the post-ReLU stage outputs of CNNs); the CRD benchmark's ConvReg puts BatchNorm between the
+  convolution and the ReLU, and uses strided and transposed convolutions for sizes that
+  differ by a factor of 2. Here ConvReg (``regressor_relu=True``, default).
+  ``regressor_relu=False`` drops the ReLU (conv + BN, ConvReg with ``use_relu=False``): a
+  regressor that can output negative values against non-negative hints, which changes the
+  loss and its gradients, not only their scale. A teacher whose stage outputs are signed (a
+  vision transformer's tokens) needs ``regressor_relu=False``: a ReLU cannot match them.
 - The hint loss is β·mean squared error in both stages (the paper's ½·sum differs by a
   constant factor, folded into β).
 - Stage 1 length: ``init_epochs``; by default the CRD benchmark's 30 initialisation epochs
@@ -33,7 +50,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from bench.api import (
     Batch,
@@ -42,15 +59,57 @@ from bench.api import (
     Outputs,
     TaskInfo,
     TrainContext,
-    conv_connector,
+    describe_pairs,
     hint_pair,
     init_stage_epochs,
     match_spatial,
     register_method,
     require_teacher,
+    spatial_pair_supports,
     spatial_supports,
+    stage_size,
 )
 from methods._common import soft_kl
+
+
+class ConvRegressor(nn.Module):
+    """The CRD benchmark's ``ConvReg``: a convolution chosen by the maps' sizes (see the
+    module docstring), BatchNorm, and a ReLU when ``relu``.
+
+    Args:
+        in_channels: Channels of the student's guided map.
+        out_channels: Channels of the teacher's hint map.
+        student_size: (H, W) of the guided map.
+        teacher_size: (H, W) of the hint map.
+        relu: Whether a ReLU follows the BatchNorm.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        student_size: tuple[int, int],
+        teacher_size: tuple[int, int],
+        relu: bool,
+    ) -> None:
+        super().__init__()
+        (s_h, s_w), (t_h, t_w) = student_size, teacher_size
+        self.conv: nn.Module
+        if s_h == 2 * t_h:
+            self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
+        elif 2 * s_h == t_h:
+            self.conv = nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1)
+        elif s_h >= t_h and s_w >= t_w:
+            kernel = (1 + s_h - t_h, 1 + s_w - t_w)
+            self.conv = nn.Conv2d(in_channels, out_channels, kernel)
+        else:
+            self.conv = nn.Conv2d(in_channels, out_channels, 1)
+        self.bn = nn.BatchNorm2d(out_channels)
+        self.relu = relu
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.bn(self.conv(x))
+        return F.relu(x) if self.relu else x
 
 
 @register_method("fitnet")
@@ -66,12 +125,14 @@ class FitNet(Method):
         temperature: τ of the KD stage of ``two_stage`` (paper: 3).
         kd_lambda_start: λ of the KD stage at the start of training (paper: 4).
         kd_lambda_end: λ at the end, reached linearly (paper: 1).
+        regressor_relu: Whether the regressor ends in a ReLU (CRD benchmark's ConvReg, and
+            the paper's "same non-linearity" as the hint); False: conv + BN only.
     """
 
     knowledge = "intermediate"
     mode = "offline"
     needs = frozenset({"features"})
-    version = 1
+    version = 2
 
     class Params(Method.Params):
         stages: Literal["two_stage", "joint"] = "two_stage"
@@ -80,6 +141,7 @@ class FitNet(Method):
         temperature: float = 3.0
         kd_lambda_start: float = 4.0
         kd_lambda_end: float = 1.0
+        regressor_relu: bool = True
 
     search_space: ClassVar[dict[str, list]] = {"beta": [25.0, 100.0, 400.0]}
 
@@ -87,21 +149,28 @@ class FitNet(Method):
         self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo
     ) -> tuple[bool, str]:
         ok, reason = spatial_supports(student, teacher)
-        if (
-            ok
-            and self.params.stages == "two_stage"
-            and teacher is not None
-            and teacher.num_classes != student.num_classes
-        ):
+        if not ok or teacher is None:
+            return ok, reason
+        if self.params.stages == "two_stage" and teacher.num_classes != student.num_classes:
             return False, "the KD stage needs a teacher with the student's classes"
-        return ok, reason
+        return spatial_pair_supports(student, teacher, task, [hint_pair(student, teacher)])
 
     def setup(self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo) -> None:
         assert teacher is not None
         self.pair = hint_pair(student, teacher)
         s, t = self.pair
-        self.regressor = conv_connector(student.feature_channels[s], teacher.feature_channels[t])
+        self.regressor = ConvRegressor(
+            student.feature_channels[s],
+            teacher.feature_channels[t],
+            stage_size(student, s, task),
+            stage_size(teacher, t, task),
+            self.params.regressor_relu,
+        )
+        self.stage_pairs = describe_pairs(student, teacher, task, [self.pair])
         self.init_epochs = init_stage_epochs(self.params.init_epochs, task)
+
+    def setup_facts(self) -> dict[str, str]:
+        return {"stage_pairs": self.stage_pairs}
 
     def hint_loss(self, student: Outputs, teacher: Outputs) -> Tensor:
         s, t = self.pair

@@ -44,6 +44,7 @@ from bench.api import (
     TaskInfo,
     TrainContext,
     align_stages,
+    describe_pairs,
     init_stage_epochs,
     match_spatial,
     register_method,
@@ -111,7 +112,11 @@ class FlowOfSolutionProcedure(Method):
     def setup(self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo) -> None:
         assert teacher is not None
         self.pairs = align_stages(student, teacher)
+        self.stage_pairs = describe_pairs(student, teacher, task, self.pairs)
         self.init_epochs = init_stage_epochs(self.params.init_epochs, task)
+
+    def setup_facts(self) -> dict[str, str]:
+        return {"stage_pairs": self.stage_pairs}
 
     def fsp_distance(self, student: Outputs, teacher: Outputs) -> Tensor:
         """Unweighted FSP loss, summed over consecutive aligned stage pairs."""

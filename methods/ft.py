@@ -14,7 +14,8 @@ k = 0.5). A translator (three 3×3 convolutions with LeakyReLU, C_s → C_s → 
 the student's last stage gives the student factor F_S. The student trains on
 CE + β·‖F_T/‖F_T‖₂ − F_S/‖F_S‖₂‖_p with p = 1, the factors flattened per sample; the
 paraphraser stays frozen. Where spatial sizes differ the student factor is resized to the
-teacher's with ``match_spatial``.
+teacher's with ``match_spatial``. A deepest pair with a 1×1 map on either side carries no
+spatial knowledge, and the pair is refused (``spatial_pair_supports``).
 
 Paper vs code:
 - β: 500 in the authors' code (default); the CRD benchmark uses 200.
@@ -47,10 +48,12 @@ from bench.api import (
     TaskInfo,
     TrainContext,
     align_stages,
+    describe_pairs,
     init_stage_epochs,
     match_spatial,
     register_method,
     require_teacher,
+    spatial_pair_supports,
     spatial_supports,
 )
 
@@ -119,7 +122,7 @@ class FactorTransfer(Method):
     knowledge = "intermediate"
     mode = "offline"
     needs = frozenset({"features"})
-    version = 1
+    version = 2
 
     class Params(Method.Params):
         beta: float = 500.0
@@ -135,17 +138,24 @@ class FactorTransfer(Method):
     def supports(
         self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo
     ) -> tuple[bool, str]:
-        return spatial_supports(student, teacher)
+        ok, reason = spatial_supports(student, teacher)
+        if not ok or teacher is None:
+            return ok, reason
+        return spatial_pair_supports(student, teacher, task, align_stages(student, teacher)[-1:])
 
     def setup(self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo) -> None:
         assert teacher is not None
         p = self.params
         self.pair = align_stages(student, teacher)[-1]
+        self.stage_pairs = describe_pairs(student, teacher, task, [self.pair])
         s, t = self.pair
         factor_channels = max(1, round(teacher.feature_channels[t] * p.k))
         self.paraphraser = Paraphraser(teacher.feature_channels[t], factor_channels)
         self.translator = translator(student.feature_channels[s], factor_channels, p.translator_bn)
         self.init_epochs = init_stage_epochs(p.init_epochs, task)
+
+    def setup_facts(self) -> dict[str, str]:
+        return {"stage_pairs": self.stage_pairs}
 
     def before_training(self, ctx: TrainContext) -> None:
         t = self.pair[1]

@@ -42,6 +42,7 @@ from bench.api import (
     Outputs,
     TaskInfo,
     align_stages,
+    describe_pairs,
     match_spatial,
     register_method,
     require_teacher,
@@ -127,6 +128,10 @@ class InstanceRelationshipGraph(Method):
     def setup(self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo) -> None:
         assert teacher is not None
         self.pairs = align_stages(student, teacher)[-2:]
+        self.stage_pairs = describe_pairs(student, teacher, task, self.pairs)
+
+    def setup_facts(self) -> dict[str, str]:
+        return {"stage_pairs": self.stage_pairs}
 
     def loss(self, batch: Batch, student: Outputs, teacher: Outputs | None) -> dict[str, Tensor]:
         teacher = require_teacher(teacher, "irg")

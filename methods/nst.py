@@ -21,7 +21,8 @@ Paper vs code:
   factor in front of MMD² (so β = λ/2 in the paper's notation); the default 50 is the CRD
   benchmark's, which the paper's CIFAR setting does not pin down for this kernel.
 - Stages: the CRD benchmark uses every stage output but the stem; here every pair of
-  ``align_stages``.
+  ``align_stages`` whose maps are at least 2×2 on both sides (``spatial_pairs``: a 1×1 map's
+  selectivity is a constant); the pair is refused when none is.
 """
 
 from __future__ import annotations
@@ -39,9 +40,12 @@ from bench.api import (
     Outputs,
     TaskInfo,
     align_stages,
+    describe_pairs,
     match_spatial,
     register_method,
     require_teacher,
+    spatial_pair_supports,
+    spatial_pairs,
     spatial_supports,
 )
 
@@ -75,7 +79,7 @@ class NeuronSelectivityTransfer(Method):
     knowledge = "intermediate"
     mode = "offline"
     needs = frozenset({"features"})
-    version = 1
+    version = 2
 
     class Params(Method.Params):
         beta: float = 50.0
@@ -87,11 +91,18 @@ class NeuronSelectivityTransfer(Method):
     def supports(
         self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo
     ) -> tuple[bool, str]:
-        return spatial_supports(student, teacher)
+        ok, reason = spatial_supports(student, teacher)
+        if not ok or teacher is None:
+            return ok, reason
+        return spatial_pair_supports(student, teacher, task, align_stages(student, teacher))
 
     def setup(self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo) -> None:
         assert teacher is not None
-        self.pairs = align_stages(student, teacher)
+        self.pairs = spatial_pairs(student, teacher, task, align_stages(student, teacher))
+        self.stage_pairs = describe_pairs(student, teacher, task, self.pairs)
+
+    def setup_facts(self) -> dict[str, str]:
+        return {"stage_pairs": self.stage_pairs}
 
     def loss(self, batch: Batch, student: Outputs, teacher: Outputs | None) -> dict[str, Tensor]:
         teacher = require_teacher(teacher, "nst")

@@ -48,6 +48,7 @@ from bench.api import (
     Outputs,
     TaskInfo,
     align_stages,
+    describe_pairs,
     match_spatial,
     register_method,
     require_teacher,
@@ -135,6 +136,7 @@ class ReviewKD(Method):
     def setup(self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo) -> None:
         assert teacher is not None
         self.pairs = align_stages(student, teacher)
+        self.stage_pairs = describe_pairs(student, teacher, task, self.pairs)
         in_channels = [student.feature_channels[s] for s, _ in self.pairs]
         in_channels.append(student.embedding_dim)
         out_channels = [teacher.feature_channels[t] for _, t in self.pairs]
@@ -146,6 +148,9 @@ class ReviewKD(Method):
             AttentionFusion(c_in, mid, c_out, fuse=i < last)
             for i, (c_in, c_out) in enumerate(zip(in_channels, out_channels, strict=True))
         )
+
+    def setup_facts(self) -> dict[str, str]:
+        return {"stage_pairs": self.stage_pairs}
 
     def loss(self, batch: Batch, student: Outputs, teacher: Outputs | None) -> dict[str, Tensor]:
         teacher = require_teacher(teacher, "reviewkd")

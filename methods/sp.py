@@ -33,6 +33,7 @@ from bench.api import (
     Outputs,
     TaskInfo,
     align_stages,
+    describe_pairs,
     register_method,
     require_teacher,
     spatial_supports,
@@ -81,6 +82,10 @@ class SimilarityPreserving(Method):
         assert teacher is not None
         pairs = align_stages(student, teacher)
         self.pairs = pairs[-1:] if self.params.stages == "last" else pairs
+        self.stage_pairs = describe_pairs(student, teacher, task, self.pairs)
+
+    def setup_facts(self) -> dict[str, str]:
+        return {"stage_pairs": self.stage_pairs}
 
     def loss(self, batch: Batch, student: Outputs, teacher: Outputs | None) -> dict[str, Tensor]:
         teacher = require_teacher(teacher, "sp")

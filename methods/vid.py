@@ -17,7 +17,8 @@ channel, σ_c² = softplus(α_c) + ε. The loss is the Gaussian negative log-lik
 averaged over batch, channels and positions, summed over the stage pairs (β = 1). σ² starts
 at 5 (α initialised to softplus⁻¹(5 − ε)), ε = 1e-5. Where spatial sizes differ the student's
 map is resized to the teacher's with ``match_spatial`` before the regressor (the CRD
-benchmark pools whichever map is larger).
+benchmark pools whichever map is larger). Pairs with a 1×1 map on either side carry no
+spatial knowledge and are left out (``spatial_pairs``); the pair is refused when none remains.
 
 Paper vs code: the paper's negative log-likelihood sums over channels and positions; the
 authors' code (and the CRD benchmark) averages, which weighs every stage pair equally
@@ -41,9 +42,12 @@ from bench.api import (
     Outputs,
     TaskInfo,
     align_stages,
+    describe_pairs,
     match_spatial,
     register_method,
     require_teacher,
+    spatial_pair_supports,
+    spatial_pairs,
     spatial_supports,
 )
 
@@ -99,7 +103,7 @@ class VariationalInformationDistillation(Method):
     knowledge = "intermediate"
     mode = "offline"
     needs = frozenset({"features"})
-    version = 1
+    version = 2
 
     class Params(Method.Params):
         beta: float = 1.0
@@ -112,18 +116,25 @@ class VariationalInformationDistillation(Method):
     def supports(
         self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo
     ) -> tuple[bool, str]:
-        return spatial_supports(student, teacher)
+        ok, reason = spatial_supports(student, teacher)
+        if not ok or teacher is None:
+            return ok, reason
+        return spatial_pair_supports(student, teacher, task, align_stages(student, teacher))
 
     def setup(self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo) -> None:
         assert teacher is not None
         p = self.params
-        self.pairs = align_stages(student, teacher)
+        self.pairs = spatial_pairs(student, teacher, task, align_stages(student, teacher))
+        self.stage_pairs = describe_pairs(student, teacher, task, self.pairs)
         self.regressors = nn.ModuleList(
             GaussianRegressor(
                 student.feature_channels[s], teacher.feature_channels[t], p.init_var, p.eps
             )
             for s, t in self.pairs
         )
+
+    def setup_facts(self) -> dict[str, str]:
+        return {"stage_pairs": self.stage_pairs}
 
     def loss(self, batch: Batch, student: Outputs, teacher: Outputs | None) -> dict[str, Tensor]:
         teacher = require_teacher(teacher, "vid")

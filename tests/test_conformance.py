@@ -150,6 +150,22 @@ class DetachedConnector(TestMethod):
         return {"hint": F.mse_loss(projected, teacher.embedding)}
 
 
+class DetachedKD(TestMethod):
+    """Hinton KD computed from detached student logits: the harness's cross-entropy still
+    trains the student, so only a per-term trace shows that the KD term teaches nothing."""
+
+    def loss(self, batch: Batch, student: Outputs, teacher: Outputs | None) -> dict[str, Tensor]:
+        log_p = F.log_softmax(student.logits.detach() / 4.0, dim=1)
+        q = F.softmax(teacher.logits / 4.0, dim=1)
+        return {"kd": 16.0 * F.kl_div(log_p, q, reduction="batchmean")}
+
+
+class DeclaredDetachedKD(DetachedKD):
+    """The same term, declared as reported only."""
+
+    detached_terms = frozenset({"kd"})
+
+
 class _Reversed(torch.autograd.Function):
     """Identity forward, negated gradient backward."""
 
@@ -244,6 +260,22 @@ def test_detached_connector_fails_gradients_naming_its_weights(register) -> None
     assert result.failed
     assert "connector.weight" in result.message and "connector.bias" in result.message
     assert report.get("loss_terms", pid).passed
+
+
+def test_detached_kd_term_fails_gradients_naming_the_term(register) -> None:
+    name = register("conformance_test_detached_kd", DetachedKD)
+    report = _check(name)
+    result = report.get("gradients", ONE_PAIR.id_for(name))
+    assert result.failed
+    assert result.message.startswith("term 'kd' is detached")
+    assert "'ce'" not in result.message  # the harness's cross-entropy reaches the student
+    assert [r.name for r in report.failures()] == ["gradients"]  # every other check passes
+
+
+def test_a_declared_detached_term_passes(register) -> None:
+    name = register("conformance_test_declared_detached", DeclaredDetachedKD)
+    report = _check(name)
+    assert report.passed, report.format(verbose=True)
 
 
 def test_wrong_gradient_sign_fails_loss_decreases_only(register) -> None:

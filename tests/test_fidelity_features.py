@@ -354,7 +354,7 @@ def test_irg(fidelity):
 
 
 # --------------------------------------------------------------------------------------------
-# FitNets (joint hint loss, identity regressor)
+# FitNets (joint hint loss through the CRD benchmark's ConvReg)
 # --------------------------------------------------------------------------------------------
 
 
@@ -369,15 +369,108 @@ def identity_connector(connector: torch.nn.Module, weight: torch.Tensor | None =
     connector.eval()
 
 
-def test_fitnet_joint(fidelity):
-    student, teacher = model_info((3, 4), (4, 8), 6), model_info((5, 4), (2, 8), 6)
-    s = [values(N, 3, 4, 4, seed=32), values(N, 4, 2, 2, seed=33)]
-    t = [values(N, 5, 8, 8, seed=34), values(N, 4, 2, 2, seed=35, low=0)]
-    method = run("fitnet", {"stages": "joint"}, student, teacher)
+def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, pad: int) -> np.ndarray:
+    """Cross-correlation of N×C×H×W with O×C×kh×kw, zero padding, plus a bias per output."""
+    x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    kh, kw = w.shape[-2:]
+    h = (x.shape[2] - kh) // stride + 1
+    v = (x.shape[3] - kw) // stride + 1
+    out = np.zeros((x.shape[0], w.shape[0], h, v))
+    for i, j in itertools.product(range(h), range(v)):
+        patch = x[:, :, i * stride : i * stride + kh, j * stride : j * stride + kw]
+        out[:, :, i, j] = np.einsum("nchw,ochw->no", patch, w)
+    return out + b.reshape(1, -1, 1, 1)
+
+
+def conv_transpose2d(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, pad: int):
+    """Transposed convolution of N×C×H×W with C×O×kh×kw: every input position scatters its
+    kernel-weighted values to ``stride·position − pad + offset``."""
+    n, _, h, v = x.shape
+    kh, kw = w.shape[-2:]
+    full = np.zeros((n, w.shape[1], (h - 1) * stride + kh, (v - 1) * stride + kw))
+    for i, j in itertools.product(range(h), range(v)):
+        full[:, :, i * stride : i * stride + kh, j * stride : j * stride + kw] += np.einsum(
+            "nc,cohw->nohw", x[:, :, i, j], w
+        )
+    out = full[:, :, pad : full.shape[2] - pad, pad : full.shape[3] - pad]
+    return out + b.reshape(1, -1, 1, 1)
+
+
+def batch_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float = 1e-5):
+    """BatchNorm in training mode: batch statistics per channel (biased variance)."""
+    mean = x.mean(axis=(0, 2, 3), keepdims=True)
+    var = x.var(axis=(0, 2, 3), keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * gamma.reshape(1, -1, 1, 1) + beta.reshape(1, -1, 1, 1)
+
+
+def fitnet_info(channels: int, size: int) -> ModelInfo:
+    """Two stages; the second (the hint pair of two aligned pairs) is ``size``×``size``."""
+    return ModelInfo(
+        "synthetic",
+        "synthetic",
+        TASK.num_classes,
+        (2, channels),
+        (1, 16 // size),
+        6,
+        0,
+        feature_sizes=((16, 16), (size, size)),
+    )
+
+
+#: (student size, teacher size) → ConvReg's convolution: (transposed, kernel, stride, padding).
+CONVREG_CASES = {
+    "same": (4, 4, (False, 1, 1, 0)),
+    "halve": (4, 2, (False, 3, 2, 1)),
+    "double": (2, 4, (True, 4, 2, 1)),
+    "shrink": (4, 3, (False, 2, 1, 0)),  # kernel 1 + H_s − H_t
+}
+
+
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "no_relu"])
+@pytest.mark.parametrize("case", list(CONVREG_CASES))
+def test_fitnet_hint_loss_through_convreg(fidelity, case, relu):
+    s_size, t_size, (transposed, k, stride, pad) = CONVREG_CASES[case]
+    cs, ct = 3, 4
+    params = {"stages": "joint", "regressor_relu": relu}
+    method = run("fitnet", params, fitnet_info(cs, s_size), fitnet_info(ct, t_size))
     assert method.pair == (1, 1)  # hint_pair: the middle of two aligned pairs, rounding deeper
-    identity_connector(method.regressor)
-    got = method.loss(batch(), outputs(s), outputs(t))["hint"].item()
-    fidelity("fitnet_joint", got, 100.0 * np.mean((f64(s[1]) - f64(t[1])) ** 2))
+    f_s = values(N, cs, s_size, s_size, seed=32)
+    f_t = values(N, ct, t_size, t_size, seed=35, low=0)  # hints are post-ReLU
+    shape = (cs, ct, k, k) if transposed else (ct, cs, k, k)
+    w = values(*shape, seed=36, low=-0.5, high=0.5)
+    b, gamma, beta = (
+        values(ct, seed=37),
+        values(ct, seed=38, low=0.5, high=1.5),
+        values(ct, seed=39),
+    )
+    reg = method.regressor
+    assert tuple(reg.conv.weight.shape) == shape
+    assert isinstance(reg.conv, torch.nn.ConvTranspose2d) == transposed
+    with torch.no_grad():
+        reg.conv.weight.copy_(w), reg.conv.bias.copy_(b)
+        reg.bn.weight.copy_(gamma), reg.bn.bias.copy_(beta)
+    method.train()  # as in training: BatchNorm normalises with the batch's statistics
+    dummy = [values(N, 2, 16, 16, seed=40)]
+    got = method.loss(batch(), outputs([*dummy, f_s]), outputs([*dummy, f_t]))["hint"].item()
+
+    # RepDistiller: HintLoss = MSELoss()(ConvReg(f_s), f_t), ConvReg = relu(bn(conv(x))); β = 100
+    conv = conv_transpose2d if transposed else conv2d
+    r = batch_norm(conv(f64(f_s), f64(w), f64(b), stride, pad), f64(gamma), f64(beta))
+    if relu:
+        r = np.maximum(r, 0.0)
+    assert r.shape == tuple(f_t.shape)
+    expected = 100.0 * np.mean((r - f64(f_t)) ** 2)
+    fidelity(f"fitnet_convreg_{case}_{'relu' if relu else 'no_relu'}", got, expected)
+
+
+def test_fitnet_regressor_reaches_the_hint_size_where_convreg_has_no_rule():
+    # a guided map under half the hint's size: a 1×1 convolution, resized to the hint's size
+    method = run("fitnet", {"stages": "joint"}, fitnet_info(3, 2), fitnet_info(4, 8))
+    dummy = [values(N, 2, 16, 16, seed=40)]
+    s = outputs([*dummy, values(N, 3, 2, 2, seed=41)])
+    t = outputs([*dummy, values(N, 4, 8, 8, seed=42, low=0)])
+    assert method.regressor.conv.kernel_size == (1, 1)
+    assert torch.isfinite(method.loss(batch(), s, t)["hint"])
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,14 +17,19 @@ from bench.api.method import (
 from bench.api.params import ParamError, Params, coerce_value
 from bench.api.stages import (
     INIT_STAGE_FRACTION,
+    MIN_SPATIAL_SIZE,
     align_stages,
     conv_connector,
+    describe_pairs,
     hint_pair,
     init_stage_epochs,
     match_spatial,
     require_teacher,
     same_classes,
+    spatial_pair_supports,
+    spatial_pairs,
     spatial_supports,
+    stage_size,
 )
 from bench.api.types import Batch, ModelInfo, Outputs, TaskInfo, TrialFailed
 
@@ -32,6 +37,7 @@ __all__ = [
     "INIT_STAGE_FRACTION",
     "KNOWLEDGE_KINDS",
     "METHODS",
+    "MIN_SPATIAL_SIZE",
     "MODES",
     "NEEDS",
     "Batch",
@@ -46,11 +52,15 @@ __all__ = [
     "align_stages",
     "coerce_value",
     "conv_connector",
+    "describe_pairs",
     "hint_pair",
     "init_stage_epochs",
     "match_spatial",
     "register_method",
     "require_teacher",
     "same_classes",
+    "spatial_pair_supports",
+    "spatial_pairs",
     "spatial_supports",
+    "stage_size",
 ]

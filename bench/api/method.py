@@ -10,6 +10,7 @@ The harness calls, in order::
 
     method.supports(student_info, teacher_info, task)   # may refuse the pair, with a reason
     method.setup(student_info, teacher_info, task)      # build connectors for these shapes
+    method.setup_facts()                                # recorded with the run (stage pairs)
     method.before_training(ctx)                         # optional init stage (FT, AB, FitNets…)
     for each batch:
         terms = method.train_step(ctx, batch)           # named, weighted loss terms
@@ -172,6 +173,9 @@ class Method(nn.Module):
         search_space: Parameter name → candidate values for the ``tune`` phase.
         conformance_params: Parameters the conformance suite uses on its tiny test models
             when the paper's defaults cannot apply there (e.g. naming a tiny assistant).
+        detached_terms: Names of loss terms that are meant to have no gradient path to the
+            student or to the method's parameters (a term reported for its value only). The
+            conformance suite fails every other term that has none, as "detached".
     """
 
     class Params(BaseParams):
@@ -189,6 +193,7 @@ class Method(nn.Module):
     version: ClassVar[int] = 1
     search_space: ClassVar[dict[str, list[Any]]] = {}
     conformance_params: ClassVar[dict[str, Any]] = {}
+    detached_terms: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, params: BaseParams | Mapping[str, Any] | None = None) -> None:
         super().__init__()
@@ -224,6 +229,12 @@ class Method(nn.Module):
 
     def setup(self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo) -> None:
         """Build the method's own modules for these shapes. Called once, before training."""
+
+    def setup_facts(self) -> dict[str, str]:
+        """How :meth:`setup` configured the method for this pair, recorded with the run (MLflow
+        tags ``kdbench.setup.<name>`` and ``config.json``'s ``setup``): feature methods give
+        ``stage_pairs`` (:func:`bench.api.stages.describe_pairs`). Called after setup."""
+        return {}
 
     def before_training(self, ctx: TrainContext) -> None:
         """An optional stage before the main training (paraphraser, initialisation, …)."""
@@ -298,6 +309,12 @@ def _validate_method_class(name: str, cls: type) -> None:
     for need in set(cls.needs) | set(cls.teacher_needs or ()):
         if need not in NEEDS:
             raise ValueError(f"{where}: unknown need {need!r}; choose from {sorted(NEEDS)}")
+    if not isinstance(cls.detached_terms, frozenset) or not all(
+        isinstance(term, str) for term in cls.detached_terms
+    ):
+        raise ValueError(
+            f"{where}: detached_terms must be a frozenset of term names, got {cls.detached_terms!r}"
+        )
     if not isinstance(cls.version, int) or cls.version < 1:
         raise ValueError(f"{where}: version must be a positive int, got {cls.version!r}")
     known = cls.Params.fields()

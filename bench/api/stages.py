@@ -2,8 +2,23 @@
 
 Feature methods pair stages with :func:`align_stages` (or :func:`hint_pair` for one hint),
 resize with :func:`match_spatial` and connect with :func:`conv_connector`; their ``supports``
-use :func:`same_classes` and :func:`spatial_supports`; their ``loss`` uses
-:func:`require_teacher`.
+use :func:`same_classes`, :func:`spatial_supports` and :func:`spatial_pair_supports`; their
+``loss`` uses :func:`require_teacher`; :func:`describe_pairs` says which stages they paired.
+
+Which pairs carry spatial knowledge: a stage output of 1×1 has one position, so its attention
+map, its distribution over positions and any position-by-position comparison with another map
+are constants, and resizing the other map to it (or it to the other) only averages or copies
+one value. Methods that compare a student map with a teacher map position by position (AT,
+NST, FitNets, AB, VID, FT) therefore use only pairs whose maps are at least 2×2 on both sides
+(:func:`spatial_pairs`): one that uses several aligned pairs drops the 1×1 ones and runs while
+at least one remains; one that uses a single pair (FitNets' hint, FT's deepest pair) refuses
+the trial when that pair has a 1×1 map. Either refusal names the stages and their sizes.
+
+Token models: a vision transformer's stage outputs are its blocks' tokens, which timm's
+``forward_intermediates`` reshapes to the patch grid (class and distillation tokens dropped);
+so a ViT has maps of (image size / patch size)² positions, 1×1 when the image is one patch
+(``vit_tiny_patch16_224`` at 16 px), and is refused by the same rule. Stage outputs that are
+not maps at all (N×L×C) are refused by :func:`spatial_supports`.
 """
 
 from __future__ import annotations
@@ -15,6 +30,8 @@ from bench.api.types import ModelInfo, Outputs, TaskInfo
 
 #: The CRD benchmark's initialisation stage: 30 epochs before 240 of training.
 INIT_STAGE_FRACTION = 30 / 240
+#: The smallest height and width of a stage map that carries spatial knowledge.
+MIN_SPATIAL_SIZE = 2
 
 
 def align_stages(student: ModelInfo, teacher: ModelInfo) -> list[tuple[int, int]]:
@@ -38,6 +55,60 @@ def hint_pair(student: ModelInfo, teacher: ModelInfo) -> tuple[int, int]:
     layer): the middle of the aligned pairs, rounding towards the deeper stage."""
     pairs = align_stages(student, teacher)
     return pairs[len(pairs) // 2]
+
+
+def stage_size(info: ModelInfo, stage: int, task: TaskInfo) -> tuple[int, int]:
+    """(H, W) of a stage output at the task's input size: as measured (``feature_sizes``)
+    when ``info`` carries it, else the input size divided by the stage's reduction; (0, 0)
+    for a stage output that is not a spatial map."""
+    if len(info.feature_sizes) == info.num_stages:
+        return info.feature_sizes[stage]
+    reduction = info.feature_reductions[stage]
+    if reduction <= 0:
+        return 0, 0
+    _, height, width = task.input_size
+    return max(1, round(height / reduction)), max(1, round(width / reduction))
+
+
+def describe_pairs(
+    student: ModelInfo, teacher: ModelInfo, task: TaskInfo, pairs: list[tuple[int, int]]
+) -> str:
+    """The (student, teacher) stage pairs with their output sizes, shallowest first, as runs
+    record them: ``s2 (8×8) → t3 (4×4), s3 (4×4) → t4 (2×2)`` (stage indices in
+    ``feature_info`` order)."""
+
+    def size(info: ModelInfo, stage: int) -> str:
+        h, w = stage_size(info, stage, task)
+        return f"{h}×{w}" if h > 0 else "no grid"
+
+    return ", ".join(f"s{s} ({size(student, s)}) → t{t} ({size(teacher, t)})" for s, t in pairs)
+
+
+def spatial_pairs(
+    student: ModelInfo, teacher: ModelInfo, task: TaskInfo, pairs: list[tuple[int, int]]
+) -> list[tuple[int, int]]:
+    """The pairs of ``pairs`` whose student and teacher maps are both at least
+    :data:`MIN_SPATIAL_SIZE` high and wide (the rule in this module's docstring)."""
+
+    def spatial(info: ModelInfo, stage: int) -> bool:
+        return min(stage_size(info, stage, task)) >= MIN_SPATIAL_SIZE
+
+    return [(s, t) for s, t in pairs if spatial(student, s) and spatial(teacher, t)]
+
+
+def spatial_pair_supports(
+    student: ModelInfo, teacher: ModelInfo, task: TaskInfo, pairs: list[tuple[int, int]]
+) -> tuple[bool, str]:
+    """Refuse, naming the stages, when no pair of ``pairs`` (the aligned pairs a method would
+    use, or its single pair) can carry spatial knowledge."""
+    if spatial_pairs(student, teacher, task, pairs):
+        return True, ""
+    what = "the stage pair" if len(pairs) == 1 else f"each of the {len(pairs)} stage pairs"
+    return False, (
+        f"{what} {describe_pairs(student, teacher, task, pairs)} has a map smaller than "
+        f"{MIN_SPATIAL_SIZE}×{MIN_SPATIAL_SIZE}, which carries no spatial knowledge; use a "
+        "larger image_size or models whose stages keep a spatial grid"
+    )
 
 
 def match_spatial(x: Tensor, like: Tensor) -> Tensor:

@@ -34,6 +34,9 @@ class ModelInfo:
         feature_reductions: Spatial reduction of each stage relative to the input.
         embedding_dim: Width of the pooled pre-logit vector.
         num_params: Trainable parameters.
+        feature_sizes: (H, W) of each stage output at the task's input size, as measured;
+            empty when not measured (then ``bench.api.stage_size`` derives them from the
+            reductions), (0, 0) for a stage output that is not a spatial map.
     """
 
     name: str
@@ -43,6 +46,7 @@ class ModelInfo:
     feature_reductions: tuple[int, ...]
     embedding_dim: int
     num_params: int
+    feature_sizes: tuple[tuple[int, int], ...] = ()
 
     @property
     def num_stages(self) -> int:

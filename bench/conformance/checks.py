@@ -4,8 +4,10 @@ A pair runs as one short trial through :mod:`bench.trial`'s own pieces (``make_c
 ``train_loop``, ``freeze``): ``supports`` → ``setup`` → ``before_training`` → the loss on a
 fixed batch → two epochs of ``train_loop`` on 256 digits → the loss on the same batch again →
 a checkpoint round trip → the teacher compared with its snapshot. The checks observe that run
-without changing it: ``train_step`` is wrapped to validate each step's terms, and gradient
-hooks record which parameters gradients reach.
+without changing it: ``train_step`` is wrapped to validate each step's terms and to trace each
+term on its own back to the parameters (``autograd.grad`` of that term alone, so a detached
+distillation term cannot pass on the gradients of the harness's cross-entropy), and gradient
+hooks record which parameters the summed loss's gradients reach.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import io
 import math
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -176,11 +178,28 @@ def validate_terms(terms: Any, where: str) -> None:
 
 class TermRecorder:
     """Validates and records every step's terms while ``train_loop`` runs, by wrapping the
-    method instance's ``train_step`` (the class is untouched)."""
+    method instance's ``train_step`` (the class is untouched), and traces each term on its own
+    to ``params`` until a step where it reaches one of them."""
 
-    def __init__(self, method: Method) -> None:
+    def __init__(self, method: Method, params: Sequence[nn.Parameter] = ()) -> None:
         self.method = method
+        self.params = [p for p in params if p.requires_grad]
         self.steps: list[dict[str, float]] = []
+        self.connected: set[str] = set()
+
+    def trace(self, terms: Mapping[str, Tensor]) -> None:
+        """Mark the terms with a gradient path of their own to ``params``."""
+        for name, value in terms.items():
+            if name in self.connected or not value.requires_grad or not self.params:
+                continue
+            grads = torch.autograd.grad(value, self.params, retain_graph=True, allow_unused=True)
+            if any(g is not None for g in grads):
+                self.connected.add(name)
+
+    def detached(self, declared: frozenset[str] = frozenset()) -> list[str]:
+        """Terms that reached none of ``params`` in any step, but the ``declared`` ones."""
+        names = dict.fromkeys(k for step in self.steps for k in step)
+        return [n for n in names if n not in self.connected and n not in declared]
 
     @contextmanager
     def recording(self) -> Iterator[TermRecorder]:
@@ -190,6 +209,7 @@ class TermRecorder:
             terms = inner(ctx, batch)
             validate_terms(terms, f"training step {batch.step}")
             self.steps.append({k: float(v.detach()) for k, v in terms.items()})
+            self.trace(terms)
             return terms
 
         self.method.train_step = recorded  # type: ignore[method-assign]
@@ -249,6 +269,10 @@ class GradientWatch:
         finally:
             for handle in handles:
                 handle.remove()
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The student's and the method's parameters that want gradients, each once."""
+        return [p for _, p in (*self.student, *self.trainable, *self.own)]
 
     def never_updated(self) -> list[str]:
         """Self-stepped parameters that got gradients but never changed."""
@@ -413,7 +437,7 @@ class _PairRun:
         with self.phase("loss_terms", "training raised") as elapsed:
             trainable = [p for p in method.trainable_parameters() if p.requires_grad]
             watch = GradientWatch(student, method, trainable, init_trained)
-            recorder = TermRecorder(method)
+            recorder = TermRecorder(method, watch.parameters())
             with watch.watching(), recorder.recording():
                 train_loop(ctx, method, evaluate_val=False)
             names = list(dict.fromkeys(k for step in recorder.steps for k in step))
@@ -425,7 +449,8 @@ class _PairRun:
             )
 
         with self.phase("gradients", "checking gradients raised", fatal=False) as elapsed:
-            self.check_gradients(watch, teacher, len(recorder.steps), elapsed)
+            detached = recorder.detached(self.cls.detached_terms)
+            self.check_gradients(watch, teacher, len(recorder.steps), elapsed, detached)
 
         after = None
         with self.phase(
@@ -515,8 +540,19 @@ class _PairRun:
         teacher: nn.Module | None,
         steps: int,
         elapsed: Callable[[], float],
+        detached: Sequence[str] = (),
     ) -> None:
         problems = []
+        if detached:
+            many = len(detached) > 1
+            problems.append(
+                f"term{'s' if many else ''} {', '.join(repr(n) for n in detached)} "
+                f"{'are' if many else 'is'} detached: in none of {steps} steps did autograd "
+                "find a path from the term alone to a parameter of the student or the method "
+                "(other terms' gradients do not count); compute it from the outputs without "
+                ".detach() or torch.no_grad(), or name it in the method's detached_terms if it "
+                "is only reported"
+            )
         reached = [n for n, p in watch.student if id(p) in watch.nonzero]
         if not reached:
             problems.append(

@@ -158,6 +158,9 @@ def model_info(model: nn.Module, name: str, input_size: tuple[int, int, int]) ->
         ),
         embedding_dim=int(out.embedding.shape[1]),
         num_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        feature_sizes=tuple(
+            (int(f.shape[-2]), int(f.shape[-1])) if f.dim() == 4 else (0, 0) for f in out.features
+        ),
     )
 
 

@@ -71,6 +71,8 @@ class TrialResult:
     error: str | None = None
     mlflow_run_id: str | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    #: How the method set itself up for the pair (``Method.setup_facts``: its stage pairs).
+    setup: dict[str, str] = field(default_factory=dict)
     #: The trained student of a finished trial (logged with the run as ``student.pt``).
     student: nn.Module | None = field(default=None, repr=False)
 
@@ -299,6 +301,7 @@ def execute(
     try:
         built = build_trial(prepared, log=log)
         ctx, method, student = built.ctx, built.method, built.student
+        result.setup = {str(k): str(v) for k, v in method.setup_facts().items()}
         teacher_model, teacher_info, s_info = built.teacher, built.teacher_info, built.student_info
         result.student_params = s_info.num_params
         _before_training(ctx, method, resumed=resume is not None)
