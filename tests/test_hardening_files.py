@@ -433,3 +433,22 @@ def test_a_sweep_reports_its_diverging_teachers_whole_reason(tmp_path, store, ca
     assert "teacher test_vgg did not train: non-finite loss at epoch 0" in failed[0]
     assert failed[0].rstrip().endswith("try a smaller learning rate or loss weight."), failed[0]
     assert not [r for r in recorded(store) if "kdbench.run_key" in r.data.tags]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b"available_node_types: [head", "not a Ray cluster launcher file"),
+        ("cluster_name: caf\xe9\n".encode("latin-1"), "not UTF-8 text"),
+        (b"available_node_types: {head: {resources: {CPU: lots}}}", "not a Ray cluster"),
+    ],
+    ids=["yaml", "encoding", "resources"],
+)
+def test_a_bad_cluster_launcher_file_is_named(content, problem, tmp_path):
+    from bench.sweep.preflight import PreflightError, node_types_of
+
+    path = tmp_path / "cluster.yaml"
+    path.write_bytes(content)
+    with pytest.raises(PreflightError) as raised:
+        node_types_of(path)
+    assert f"{path}: {problem}" in str(raised.value)
