@@ -178,7 +178,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     policy = CheckpointPolicy(
         every_epochs=max(0, args.checkpoint_epochs), every_minutes=max(0.0, args.checkpoint_minutes)
     )
-    result = run_trial(config, tracker=tracker, on_epoch=progress, policy=policy)
+    from bench.api import TrialFailed
+
+    try:
+        result = run_trial(config, tracker=tracker, on_epoch=progress, policy=policy)
+    except TrialFailed as exc:  # before the trial's run exists (its teacher did not train)
+        print(f"kdbench: {exc.outcome}: {exc.reason}", file=sys.stderr)
+        return EXIT_FAILED
     summary = result.summary()
     if args.json:
         print(json.dumps(summary, default=str))

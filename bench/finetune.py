@@ -2,11 +2,12 @@
 
 Two options of a trial drive it (see :mod:`bench.suite` for the suite keys):
 
-* ``TrialConfig.student_checkpoint``: a state dict (loaded with ``weights_only=True``) the
-  student starts from. Tensors whose name and shape match the student's are copied; the others
-  (a classifier for another number of classes) keep their fresh initialisation, which must be
-  the classifier only: anything else missing or mismatched is an error, since it means the
-  checkpoint belongs to another architecture.
+* ``TrialConfig.student_checkpoint``: a state dict (loaded with ``weights_only=True``, in any
+  of the forms :mod:`bench.checkpoint` reads) the student starts from. Tensors whose name
+  and shape match the student's are copied; the others (a classifier for another number of
+  classes) keep their fresh initialisation, which must be the classifier only: anything else
+  missing or mismatched is an error, since it means the checkpoint belongs to another
+  architecture.
 * ``Recipe.trainable``: the parts that train; everything else is frozen. ``head`` names the
   classifier (``model.get_classifier()``), any other entry is a parameter name prefix. Frozen
   parameters get no gradient (so neither the optimizer's update nor its weight decay touches
@@ -19,12 +20,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from torch import nn
 
+from bench.checkpoint import CheckpointError, read_state_dict
 from bench.config import ConfigError, TrialConfig
 
 HEAD = "head"
+WHAT = "student_checkpoint"
 
 
 def prepare_student(student: nn.Module, config: TrialConfig) -> nn.Module:
@@ -35,9 +37,8 @@ def prepare_student(student: nn.Module, config: TrialConfig) -> nn.Module:
         config asks for neither).
 
     Raises:
-        FileNotFoundError: The checkpoint does not exist.
-        ConfigError: The checkpoint does not fit the student, or a ``trainable`` entry
-            matches no parameter.
+        CheckpointError: The checkpoint is missing, unreadable or does not fit the student.
+        ConfigError: A ``trainable`` entry matches no parameter.
     """
     if config.student_checkpoint is not None:
         load_pretrained(student, config.student_checkpoint)
@@ -63,15 +64,12 @@ def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
         shape differs, e.g. 1000 pretrained classes against 2 here).
 
     Raises:
-        FileNotFoundError: No such file.
-        ConfigError: A tensor outside the classifier is missing or has another shape.
+        CheckpointError: The file is missing or cannot be read as a checkpoint (see
+            :mod:`bench.checkpoint` for the forms read), or a tensor outside the classifier
+            is missing or has another shape.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"student_checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
+    state = read_state_dict(path, WHAT)
     own = model.state_dict()
     heads = tuple(f"{p}." for p in classifier_prefixes(model))
     fresh: list[str] = []
@@ -84,11 +82,13 @@ def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
     unused = [n for n in state if n not in own]
     if wrong or unused:
         shown = ", ".join((wrong + unused)[:5])
-        raise ConfigError(
-            f"student_checkpoint {path} does not fit {type(model).__name__}: "
-            f"{len(wrong)} tensor(s) outside the classifier are missing or have another shape "
-            f"and {len(unused)} are unknown to the model (first: {shown}). Give a checkpoint "
-            "of the same architecture (only the classifier may differ)."
+        raise CheckpointError(
+            WHAT,
+            path,
+            f"it does not fit {type(model).__name__}: {len(wrong)} tensor(s) outside the "
+            f"classifier are missing or have another shape and {len(unused)} are unknown to "
+            f"the model (first: {shown})",
+            "give a checkpoint of the same architecture (only the classifier may differ)",
         )
     model.load_state_dict({n: t for n, t in state.items() if n not in fresh}, strict=False)
     return fresh

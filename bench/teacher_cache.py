@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from bench import atomic
 from bench.api import Outputs
+from bench.checkpoint import CheckpointError, read_checkpoint
 from bench.config import Recipe, stable_hash
 from bench.data import SHARED_AUGMENT_SEED, DatasetInfo, Split
 from bench.data.augment import BatchPipeline
@@ -241,11 +244,8 @@ def teacher_outputs(
         _memory.move_to_end(key)
         return _memory[key]
     path = kdbench_home() / "teacher_outputs" / f"{key}.pt"
-    if path.is_file():
-        entry = TeacherOutputs.from_state(
-            key, torch.load(path, map_location="cpu", weights_only=True), device
-        )
-    else:
+    entry = _load(path, key, len(split), device) if path.is_file() else None
+    if entry is None:
         if _estimated_bytes(teacher, split, needs, device) > budget:
             return None
         entry = compute_outputs(
@@ -368,10 +368,27 @@ class SharedStreamOutputs:
 
 
 def _save(entry: TeacherOutputs, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(entry.state(), tmp)
-    os.replace(tmp, path)
+    atomic.torch_save(entry.state(), path)
+
+
+def _load(path: Path, key: str, rows: int, device: torch.device) -> TeacherOutputs | None:
+    """The entry stored at ``path``; None when it is damaged (reported, then computed again)."""
+    try:
+        state = read_checkpoint(path, "teacher outputs cache entry")
+        if not isinstance(state, dict) or state.get("format") != OUTPUTS_FORMAT:
+            raise ValueError(f"not a format-{OUTPUTS_FORMAT} entry")
+        entry = TeacherOutputs.from_state(key, state, device)
+        if len(entry.logits) != rows:
+            raise ValueError(f"{len(entry.logits)} rows of logits for {rows} samples")
+    except (CheckpointError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        problem = exc.problem if isinstance(exc, CheckpointError) else str(exc)
+        print(
+            f"kdbench: teacher outputs cache: {path} is damaged: {problem}; computing the "
+            "teacher's outputs again",
+            file=sys.stderr,
+        )
+        return None
+    return entry
 
 
 def clear_memory() -> None:

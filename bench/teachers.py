@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -25,7 +24,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.api import ModelInfo
+from bench import atomic
+from bench.api import ModelInfo, TrialFailed
+from bench.checkpoint import CheckpointError, load_weights, read_state_dict
 from bench.config import TeacherSpec, stable_hash, to_jsonable
 from bench.data import DataBundle, load_dataset
 from bench.models import create_model, model_info
@@ -81,35 +82,48 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic.torch_save(obj, path)
 
 
 def _read_meta(folder: Path) -> dict:
+    """The entry's ``meta.json``; empty when there is none, or when it is damaged (reported,
+    and the entry is then trained again)."""
     meta = folder / "meta.json"
-    return json.loads(meta.read_text()) if meta.exists() else {}
+    if not meta.exists():
+        return {}
+    try:
+        value = json.loads(meta.read_text(encoding="utf-8"))
+        accs = value["test_acc"]
+        if not all(isinstance(a, int | float) for a in accs.values()):
+            raise TypeError("test_acc holds a value that is not a number")
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        _report_damaged(meta, f"{type(exc).__name__}: {exc}")
+        return {}
+    return value
+
+
+def _report_damaged(path: Path, problem: str) -> None:
+    print(
+        f"kdbench: teacher cache: {path} is damaged: {problem}; training the teacher again",
+        file=sys.stderr,
+    )
 
 
 def load_checkpoint(path: str | Path, model: nn.Module) -> None:
-    """Load a state dict saved by kdbench (or a plain state dict) with ``weights_only=True``.
+    """Load a teacher's weights with ``weights_only=True``: a state dict saved by kdbench, or
+    a training script's checkpoint (see :mod:`bench.checkpoint` for the forms read).
 
     Raises:
-        FileNotFoundError: naming the path.
-        ValueError: the checkpoint does not fit the architecture (missing/unexpected keys).
+        CheckpointError: naming the file, what is wrong with it (missing, damaged, not a
+            checkpoint, another architecture) and what to do.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"teacher checkpoint {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"teacher checkpoint {path} does not fit {type(model).__name__}: {exc}"
-        ) from exc
+    load_weights(
+        model,
+        path,
+        "teacher checkpoint",
+        fix=f"give a checkpoint of {type(model).__name__} trained on this dataset's classes, "
+        "or the --teacher architecture it was saved from",
+    )
 
 
 def obtain_teacher(
@@ -193,9 +207,21 @@ def _checked_epochs(keep: Iterable[int], spec: TeacherSpec) -> set[int]:
 
 
 def _missing(folder: Path, meta: dict, epochs: set[int]) -> set[int]:
-    """The epochs whose checkpoint or recorded test accuracy is not in the cache."""
+    """The epochs whose checkpoint or recorded test accuracy is not in the cache (a damaged
+    checkpoint is reported and counts as missing)."""
     recorded = meta.get("test_acc", {})
-    return {e for e in epochs if not (folder / f"epoch_{e}.pt").exists() or str(e) not in recorded}
+    return {e for e in epochs if str(e) not in recorded or not _usable(folder / f"epoch_{e}.pt")}
+
+
+def _usable(path: Path) -> bool:
+    if not path.exists():
+        return False
+    try:
+        read_state_dict(path, "cached teacher")
+    except CheckpointError as exc:
+        _report_damaged(path, exc.problem)
+        return False
+    return True
 
 
 def _train_and_cache(
@@ -243,7 +269,13 @@ def _train_and_cache(
             accs[str(done)] = topk_accuracy(predict(model, data.test, device), labels)
             _atomic_save(model.state_dict(), folder / f"epoch_{done}.pt")
 
-    history = train_loop(ctx, method, on_epoch=on_epoch)
+    try:
+        history = train_loop(ctx, method, on_epoch=on_epoch)
+    except TrialFailed as exc:
+        raise TrialFailed(
+            f"teacher {spec.arch} did not train: {exc.reason}",
+            outcome=exc.outcome,
+        ) from exc
     meta = {
         "dataset": dataset,
         "spec": to_jsonable(spec),
@@ -252,5 +284,5 @@ def _train_and_cache(
         "train_seconds": time.perf_counter() - started,
         "history": history,
     }
-    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+    atomic.write_json(folder / "meta.json", meta)
     return meta

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from bench.analysis import AnalysisError, RunNotFoundError
+from bench.checkpoint import CheckpointError, load_weights
 from bench.config import Recipe, TeacherSpec, TrialConfig
 from bench.data import load_dataset
 from bench.tracking import (
@@ -150,10 +151,17 @@ def recorded_run(run: Any, client: Any) -> RecordedRun:
     """The :class:`RecordedRun` of an MLflow trial run (a ``search_runs`` result) read with
     ``client``; its config comes from the run's ``config.json`` artifact."""
     data = _load_json_artifact(client, run.info.run_id, "config.json")
+    try:
+        config = config_from_json(data["config"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise AnalysisError(
+            f"run {run.info.run_id}: its config.json artifact does not describe a trial "
+            f"({type(exc).__name__}: {exc}) — run the trial again to analyse it"
+        ) from None
     return RecordedRun(
         run_id=run.info.run_id,
         run_key=run.data.tags[RUN_KEY_TAG],
-        config=config_from_json(data["config"]),
+        config=config,
         metrics=dict(run.data.metrics),
         experiment_id=run.info.experiment_id,
         client=client,
@@ -165,7 +173,13 @@ def _load_json_artifact(client: Any, run_id: str, name: str) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(run_id, name, tmp)
-        return json.loads(Path(path).read_text())
+        try:
+            return json.loads(Path(path).read_text(encoding="utf-8"))
+        except ValueError as exc:  # UnicodeDecodeError is one
+            raise AnalysisError(
+                f"run {run_id}: its {name} artifact is damaged ({type(exc).__name__}: {exc}) "
+                "— run the trial again to analyse it"
+            ) from None
 
 
 def config_from_json(data: dict[str, Any]) -> TrialConfig:
@@ -269,7 +283,15 @@ def load_student(run: RecordedRun) -> nn.Module:
     )
     with tempfile.TemporaryDirectory() as tmp:
         path = run.client.download_artifacts(run.run_id, STUDENT_ARTIFACT, tmp)
-        student.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        try:
+            load_weights(student, path, STUDENT_ARTIFACT)
+        except CheckpointError as exc:
+            print(
+                f"kdbench: the {STUDENT_ARTIFACT} artifact of run {run.run_key} is damaged: "
+                f"{exc.problem}; training the student again",
+                file=sys.stderr,
+            )
+            return _reproduce_and_store(run)
     return student.eval()
 
 

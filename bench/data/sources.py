@@ -111,6 +111,7 @@ class TensorSource:
         key = (self.name, id(self.read), str(root), image_size, _files_stamp(root, self.expected))
         if key not in _raw_cache:
             raw = self.read(root, download)
+            check_raw(self.name, root, raw)
             entry = (_resized(raw, image_size), raw.train_images.shape[2])
             if download:  # the stamp changes once files have been fetched
                 key = (*key[:-1], _files_stamp(root, self.expected))
@@ -118,6 +119,41 @@ class TensorSource:
             while len(_raw_cache) > _CACHE_ENTRIES:
                 del _raw_cache[next(iter(_raw_cache))]
         return _raw_cache[key]
+
+
+def check_raw(name: str, root: Path | None, raw: RawImages) -> None:
+    """What a reader returned is usable: uint8 N×C×H×W images, one label per image, each a
+    class index (a reader of damaged files may return anything).
+
+    Raises:
+        DataError: naming the dataset, its files' folder and what is wrong.
+    """
+    where = f"dataset {name!r}" + (f" (files under {root})" if root is not None else "")
+    fix = "the files are damaged or do not belong together; replace them with the original files"
+    classes = len(raw.class_names)
+    for split, images, labels in (
+        ("training", raw.train_images, raw.train_labels),
+        ("test", raw.test_images, raw.test_labels),
+    ):
+        if images is None or labels is None:
+            continue
+        if images.dim() != 4 or images.dtype != torch.uint8:
+            raise DataError(
+                f"{where}: the {split} images are {images.dtype} of shape {tuple(images.shape)}, "
+                "not uint8 N×C×H×W — the dataset's reader is wrong"
+            )
+        if len(images) != len(labels) or len(images) == 0:
+            raise DataError(
+                f"{where}: the {split} split has {len(images)} images and {len(labels)} labels "
+                f"— {fix}"
+            )
+        outside = ((labels < 0) | (labels >= classes)).nonzero().flatten()
+        if len(outside):
+            first = int(outside[0])
+            raise DataError(
+                f"{where}: {len(outside)} {split} label(s) are outside 0..{classes - 1} (the "
+                f"first, of sample {first}, is {int(labels[first])}) — {fix}"
+            )
 
 
 def _files_stamp(root: Path | None, files: Sequence[str]) -> tuple:

@@ -208,7 +208,16 @@ class _Picked(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int) -> tuple[Tensor, int]:
         position = int(self.order[k])
-        image, _ = self.dataset[int(self.positions[position])]
+        item = int(self.positions[position])
+        try:
+            image, _ = self.dataset[item]
+        except Exception as exc:  # PIL and the transforms fail with many types
+            samples = getattr(self.dataset, "samples", None)
+            name = samples[item][0] if samples else f"item {item} of the dataset"
+            raise DataError(
+                f"{name}: cannot be read as an image ({type(exc).__name__}: {exc}) — delete "
+                "or replace the file"
+            ) from exc
         return image, position
 
 

@@ -145,12 +145,44 @@ def _read_idx(
         ds = open_torchvision(
             dataset, root, download, expected, url, lambda r: cls(r, train=train, download=download)
         )
+        labels = ds.targets.to(torch.int64)
+        prefix = Path(ds.raw_folder) / ("train" if train else "t10k")
+        check_idx_pair(dataset, prefix, len(ds.data), labels, len(ds.classes), url)
         images = F.pad(ds.data, (2, 2, 2, 2)).unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
-        return images, ds.targets.to(torch.int64), tuple(ds.classes)
+        return images, labels, tuple(ds.classes)
 
     train_images, train_labels, names = part(True)
     test_images, test_labels, _ = part(False)
     return RawImages(train_images, train_labels, test_images, test_labels, names)
+
+
+def check_idx_pair(
+    dataset: str, prefix: Path, images: int, labels: Tensor, classes: int, url: str
+) -> None:
+    """An images file and its labels file agree: one label per image, each a class index.
+
+    Raises:
+        DataError: naming the file at fault, what is wrong and how to get good files.
+    """
+    images_file = Path(f"{prefix}-images-idx3-ubyte")
+    labels_file = Path(f"{prefix}-labels-idx1-ubyte")
+    fix = (
+        f"replace the files with the official ones ({url}), or delete them and run with --download"
+    )
+    if images != len(labels):
+        raise DataError(
+            f"dataset {dataset!r}: {images_file} holds {images} images but {labels_file} "
+            f"{len(labels)} labels; the two files are damaged or come from different "
+            f"releases — {fix}"
+        )
+    outside = ((labels < 0) | (labels >= classes)).nonzero().flatten()
+    if len(outside):
+        first = int(outside[0])
+        raise DataError(
+            f"dataset {dataset!r}: {labels_file}: {len(outside)} label(s) are outside "
+            f"0..{classes - 1} (the first, at position {first}, is {int(labels[first])}); the "
+            f"file is damaged or not a {dataset} labels file — {fix}"
+        )
 
 
 @register_dataset(

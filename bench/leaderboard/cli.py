@@ -50,6 +50,7 @@ from bench.leaderboard.models import MODELS_FILE, model_costs
 from bench.leaderboard.render import main_table_markdown, write_outputs
 from bench.leaderboard.runs import LeaderboardError, read_results_csv, runs_from_mlflow
 from bench.leaderboard.study import StudySpec
+from bench.textfile import not_utf8
 from bench.tracking import default_tracking_uri
 
 EXIT_BAD_INPUT = 2
@@ -108,6 +109,8 @@ def read_suite_info(folder: str | Path) -> SuiteInfo:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise LeaderboardError(f"{path}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise LeaderboardError(not_utf8(path, exc)) from None
     if not isinstance(data, dict):
         raise LeaderboardError(f"{path}: expected a mapping at the top (name: …, methods: …).")
     name = str(data.get("name") or fallback)

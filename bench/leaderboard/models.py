@@ -49,6 +49,7 @@ import pandas as pd
 from bench.leaderboard import formatting as fmt
 from bench.leaderboard.runs import LeaderboardError
 from bench.registry import RegistryError, UnknownNameError
+from bench.textfile import not_utf8
 
 MODELS_FILE = "models.csv"
 BATCH_SIZES = (1, 64)
@@ -415,6 +416,10 @@ def read_models_csv(path: str | Path) -> list[Profile]:
     except (pd.errors.EmptyDataError, pd.errors.ParserError) as exc:
         raise LeaderboardError(
             f"{path}: not a models.csv ({exc}); delete it or pass --reprofile."
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise LeaderboardError(
+            f"{not_utf8(path, exc)}, or delete it and pass --reprofile"
         ) from None
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:

@@ -28,6 +28,7 @@ import pandas as pd
 
 from bench.leaderboard.aggregate import Cell, CellResult, Leaderboard
 from bench.leaderboard.runs import LeaderboardError
+from bench.textfile import not_utf8
 
 PUBLISHED_FILE = "published.csv"
 COMPARISON_FILE = "published_comparison.csv"
@@ -83,6 +84,8 @@ def read_published(path: str | Path) -> pd.DataFrame:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise LeaderboardError(f"{path}: cannot read it as CSV ({exc}).") from None
+    except UnicodeDecodeError as exc:
+        raise LeaderboardError(not_utf8(path, exc)) from None
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise LeaderboardError(

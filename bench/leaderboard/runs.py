@@ -55,6 +55,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.textfile import not_utf8
 from bench.tracking import RUN_KEY_TAG, _quiet_mlflow, search_all_runs
 
 #: Every column of results.csv, in file order.
@@ -405,7 +406,7 @@ def read_text_table(path: Path) -> pd.DataFrame:
     """A CSV file as text cells (nothing parsed, empty stays empty), headers stripped.
 
     Raises:
-        LeaderboardError: The file is empty or not valid CSV.
+        LeaderboardError: The file is empty, not UTF-8 or not valid CSV.
     """
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
@@ -413,6 +414,8 @@ def read_text_table(path: Path) -> pd.DataFrame:
         raise LeaderboardError(f"{path}: the file is empty; expected a header row.") from None
     except pd.errors.ParserError as exc:
         raise LeaderboardError(f"{path}: not a valid CSV file: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise LeaderboardError(not_utf8(path, exc)) from None
     raw.columns = [str(c).strip() for c in raw.columns]
     return raw
 

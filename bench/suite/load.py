@@ -14,6 +14,7 @@ from bench.suite.checks import Context
 from bench.suite.expand import plan_trials
 from bench.suite.schema import NAME_PATTERN, SUITE_FILE, Problem, Suite, SuiteError
 from bench.suite.validate import validate_suite
+from bench.textfile import utf8_problem
 
 
 def suite_path(path: str | Path) -> Path:
@@ -35,7 +36,11 @@ def load_suite(path: str | Path) -> Suite:
         SuiteError: listing every problem with its key path and line.
     """
     file = suite_path(path)
-    return parse_suite(file.read_text(), source=str(file), base=file.parent)
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SuiteError(str(file), [Problem("", utf8_problem(file, exc))]) from None
+    return parse_suite(text, source=str(file), base=file.parent)
 
 
 def parse_suite(text: str, *, source: str = "<suite>", base: Path | None = None) -> Suite:

@@ -317,7 +317,7 @@ class _SweepRun:
             self.sweep,
             suite_name=suite.name,
             phase=suite.phase,
-            suite_text=Path(suite.path).read_text() if suite.path else "",
+            suite_text=Path(suite.path).read_text(encoding="utf-8") if suite.path else "",
             plan=plan,
         )
         report.parent_run_id = self.parent.run_id

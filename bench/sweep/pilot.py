@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from bench import atomic
 from bench.config import TrialConfig, stable_hash
 from bench.suite.expand import PlannedTrial
 from bench.sweep.packing import HEADROOM, gpu_fraction_needed
@@ -229,17 +230,17 @@ def _reading_path(cache: Path, shape: TrialConfig) -> Path:
 def _cached_reading(cache: Path, shape: TrialConfig) -> PilotReading | None:
     path = _reading_path(cache, shape)
     try:
-        return PilotReading(**json.loads(path.read_text()))
+        reading = PilotReading(**json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError):
         return None  # absent or unreadable: pilot again
+    sizes = (reading.need_bytes, reading.card_bytes)
+    if not all(isinstance(n, int) and n >= 0 for n in sizes) or not isinstance(reading.card, str):
+        return None  # damaged: pilot again
+    return reading
 
 
 def _store_reading(cache: Path, shape: TrialConfig, reading: PilotReading) -> None:
-    cache.mkdir(parents=True, exist_ok=True)
-    path = _reading_path(cache, shape)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(dataclasses.asdict(reading)))
-    tmp.replace(path)
+    atomic.write_json(_reading_path(cache, shape), dataclasses.asdict(reading), indent=None)
 
 
 def check_packing(

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.config import ConfigError
+from bench.textfile import TextFileError, read_text
 
 if TYPE_CHECKING:
     from bench.suite.schema import Suite
@@ -216,14 +217,30 @@ def cluster_view(cluster_config: str | Path | None = None) -> ClusterView:
 
 
 def node_types_of(path: str | Path) -> list[dict[str, float]]:
-    """Resources of every node type of a Ray cluster launcher file."""
+    """Resources of every node type of a Ray cluster launcher file.
+
+    Raises:
+        PreflightError: The file cannot be read, is not YAML, or its ``available_node_types``
+            are not a mapping of node types with numeric resources.
+    """
     import yaml
 
-    config = yaml.safe_load(Path(path).read_text()) or {}
-    return [
-        {k: float(v) for k, v in (spec.get("resources") or {}).items()}
-        for spec in (config.get("available_node_types") or {}).values()
-    ]
+    try:
+        config = yaml.safe_load(read_text(path)) or {}
+        return [
+            {str(k): float(v) for k, v in (spec.get("resources") or {}).items()}
+            for spec in (config.get("available_node_types") or {}).values()
+        ]
+    except TextFileError as exc:
+        raise PreflightError([str(exc)]) from None
+    except (yaml.YAMLError, AttributeError, TypeError, ValueError) as exc:
+        raise PreflightError(
+            [
+                f"{path}: not a Ray cluster launcher file ({type(exc).__name__}: {exc}) — "
+                "give the file `ray up` takes, whose available_node_types map each node type "
+                "to its resources"
+            ]
+        ) from None
 
 
 def preflight(

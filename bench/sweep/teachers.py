@@ -124,7 +124,7 @@ def _collect(
     try:
         info = ray.get(ref)
     except Exception as exc:  # reported per trial; the other teachers go on
-        reason = f"teacher {job.describe()}{kept} failed: {_first_line(exc)}"
+        reason = f"teacher {job.describe()}{kept} failed: {_reason(exc)}"
         print(f"  FAILED {reason}", file=err, flush=True)
         return reason
     print(
@@ -136,9 +136,11 @@ def _collect(
     return None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    cause = exc.cause if hasattr(exc, "cause") else None  # RayTaskError wraps the original
-    if cause is not None:
-        text = f"{type(cause).__name__}: {cause}"
-    return text.splitlines()[-1] if text else type(exc).__name__
+def _reason(exc: BaseException) -> str:
+    """Why a teacher task failed, whole: the original error's message (Ray wraps it in its own
+    error, whose text adds the task's traceback)."""
+    cause = getattr(exc, "cause", None)  # RayTaskError keeps the original as .cause
+    if cause is None:
+        return str(exc).strip() or type(exc).__name__
+    reason = getattr(cause, "reason", None)  # a TrialFailed says what went wrong and the fix
+    return str(reason) if reason else f"{type(cause).__name__}: {cause}".strip()

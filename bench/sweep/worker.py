@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from bench.config import CHECKPOINT_EVERY_EPOCHS, CHECKPOINT_EVERY_MINUTES, TrialConfig
@@ -408,13 +409,13 @@ def train_teacher(
 
 
 def teacher_cached(job: TeacherJob, home: str) -> bool:
-    """Whether the teacher is already in the cache (or is a checkpoint file), so no task is
-    needed. Follows the cache layout of :mod:`bench.teachers`."""
+    """Whether the teacher is already in the cache (or is a readable checkpoint file), so no
+    task is needed. Follows the cache layout of :mod:`bench.teachers`; a damaged entry or an
+    unreadable file is not cached, so its task repairs the entry or reports the file."""
     import json
-    from pathlib import Path
 
     if job.spec.checkpoint is not None:
-        return Path(job.spec.checkpoint).is_file()
+        return _readable(Path(job.spec.checkpoint))
     from bench.teachers import teacher_key
 
     folder = Path(home) / "teachers" / teacher_key(job.dataset.name, job.spec)
@@ -423,6 +424,17 @@ def teacher_cached(job: TeacherJob, home: str) -> bool:
     if not (folder / f"epoch_{epoch}.pt").is_file() or not meta.is_file():
         return False
     try:
-        return str(epoch) in json.loads(meta.read_text()).get("test_acc", {})
-    except (OSError, ValueError):
+        recorded = str(epoch) in json.loads(meta.read_text(encoding="utf-8"))["test_acc"]
+    except (OSError, ValueError, TypeError, KeyError):
         return False
+    return recorded and _readable(folder / f"epoch_{epoch}.pt")
+
+
+def _readable(path: Path) -> bool:
+    from bench.checkpoint import CheckpointError, read_state_dict
+
+    try:
+        read_state_dict(path)
+    except CheckpointError:
+        return False
+    return True

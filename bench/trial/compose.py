@@ -131,6 +131,13 @@ def prepare_trial(config: TrialConfig, device: torch.device | None = None) -> Pr
         device=device,
         image_size=config.recipe.image_size,
     )
+    if config.student_checkpoint is not None or config.recipe.trainable:
+        # Checked on a throwaway student, so a checkpoint that cannot be read or does not
+        # fit is bad input, found before anything is recorded.
+        image_size = data.info.input_size[1]
+        prepare_student(
+            create_model(config.student, data.info.num_classes, image_size=image_size), config
+        )
     teacher = None
     if method_cls.uses_teacher:
         if config.teacher is None:

@@ -11,8 +11,8 @@ on the CPU, the same result as a trial that never stopped.
 
 from __future__ import annotations
 
-import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench import atomic
+from bench.checkpoint import CheckpointError, read_checkpoint
 from bench.config import CHECKPOINT_EVERY_EPOCHS, CHECKPOINT_EVERY_MINUTES
 
 #: Bump when the layout of a saved state changes; older states are then ignored (the trial
@@ -149,19 +151,23 @@ def _to_cpu(value: Any) -> Any:
 
 def save_state(state: TrainState, path: Path) -> None:
     """Write ``state`` to ``path`` atomically (a crash mid-write leaves the previous one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    torch.save(state.to_dict(), tmp)
-    os.replace(tmp, path)
+    atomic.torch_save(state.to_dict(), path)
 
 
 def load_state(path: Path) -> TrainState | None:
     """The state saved at ``path``, or None when there is none or it is unreadable (then the
-    trial starts over, which is always correct, only slower)."""
+    trial starts over, which is always correct, only slower; a damaged file is reported)."""
     if not path.is_file():
         return None
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # truncated or foreign file: starting over is the safe answer
+        raw = read_checkpoint(path, "saved trial state")
+        state = TrainState.from_dict(raw) if isinstance(raw, dict) else None
+    except (CheckpointError, TypeError) as exc:  # truncated or foreign: start over
+        problem = exc.problem if isinstance(exc, CheckpointError) else str(exc)
+        print(
+            f"kdbench: saved trial state {path} is damaged: {problem}; the trial starts "
+            "from its first epoch",
+            file=sys.stderr,
+        )
         return None
-    return TrainState.from_dict(raw) if isinstance(raw, dict) else None
+    return state
