@@ -27,6 +27,7 @@ from bench.api.stages import (
     spatial_supports,
 )
 from bench.api.types import Batch, ModelInfo, Outputs, TaskInfo, TrialFailed
+from bench.ranges import Range
 
 __all__ = [
     "INIT_STAGE_FRACTION",
@@ -40,6 +41,7 @@ __all__ = [
     "Outputs",
     "ParamError",
     "Params",
+    "Range",
     "TaskInfo",
     "TrainContext",
     "TrialFailed",
