@@ -274,7 +274,7 @@ def scalars(ctx: Context, top: dict, name: str) -> tuple[dict[str, Any], list[Pr
     values: dict[str, Any] = {}
     for key, (tp, default) in defaults.items():
         value = top.get(key, default)
-        # Kept as given: messages below quote the value the file has.
+        # Kept as given (an integer val_fraction stays one until the suite is built).
         values[key] = value if found.passed(misfit(ctx, value, tp, (key,))) else default
     if values["experiment"] is not None and not str(values["experiment"]).strip():
         message = "must be a non-empty MLflow experiment name"
