@@ -162,6 +162,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     _load_plugins(args.plugins)
     config = build_trial_config(args)
+    _check_params(config)
     tracker = None if args.no_track else _tracker(args)
 
     def progress(record: Any) -> None:
@@ -191,6 +192,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         _print_result(config, result)
     return 0 if result.status == "FINISHED" else EXIT_FAILED
+
+
+def _check_params(config: Any) -> None:
+    """Refuse an unknown method or a param of the wrong type or out of its range before the
+    run store is opened (the trial checks them again when it starts)."""
+    from bench.plugins import get_method
+
+    method = get_method(config.method)
+    method.Params.from_mapping(config.params_dict, where=f"{config.method} params")
 
 
 def _print_result(config: Any, result: Any) -> None:

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from bench.ranges import Range, value_problem
+
 #: Bump when the meaning of a trial changes in the harness itself (data path, loop, metrics),
 #: so that old run keys are not mistaken for new ones.
 HARNESS_VERSION = 2  # 2: teacher outputs computed once per split (batch-size numerics)
@@ -37,6 +39,37 @@ CHECKPOINT_EVERY_MINUTES = 15.0
 
 class ConfigError(ValueError):
     """A configuration value that cannot work; the message names the key and the fix."""
+
+
+#: The valid range of each numeric recipe field (of each item, for milestones). A suite reports
+#: a value outside it at the value's key; :class:`Recipe` refuses it on every other path.
+RECIPE_RANGES: dict[str, Range] = {
+    "epochs": Range(ge=1),
+    "batch_size": Range(ge=1),
+    "lr": Range(gt=0),
+    "momentum": Range(ge=0, lt=1),
+    "weight_decay": Range(ge=0),
+    "milestones": Range(gt=0, lt=1),
+    "gamma": Range(gt=0, le=1),
+    "warmup_epochs": Range(ge=0),
+    "image_size": Range(ge=8),
+}
+#: Seeds of trials and teachers: what every generator they seed accepts (NumPy's legacy one
+#: takes 32 bits).
+SEED_RANGE = Range(ge=0, lt=2**32)
+#: The share of the training split held out for validation.
+VAL_FRACTION_RANGE = Range(gt=0, lt=1)
+
+
+def check_range(where: str, value: Any, valid: Range) -> None:
+    """Refuse ``value`` outside ``valid`` (or a float that is not finite).
+
+    Raises:
+        ConfigError: naming ``where``, the value and the range.
+    """
+    problem = value_problem(value, valid)
+    if problem is not None:
+        raise ConfigError(f"{where} {problem}")
 
 
 @dataclass(frozen=True)
@@ -93,8 +126,8 @@ class Recipe:
     augment_stream: AugmentStream = field(default="trial", metadata=OMIT_DEFAULT_FROM_KEY)
 
     def __post_init__(self) -> None:
-        if self.image_size is not None and self.image_size < 8:
-            raise ConfigError(f"recipe.image_size must be ≥ 8 pixels, got {self.image_size}")
+        for name, valid in RECIPE_RANGES.items():
+            check_range(f"recipe.{name}", getattr(self, name), valid)
         if self.data_path not in ("device", "loader"):
             raise ConfigError(
                 f"recipe.data_path {self.data_path!r} is not one of 'device', 'loader'"
@@ -105,12 +138,6 @@ class Recipe:
                 f"recipe.trainable must list non-empty names ('head' or parameter name "
                 f"prefixes), got {list(self.trainable)}"
             )
-        if self.epochs < 1:
-            raise ConfigError(f"recipe.epochs must be ≥ 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"recipe.batch_size must be ≥ 1, got {self.batch_size}")
-        if self.lr <= 0:
-            raise ConfigError(f"recipe.lr must be > 0, got {self.lr}")
         if self.optimizer not in ("sgd", "adam", "adamw"):
             raise ConfigError(
                 f"recipe.optimizer {self.optimizer!r} is not one of 'sgd', 'adam', 'adamw'"
@@ -119,8 +146,6 @@ class Recipe:
             raise ConfigError(
                 f"recipe.schedule {self.schedule!r} is not one of 'cosine', 'step', 'constant'"
             )
-        if any(not 0 < m < 1 for m in self.milestones):
-            raise ConfigError(f"recipe.milestones must be fractions in (0, 1): {self.milestones}")
         self._check_augment_stream()
 
     def _check_augment_stream(self) -> None:
@@ -158,6 +183,7 @@ class TeacherSpec:
     classes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        check_range("teacher.seed", self.seed, SEED_RANGE)
         if self.stop_epoch is not None and not 1 <= self.stop_epoch <= self.recipe.epochs:
             raise ConfigError(
                 f"teacher.stop_epoch must be in 1..{self.recipe.epochs} (the teacher's epochs), "
@@ -201,8 +227,8 @@ class TrialConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", tuple(sorted(_freeze(dict(self.params)).items())))
-        if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        check_range("seed", self.seed, SEED_RANGE)
+        check_range("val_fraction", self.val_fraction, VAL_FRACTION_RANGE)
         if self.phase not in ("tune", "final"):
             raise ConfigError(f"phase {self.phase!r} is not 'tune' or 'final'")
 

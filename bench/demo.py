@@ -20,8 +20,20 @@ def run_demo(
 ) -> int:
     """Train the three models and print a table; returns the process exit status."""
     started = time.perf_counter()
-    tracker = Tracker(tracking_uri, experiment="kdbench-demo")
     teacher = TeacherSpec(arch=TEACHER, recipe=Recipe(epochs=teacher_epochs), seed=0)
+    # Built first, so that a value out of range is refused before any training or recording.
+    configs = {
+        method: TrialConfig(
+            dataset="digits",
+            student=STUDENT,
+            method=method,
+            seed=seed,
+            recipe=Recipe(epochs=epochs),
+            teacher=teacher if method != "ce" else None,
+        )
+        for method in ("ce", "kd")
+    }
+    tracker = Tracker(tracking_uri, experiment="kdbench-demo")
     print(
         f"kdbench demo: digits, teacher {TEACHER}, student {STUDENT}, seed {seed}", file=sys.stderr
     )
@@ -33,15 +45,7 @@ def run_demo(
     rows = [(f"teacher {TEACHER}", trained.test_acc, "")]
     for step, method in ((2, "ce"), (3, "kd")):
         print(f"[{step}/3] student {STUDENT} with {method}: {epochs} epochs", file=sys.stderr)
-        config = TrialConfig(
-            dataset="digits",
-            student=STUDENT,
-            method=method,
-            seed=seed,
-            recipe=Recipe(epochs=epochs),
-            teacher=teacher if method != "ce" else None,
-        )
-        result = run_trial(config, tracker=tracker)
+        result = run_trial(configs[method], tracker=tracker)
         if result.status != "FINISHED":
             print(f"kdbench demo: {method} failed: {result.error}", file=sys.stderr)
             return 1

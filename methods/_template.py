@@ -31,12 +31,12 @@ Params value selects which>.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
+from bench.api import Batch, Method, ModelInfo, Outputs, Range, TaskInfo, register_method
 
 
 # The registered name is the file's name, so a copy saved as methods/my_method.py registers
@@ -70,9 +70,11 @@ class CosineEmbedding(Method):
     version = 1
 
     class Params(Method.Params):
-        # Typed hyperparameters with the paper's defaults; the harness validates and parses
-        # values given on the command line or in a suite file.
-        weight: float = 1.0
+        # Typed hyperparameters with the paper's defaults, each number with its valid range
+        # (Range(gt=0) for a temperature, ge=0 for a weight, ge=0, le=1 for a probability,
+        # ge=1 for a count); the harness parses values given on the command line or in a
+        # suite file and refuses those outside the range.
+        weight: Annotated[float, Range(ge=0)] = 1.0
 
     # A few values of the main knob for the tuning phase (3–4 values).
     search_space: ClassVar[dict[str, list]] = {"weight": [0.5, 1.0, 2.0]}

@@ -40,7 +40,7 @@ Paper vs code:
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,7 @@ from bench.api import (
     Method,
     ModelInfo,
     Outputs,
+    Range,
     TaskInfo,
     TrainContext,
     align_stages,
@@ -95,11 +96,11 @@ class ActivationBoundaries(Method):
     version = 2
 
     class Params(Method.Params):
-        margin: float = 1.0
-        scale: float = 3e-3
-        init_epochs: int | None = None
-        kd_weight: float = 0.0
-        temperature: float = 3.0
+        margin: Annotated[float, Range(ge=0)] = 1.0
+        scale: Annotated[float, Range(ge=0)] = 3e-3
+        init_epochs: Annotated[int | None, Range(ge=1)] = None
+        kd_weight: Annotated[float, Range(ge=0)] = 0.0
+        temperature: Annotated[float, Range(gt=0)] = 3.0
 
     search_space: ClassVar[dict[str, list]] = {"init_epochs": [5, 15, 30]}
 

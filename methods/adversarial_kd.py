@@ -37,7 +37,7 @@ pinned down are marked as such):
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,7 @@ from bench.api import (
     Batch,
     Method,
     ModelInfo,
+    Range,
     TaskInfo,
     TrainContext,
     register_method,
@@ -109,11 +110,11 @@ class AdversarialKD(Method):
     version = 1
 
     class Params(Method.Params):
-        adv_weight: float = 1.0
-        l1_weight: float = 1.0
-        hidden: int = 256
-        disc_lr: float = 2e-4
-        disc_steps: int = 1
+        adv_weight: Annotated[float, Range(ge=0)] = 1.0
+        l1_weight: Annotated[float, Range(ge=0)] = 1.0
+        hidden: Annotated[int, Range(ge=1)] = 256
+        disc_lr: Annotated[float, Range(gt=0)] = 2e-4
+        disc_steps: Annotated[int, Range(ge=1)] = 1
         condition: Literal["label", "none"] = "label"
 
     search_space: ClassVar[dict[str, list]] = {

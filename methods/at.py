@@ -27,7 +27,7 @@ Paper vs code:
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,7 @@ from bench.api import (
     Method,
     ModelInfo,
     Outputs,
+    Range,
     TaskInfo,
     align_stages,
     describe_pairs,
@@ -73,8 +74,8 @@ class AttentionTransfer(Method):
     version = 2
 
     class Params(Method.Params):
-        beta: float = 1000.0
-        p: float = 2.0
+        beta: Annotated[float, Range(ge=0)] = 1000.0
+        p: Annotated[float, Range(gt=0)] = 2.0
         variant: Literal["code", "paper"] = "code"
 
     search_space: ClassVar[dict[str, list]] = {"beta": [250.0, 1000.0, 4000.0]}

@@ -46,7 +46,7 @@ Deviations from the reference code:
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -56,6 +56,7 @@ from bench.api import (
     Batch,
     Method,
     ModelInfo,
+    Range,
     TaskInfo,
     TrainContext,
     register_method,
@@ -173,14 +174,14 @@ class BSS(Method):
     version = 1
 
     class Params(Method.Params):
-        temperature: float = 3.0
-        attack_steps: int = 10
-        step_size: float = 0.3
-        attack_fraction: float = 0.25
-        kd_weight_start: float = 4.0
-        kd_weight_end: float = 1.0
-        bss_weight_start: float = 2.0
-        bss_end_fraction: float = 0.75
+        temperature: Annotated[float, Range(gt=0)] = 3.0
+        attack_steps: Annotated[int, Range(ge=1)] = 10
+        step_size: Annotated[float, Range(gt=0)] = 0.3
+        attack_fraction: Annotated[float, Range(gt=0, le=1)] = 0.25
+        kd_weight_start: Annotated[float, Range(ge=0)] = 4.0
+        kd_weight_end: Annotated[float, Range(ge=0)] = 1.0
+        bss_weight_start: Annotated[float, Range(ge=0)] = 2.0
+        bss_end_fraction: Annotated[float, Range(gt=0, le=1)] = 0.75
 
     search_space: ClassVar[dict[str, list]] = {"bss_weight_start": [1.0, 2.0, 4.0]}
 

@@ -35,13 +35,13 @@ Paper vs code:
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
+from bench.api import Batch, Method, ModelInfo, Outputs, Range, TaskInfo, register_method
 from methods._common import kd_loss
 
 
@@ -119,9 +119,9 @@ class BeYourOwnTeacher(Method):
     version = 1
 
     class Params(Method.Params):
-        alpha: float = 0.1
-        beta: float = 1e-6
-        temperature: float = 3.0
+        alpha: Annotated[float, Range(ge=0, le=1)] = 0.1
+        beta: Annotated[float, Range(ge=0)] = 1e-6
+        temperature: Annotated[float, Range(gt=0)] = 3.0
         hint: Literal["code", "paper"] = "code"
 
     search_space: ClassVar[dict[str, list]] = {

@@ -35,13 +35,22 @@ Paper vs code: the two variants above are what they disagree on. Further notes:
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method, require_teacher
+from bench.api import (
+    Batch,
+    Method,
+    ModelInfo,
+    Outputs,
+    Range,
+    TaskInfo,
+    register_method,
+    require_teacher,
+)
 
 
 def taylor_rbf_correlation(embedding: Tensor, gamma: float, order: int) -> Tensor:
@@ -86,11 +95,11 @@ class CorrelationCongruence(Method):
     version = 1
 
     class Params(Method.Params):
-        beta: float = 100.0
-        gamma: float = 0.4
-        order: int = 2
+        beta: Annotated[float, Range(ge=0)] = 100.0
+        gamma: Annotated[float, Range(gt=0)] = 0.4
+        order: Annotated[int, Range(ge=0)] = 2
         variant: Literal["paper", "crd"] = "paper"
-        feat_dim: int = 128
+        feat_dim: Annotated[int, Range(ge=1)] = 128
 
     search_space: ClassVar[dict[str, list]] = {"beta": [25.0, 100.0, 400.0]}
 

@@ -35,7 +35,7 @@ Paper vs code and deviations:
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,7 @@ from bench.api import (
     Method,
     ModelInfo,
     Outputs,
+    Range,
     TaskInfo,
     TrainContext,
     register_method,
@@ -98,11 +99,11 @@ class ContrastiveRepresentationDistillation(Method):
     version = 1
 
     class Params(Method.Params):
-        beta: float = 0.8
-        feat_dim: int = 128
-        nce_k: int = 16384
-        nce_t: float = 0.07
-        nce_m: float = 0.5
+        beta: Annotated[float, Range(ge=0)] = 0.8
+        feat_dim: Annotated[int, Range(ge=1)] = 128
+        nce_k: Annotated[int, Range(ge=1)] = 16384
+        nce_t: Annotated[float, Range(gt=0)] = 0.07
+        nce_m: Annotated[float, Range(ge=0, lt=1)] = 0.5
         negatives: Literal["other_class", "uniform"] = "other_class"
 
     search_space: ClassVar[dict[str, list]] = {"beta": [0.2, 0.8, 3.2], "nce_t": [0.05, 0.07, 0.1]}

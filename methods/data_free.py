@@ -41,7 +41,7 @@ Paper vs code (``variant``):
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +51,7 @@ from bench.api import (
     Batch,
     Method,
     ModelInfo,
+    Range,
     TaskInfo,
     TrainContext,
     register_method,
@@ -131,12 +132,12 @@ class DataFreeLearning(Method):
     version = 1
 
     class Params(Method.Params):
-        latent_dim: int = 100
-        gen_lr: float = 0.2
-        oh_weight: float = 1.0
-        act_weight: float = 0.1
-        ie_weight: float = 5.0
-        temperature: float = 1.0
+        latent_dim: Annotated[int, Range(ge=1)] = 100
+        gen_lr: Annotated[float, Range(gt=0)] = 0.2
+        oh_weight: Annotated[float, Range(ge=0)] = 1.0
+        act_weight: Annotated[float, Range(ge=0)] = 0.1
+        ie_weight: Annotated[float, Range(ge=0)] = 5.0
+        temperature: Annotated[float, Range(gt=0)] = 1.0
         variant: Literal["code", "paper"] = "code"
 
     search_space: ClassVar[dict[str, list]] = {"gen_lr": [0.02, 0.2], "ie_weight": [5.0, 20.0]}

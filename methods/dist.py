@@ -24,7 +24,7 @@ Paper vs code:
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from torch import Tensor
 
@@ -33,6 +33,7 @@ from bench.api import (
     Method,
     ModelInfo,
     Outputs,
+    Range,
     TaskInfo,
     register_method,
     require_teacher,
@@ -74,9 +75,9 @@ class DIST(Method):
     version = 1
 
     class Params(Method.Params):
-        beta: float = 1.0
-        gamma: float = 1.0
-        tau: float = 4.0
+        beta: Annotated[float, Range(ge=0)] = 1.0
+        gamma: Annotated[float, Range(ge=0)] = 1.0
+        tau: Annotated[float, Range(gt=0)] = 4.0
 
     search_space: ClassVar[dict[str, list]] = {"tau": [1.0, 2.0, 4.0]}
 

@@ -39,7 +39,7 @@ The loss (``dkd_loss``) and the warm-up weight (``dkd_warmup``) are shared loss 
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 from torch import Tensor
 
@@ -48,6 +48,7 @@ from bench.api import (
     Method,
     ModelInfo,
     Outputs,
+    Range,
     TaskInfo,
     register_method,
     require_teacher,
@@ -75,11 +76,11 @@ class DKD(Method):
     version = 1
 
     class Params(Method.Params):
-        alpha: float = 1.0
-        beta: float = 8.0
-        temperature: float = 4.0
-        warmup_epochs: int = 20
-        warmup_reference_epochs: int = 240
+        alpha: Annotated[float, Range(ge=0)] = 1.0
+        beta: Annotated[float, Range(ge=0)] = 8.0
+        temperature: Annotated[float, Range(gt=0)] = 4.0
+        warmup_epochs: Annotated[int, Range(ge=0)] = 20
+        warmup_reference_epochs: Annotated[int, Range(ge=0)] = 240
 
     search_space: ClassVar[dict[str, list]] = {"beta": [2.0, 4.0, 6.0, 8.0]}
 

@@ -39,13 +39,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.api import Batch, Method, ModelInfo, TaskInfo, TrainContext, register_method
+from bench.api import Batch, Method, ModelInfo, Range, TaskInfo, TrainContext, register_method
 from methods._common import soft_kl
 
 
@@ -97,7 +97,7 @@ class DeepMutualLearning(Method):
     version = 1
 
     class Params(Method.Params):
-        peers: int = 2
+        peers: Annotated[int, Range(ge=2)] = 2
         peer_arch: str = ""
         update: Literal["alternating", "simultaneous"] = "alternating"
         kl_reduction: Literal["mean", "sum"] = "mean"

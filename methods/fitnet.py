@@ -47,7 +47,7 @@ Paper vs code (``stages`` selects):
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -57,6 +57,7 @@ from bench.api import (
     Method,
     ModelInfo,
     Outputs,
+    Range,
     TaskInfo,
     TrainContext,
     describe_pairs,
@@ -136,11 +137,11 @@ class FitNet(Method):
 
     class Params(Method.Params):
         stages: Literal["two_stage", "joint"] = "two_stage"
-        beta: float = 100.0
-        init_epochs: int | None = None
-        temperature: float = 3.0
-        kd_lambda_start: float = 4.0
-        kd_lambda_end: float = 1.0
+        beta: Annotated[float, Range(ge=0)] = 100.0
+        init_epochs: Annotated[int | None, Range(ge=1)] = None
+        temperature: Annotated[float, Range(gt=0)] = 3.0
+        kd_lambda_start: Annotated[float, Range(ge=0)] = 4.0
+        kd_lambda_end: Annotated[float, Range(ge=0)] = 1.0
         regressor_relu: bool = True
 
     search_space: ClassVar[dict[str, list]] = {"beta": [25.0, 100.0, 400.0]}

@@ -30,7 +30,7 @@ Paper vs code:
 from __future__ import annotations
 
 import itertools
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,7 @@ from bench.api import (
     Method,
     ModelInfo,
     Outputs,
+    Range,
     TaskInfo,
     TrainContext,
     align_stages,
@@ -84,10 +85,10 @@ class FlowOfSolutionProcedure(Method):
     version = 1
 
     class Params(Method.Params):
-        beta: float = 1.0
+        beta: Annotated[float, Range(ge=0)] = 1.0
         reduction: Literal["mean", "sum"] = "mean"
-        init_epochs: int | None = None
-        main_weight: float = 0.0
+        init_epochs: Annotated[int | None, Range(ge=1)] = None
+        main_weight: Annotated[float, Range(ge=0)] = 0.0
 
     search_space: ClassVar[dict[str, list]] = {"init_epochs": [5, 15, 30]}
 

@@ -34,7 +34,7 @@ Paper vs code:
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +45,7 @@ from bench.api import (
     Method,
     ModelInfo,
     Outputs,
+    Range,
     TaskInfo,
     TrainContext,
     align_stages,
@@ -125,13 +126,13 @@ class FactorTransfer(Method):
     version = 2
 
     class Params(Method.Params):
-        beta: float = 500.0
-        k: float = 0.5
+        beta: Annotated[float, Range(ge=0)] = 500.0
+        k: Annotated[float, Range(gt=0)] = 0.5
         p: Literal[1, 2] = 1
         factor: Literal["flat", "attention"] = "flat"
         reconstruction: Literal["l2", "l1"] = "l2"
         translator_bn: bool = False
-        init_epochs: int | None = None
+        init_epochs: Annotated[int | None, Range(ge=1)] = None
 
     search_space: ClassVar[dict[str, list]] = {"beta": [125.0, 500.0, 2000.0]}
 

@@ -37,13 +37,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.api import Batch, Method, ModelInfo, TaskInfo, TrainContext, register_method
+from bench.api import Batch, Method, ModelInfo, Range, TaskInfo, TrainContext, register_method
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -124,10 +124,10 @@ class FilterGrafting(Method):
     version = 1
 
     class Params(Method.Params):
-        peers: int = 2
-        a: float = 0.4
-        c: float = 500.0
-        bins: int = 10
+        peers: Annotated[int, Range(ge=2)] = 2
+        a: Annotated[float, Range(ge=0, le=1)] = 0.4
+        c: Annotated[float, Range(ge=0)] = 500.0
+        bins: Annotated[int, Range(ge=2)] = 10
         round_coefficient: bool = True
         lr_spread: bool = True
 

@@ -29,7 +29,7 @@ works. ``transformation=False`` gives the paper's IRG without the transformation
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,7 @@ from bench.api import (
     Method,
     ModelInfo,
     Outputs,
+    Range,
     TaskInfo,
     align_stages,
     describe_pairs,
@@ -104,9 +105,9 @@ class InstanceRelationshipGraph(Method):
     version = 1
 
     class Params(Method.Params):
-        w_vertex: float = 0.1
-        w_edge: float = 5.0
-        w_transform: float = 5.0
+        w_vertex: Annotated[float, Range(ge=0)] = 0.1
+        w_edge: Annotated[float, Range(ge=0)] = 5.0
+        w_transform: Annotated[float, Range(ge=0)] = 5.0
         transformation: bool = True
 
     search_space: ClassVar[dict[str, list]] = {

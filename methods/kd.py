@@ -30,7 +30,7 @@ The distillation term ``kd_loss`` is shared loss math (``methods/_common.py``): 
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -40,6 +40,7 @@ from bench.api import (
     Method,
     ModelInfo,
     Outputs,
+    Range,
     TaskInfo,
     register_method,
     require_teacher,
@@ -64,8 +65,8 @@ class KD(Method):
     version = 1
 
     class Params(Method.Params):
-        temperature: float = 4.0
-        alpha: float = 0.9
+        temperature: Annotated[float, Range(gt=0)] = 4.0
+        alpha: Annotated[float, Range(ge=0, le=1)] = 0.9
 
     search_space: ClassVar[dict[str, list]] = {"temperature": [1.0, 2.0, 4.0, 8.0]}
 

@@ -22,7 +22,7 @@ Caruana (default) or ``a`` as in Tang et al.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -32,6 +32,7 @@ from bench.api import (
     Method,
     ModelInfo,
     Outputs,
+    Range,
     TaskInfo,
     register_method,
     require_teacher,
@@ -70,8 +71,8 @@ class LogitMSE(Method):
 
     class Params(Method.Params):
         normalisation: Literal["half_sum", "sum", "mean"] = "half_sum"
-        weight: float = 1.0
-        ce_weight: float = 0.0
+        weight: Annotated[float, Range(ge=0)] = 1.0
+        ce_weight: Annotated[float, Range(ge=0)] = 0.0
 
     search_space: ClassVar[dict[str, list]] = {"ce_weight": [0.0, 0.1, 1.0]}
 

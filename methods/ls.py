@@ -49,7 +49,7 @@ Paper vs code:
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -59,6 +59,7 @@ from bench.api import (
     Method,
     ModelInfo,
     Outputs,
+    Range,
     TaskInfo,
     register_method,
     require_teacher,
@@ -103,14 +104,14 @@ class LogitStandardisation(Method):
 
     class Params(Method.Params):
         base: Literal["kd", "dkd"] = "kd"
-        temperature: float = 2.0
-        kd_weight: float = 9.0
-        ce_weight: float = 1.0
+        temperature: Annotated[float, Range(gt=0)] = 2.0
+        kd_weight: Annotated[float, Range(ge=0)] = 9.0
+        ce_weight: Annotated[float, Range(ge=0)] = 1.0
         std: Literal["unbiased", "population"] = "unbiased"
-        dkd_alpha: float = 1.0
-        dkd_beta: float = 8.0
-        warmup_epochs: int = 20
-        warmup_reference_epochs: int = 240
+        dkd_alpha: Annotated[float, Range(ge=0)] = 1.0
+        dkd_beta: Annotated[float, Range(ge=0)] = 8.0
+        warmup_epochs: Annotated[int, Range(ge=0)] = 20
+        warmup_reference_epochs: Annotated[int, Range(ge=0)] = 240
 
     search_space: ClassVar[dict[str, list]] = {"temperature": [1.0, 2.0, 3.0]}
     # Standardising an untrained student's near-constant logits divides their gradient by

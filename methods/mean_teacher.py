@@ -38,13 +38,13 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.api import Batch, Method, ModelInfo, TaskInfo, TrainContext, register_method
+from bench.api import Batch, Method, ModelInfo, Range, TaskInfo, TrainContext, register_method
 
 
 def sigmoid_rampup(current: float, length: float) -> float:
@@ -96,12 +96,12 @@ class MeanTeacher(Method):
     version = 1
 
     class Params(Method.Params):
-        consistency: float = 100.0
-        rampup_epochs: float = 5.0
-        ema_decay: float = 0.999
-        ema_decay_rampup: float = 0.99
+        consistency: Annotated[float, Range(ge=0)] = 100.0
+        rampup_epochs: Annotated[float, Range(ge=0)] = 5.0
+        ema_decay: Annotated[float, Range(ge=0, le=1)] = 0.999
+        ema_decay_rampup: Annotated[float, Range(ge=0, le=1)] = 0.99
         warm_average: bool = False
-        input_noise: float = 0.15
+        input_noise: Annotated[float, Range(ge=0)] = 0.15
         consistency_type: Literal["mse", "kl"] = "mse"
 
     search_space: ClassVar[dict[str, list]] = {

@@ -34,13 +34,13 @@ alpha = 0.9 are the CRD benchmark's KD settings (the papers' values are dataset-
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.api import Batch, Method, ModelInfo, TaskInfo, TrainContext, register_method
+from bench.api import Batch, Method, ModelInfo, Range, TaskInfo, TrainContext, register_method
 
 
 def class_groups(num_classes: int, groups: int) -> list[list[int]]:
@@ -102,8 +102,8 @@ class MultiTeacher(Method):
     class Params(Method.Params):
         teachers: tuple[str, ...] = ()
         label_sets: Literal["shared", "disjoint"] = "shared"
-        temperature: float = 4.0
-        alpha: float = 0.9
+        temperature: Annotated[float, Range(gt=0)] = 4.0
+        alpha: Annotated[float, Range(ge=0, le=1)] = 0.9
 
     search_space: ClassVar[dict[str, list]] = {"temperature": [2.0, 4.0, 8.0]}
 

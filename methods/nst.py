@@ -27,7 +27,7 @@ Paper vs code:
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,7 @@ from bench.api import (
     Method,
     ModelInfo,
     Outputs,
+    Range,
     TaskInfo,
     align_stages,
     describe_pairs,
@@ -82,9 +83,9 @@ class NeuronSelectivityTransfer(Method):
     version = 2
 
     class Params(Method.Params):
-        beta: float = 50.0
-        degree: int = 2
-        c: float = 0.0
+        beta: Annotated[float, Range(ge=0)] = 50.0
+        degree: Annotated[int, Range(ge=1)] = 2
+        c: Annotated[float, Range(ge=0)] = 0.0
 
     search_space: ClassVar[dict[str, list]] = {"beta": [12.5, 50.0, 200.0]}
 

@@ -21,12 +21,21 @@ Paper vs code:
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 from torch import Tensor
 
-from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method, require_teacher
+from bench.api import (
+    Batch,
+    Method,
+    ModelInfo,
+    Outputs,
+    Range,
+    TaskInfo,
+    register_method,
+    require_teacher,
+)
 
 EPS = 1e-7
 
@@ -61,7 +70,7 @@ class ProbabilisticKT(Method):
     version = 1
 
     class Params(Method.Params):
-        beta: float = 30000.0
+        beta: Annotated[float, Range(ge=0)] = 30000.0
 
     search_space: ClassVar[dict[str, list]] = {"beta": [7500.0, 30000.0, 120000.0]}
 

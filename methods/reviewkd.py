@@ -35,7 +35,7 @@ Paper vs code:
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,7 @@ from bench.api import (
     Method,
     ModelInfo,
     Outputs,
+    Range,
     TaskInfo,
     align_stages,
     describe_pairs,
@@ -122,9 +123,9 @@ class ReviewKD(Method):
     version = 1
 
     class Params(Method.Params):
-        beta: float = 1.0
-        warmup: float = 20 / 240
-        max_mid_channels: int = 512
+        beta: Annotated[float, Range(ge=0)] = 1.0
+        warmup: Annotated[float, Range(ge=0, le=1)] = 20 / 240
+        max_mid_channels: Annotated[int, Range(ge=1)] = 512
 
     search_space: ClassVar[dict[str, list]] = {"beta": [1.0, 2.5, 5.0, 8.0]}
 

@@ -24,13 +24,22 @@ in fp32 on centred embeddings.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method, require_teacher
+from bench.api import (
+    Batch,
+    Method,
+    ModelInfo,
+    Outputs,
+    Range,
+    TaskInfo,
+    register_method,
+    require_teacher,
+)
 
 
 def gram_and_distances(embedding: Tensor, eps: float = 1e-12) -> tuple[Tensor, Tensor]:
@@ -77,8 +86,8 @@ class RelationalKD(Method):
     version = 1
 
     class Params(Method.Params):
-        w_dist: float = 25.0
-        w_angle: float = 50.0
+        w_dist: Annotated[float, Range(ge=0)] = 25.0
+        w_angle: Annotated[float, Range(ge=0)] = 50.0
 
     search_space: ClassVar[dict[str, list]] = {
         "w_dist": [12.5, 25.0, 50.0],

@@ -20,7 +20,7 @@ benchmark).
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +31,7 @@ from bench.api import (
     Method,
     ModelInfo,
     Outputs,
+    Range,
     TaskInfo,
     align_stages,
     describe_pairs,
@@ -68,7 +69,7 @@ class SimilarityPreserving(Method):
     version = 1
 
     class Params(Method.Params):
-        gamma: float = 3000.0
+        gamma: Annotated[float, Range(ge=0)] = 3000.0
         stages: Literal["last", "all"] = "last"
 
     search_space: ClassVar[dict[str, list]] = {"gamma": [750.0, 3000.0, 12000.0]}

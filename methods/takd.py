@@ -38,7 +38,7 @@ import dataclasses
 import math
 import re
 from collections.abc import Iterable, Iterator
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -48,6 +48,7 @@ from bench.api import (
     Method,
     ModelInfo,
     Outputs,
+    Range,
     TaskInfo,
     TrainContext,
     register_method,
@@ -105,9 +106,9 @@ class TeacherAssistantKD(Method):
 
     class Params(Method.Params):
         assistant: str = "auto"
-        assistant_epochs: int = 0
-        temperature: float = 4.0
-        alpha: float = 0.9
+        assistant_epochs: Annotated[int, Range(ge=0)] = 0
+        temperature: Annotated[float, Range(gt=0)] = 4.0
+        alpha: Annotated[float, Range(ge=0, le=1)] = 0.9
 
     search_space: ClassVar[dict[str, list]] = {"temperature": [2.0, 4.0, 8.0], "alpha": [0.5, 0.9]}
     # The tiny test pairs have no model between teacher and student in depth.

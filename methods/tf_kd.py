@@ -34,13 +34,13 @@ of the student's architecture; it needs no method of its own.
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, register_method
+from bench.api import Batch, Method, ModelInfo, Outputs, Range, TaskInfo, register_method
 
 
 def virtual_teacher(target: Tensor, num_classes: int, correct_prob: float) -> Tensor:
@@ -90,10 +90,10 @@ class TeacherFreeKD(Method):
     version = 1
 
     class Params(Method.Params):
-        correct_prob: float = 0.99
-        temperature: float = 20.0
-        alpha: float = 0.1
-        multiplier: float = 100.0
+        correct_prob: Annotated[float, Range(gt=0, lt=1)] = 0.99
+        temperature: Annotated[float, Range(gt=0)] = 20.0
+        alpha: Annotated[float, Range(ge=0, le=1)] = 0.1
+        multiplier: Annotated[float, Range(ge=0)] = 100.0
         variant: Literal["code", "paper"] = "code"
 
     search_space: ClassVar[dict[str, list]] = {"temperature": [10.0, 20.0, 40.0]}

@@ -29,7 +29,7 @@ over channels and positions and averages over the batch (then lower ``beta``).
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal, cast
+from typing import Annotated, ClassVar, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,7 @@ from bench.api import (
     Method,
     ModelInfo,
     Outputs,
+    Range,
     TaskInfo,
     align_stages,
     describe_pairs,
@@ -106,9 +107,9 @@ class VariationalInformationDistillation(Method):
     version = 2
 
     class Params(Method.Params):
-        beta: float = 1.0
-        init_var: float = 5.0
-        eps: float = 1e-5
+        beta: Annotated[float, Range(ge=0)] = 1.0
+        init_var: Annotated[float, Range(gt=0)] = 5.0
+        eps: Annotated[float, Range(gt=0)] = 1e-5
         reduction: Literal["mean", "sum"] = "mean"
 
     search_space: ClassVar[dict[str, list]] = {"beta": [0.25, 1.0, 4.0]}

@@ -154,10 +154,10 @@ def test_smoke_keeps_every_method_and_pair_with_one_seed_and_one_epoch_elsewhere
             "methods[1].search: search spaces belong to phase: tune",
             8,
         ),
-        (("epochs: 2}", "epochs: 0}"), "recipe.teacher: recipe.epochs must be ≥ 1, got 0", 12),
+        (("epochs: 2}", "epochs: 0}"), "recipe.teacher.epochs: must be ≥ 1, got 0", 12),
         (("name: tiny", "name: tiny suite"), "name: expected a name of letters", 1),
         (("  - ce\n", "  - ce\n  - ce\n"), "duplicate method entry", 8),
-        (("seeds: 3", "seeds: [1, -2]"), "seeds must be ≥ 0", 9),
+        (("seeds: 3", "seeds: [1, -2]"), "seeds[1]: must be in [0, 4294967296), got -2", 9),
     ],
 )
 def test_each_class_of_bad_input_names_its_key_line_and_fix(change, expected, line):
@@ -277,7 +277,8 @@ def test_bad_pair_recipes_are_reported_with_their_key_path():
         typo
     )
     assert typo.problems[0].line == 7
-    assert "recipe.lr must be > 0" in str(problems_of(PAIRS.replace("lr: 0.01", "lr: -1.0")))
+    negative = problems_of(PAIRS.replace("lr: 0.01", "lr: -1.0"))
+    assert "pairs[1].recipe.student.lr: must be > 0, got -1.0" in str(negative)
     frozen_teacher = problems_of(
         PAIRS.replace("{lr: 0.01}", "{lr: 0.01}, teacher: {trainable: [head]}")
     )

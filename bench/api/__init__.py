@@ -32,6 +32,7 @@ from bench.api.stages import (
     stage_size,
 )
 from bench.api.types import Batch, ModelInfo, Outputs, TaskInfo, TrialFailed
+from bench.ranges import Range
 
 __all__ = [
     "INIT_STAGE_FRACTION",
@@ -46,6 +47,7 @@ __all__ = [
     "Outputs",
     "ParamError",
     "Params",
+    "Range",
     "TaskInfo",
     "TrainContext",
     "TrialFailed",

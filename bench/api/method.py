@@ -28,6 +28,7 @@ Stage alignment between teacher and student follows one rule,
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, Protocol
 
@@ -36,8 +37,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.api.params import Params as BaseParams
-from bench.api.params import coerce_value
+from bench.api.params import coerce_value, declared_range
 from bench.api.types import Batch, ModelInfo, Outputs, TaskInfo
+from bench.ranges import value_problem
 from bench.registry import Registry
 
 KNOWLEDGE_KINDS = frozenset(
@@ -286,7 +288,9 @@ METHODS: Registry[type[Method]] = Registry("method")
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     """Class decorator: register a :class:`Method` subclass under ``name``.
 
-    Checks the declared attributes so a plugin's mistakes surface at import time.
+    Checks the declared attributes so a plugin's mistakes surface at import time: among them,
+    that every default, ``search_space`` candidate and ``conformance_params`` value lies in
+    its parameter's declared range.
     """
 
     def decorate(cls: type[Method]) -> type[Method]:
@@ -318,8 +322,21 @@ def _validate_method_class(name: str, cls: type) -> None:
     if not isinstance(cls.version, int) or cls.version < 1:
         raise ValueError(f"{where}: version must be a positive int, got {cls.version!r}")
     known = cls.Params.fields()
+    _check_defaults(where, cls.Params, known)
     for key, values in cls.search_space.items():
         if key not in known:
             raise ValueError(f"{where}: search_space key {key!r} is not a parameter")
         for v in values:
             coerce_value(v, known[key], where=f"{where}.search_space.{key}")
+    cls.Params.from_mapping(dict(cls.conformance_params), where=f"{where}.conformance_params")
+
+
+def _check_defaults(where: str, params: type[BaseParams], known: Mapping[str, Any]) -> None:
+    """Each declared default lies in its field's range (checked here, so that the mistake is
+    named at import rather than when the method is first built)."""
+    for f in dataclasses.fields(params):  # type: ignore[arg-type]
+        if f.default is dataclasses.MISSING:
+            continue
+        problem = value_problem(f.default, declared_range(known[f.name]))
+        if problem is not None:
+            raise ValueError(f"{where}: the default of {f.name} {problem}")

@@ -1,11 +1,13 @@
 """Typed method hyperparameters: one type system for the command line, suites and plugins.
 
-A method's ``Params`` is a frozen dataclass whose annotated fields carry the paper's defaults.
-:func:`coerce_value` converts a raw value (a YAML scalar or a command-line string) to a field's
-type; every entry point (``--param``, suite ``params:``/``search:``, ``search_space``) goes
-through it, so a value is accepted or refused the same way everywhere and a wrong one gets the
-same message. Suites use its strict mode: YAML has already typed their values, so a string is
-never read as a number there.
+A method's ``Params`` is a frozen dataclass whose annotated fields carry the paper's defaults
+and, for numbers, their valid range (``Annotated[float, Range(gt=0)]``, see
+:mod:`bench.ranges`). :func:`coerce_value` converts a raw value (a YAML scalar or a
+command-line string) to a field's type and checks it against the field's range; every entry
+point (``--param``, suite ``params:``/``search:``, ``search_space``) goes through it, so a
+value is accepted or refused the same way everywhere and a wrong one gets the same message.
+Suites use its strict mode: YAML has already typed their values, so a string is never read as
+a number there. A float without a declared range must still be finite.
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from bench.ranges import Range, range_in, value_problem
+
 
 class ParamError(ValueError):
-    """A method hyperparameter that does not exist or has the wrong type.
+    """A method hyperparameter that does not exist, has the wrong type or lies outside its
+    range.
 
     Attributes:
         where: What the value is (``kd.params.temperature``), or None.
@@ -36,22 +41,39 @@ class ParamError(ValueError):
 class Params:
     """Base of a method's hyperparameters. Subclasses are made frozen dataclasses.
 
-    Declare fields with a type and the paper's default::
+    Declare fields with a type, the valid range of a number and the paper's default::
 
         class Params(Method.Params):
-            temperature: float = 4.0
-            alpha: float = 0.9
+            temperature: Annotated[float, Range(gt=0)] = 4.0
+            alpha: Annotated[float, Range(ge=0, le=1)] = 0.9
+
+    An instance holds values in range only: building one with a value outside its field's
+    range raises :class:`ParamError`.
     """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         dataclasses.dataclass(frozen=True)(cls)
 
+    def __post_init__(self) -> None:
+        for name, tp in self.fields().items():
+            problem = value_problem(getattr(self, name), declared_range(tp))
+            if problem is not None:
+                raise ParamError(problem, where=f"{type(self).__qualname__}.{name}")
+
     @classmethod
     def fields(cls) -> dict[str, Any]:
-        """Field name → resolved type."""
-        hints = typing.get_type_hints(cls)
-        return {f.name: hints[f.name] for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        """Field name → resolved type, with its ``Annotated`` range where it has one."""
+        if cls not in _FIELDS:
+            hints = typing.get_type_hints(cls, include_extras=True)
+            fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+            _FIELDS[cls] = {f.name: hints[f.name] for f in fields}
+        return dict(_FIELDS[cls])
+
+    @classmethod
+    def ranges(cls) -> dict[str, Range | None]:
+        """Field name → its declared :class:`~bench.ranges.Range` (None where it has none)."""
+        return {name: declared_range(tp) for name, tp in cls.fields().items()}
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], *, where: str = "params") -> Params:
@@ -78,13 +100,17 @@ class Params:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
 
+# Resolved once per class: every instance checks its values against them.
+_FIELDS: dict[type, dict[str, Any]] = {}
+
 # A method without hyperparameters uses the base class itself, so it is a dataclass too.
 dataclasses.dataclass(frozen=True)(Params)
 
 
 def coerce_value(raw: Any, tp: Any, *, where: str, strict: bool = False) -> Any:
     """Convert ``raw`` to the annotated type ``tp`` (bool, int, float, str, Literal, tuples,
-    optionals).
+    optionals) and check it against the range ``tp`` declares (floats without one must be
+    finite).
 
     Args:
         raw: The value as given.
@@ -100,19 +126,37 @@ def coerce_value(raw: Any, tp: Any, *, where: str, strict: bool = False) -> Any:
         tuples for sequences.
 
     Raises:
-        ParamError: naming ``where``, the expected type and what was given; its ``reason``
-            is the same whatever the entry point.
+        ParamError: naming ``where``, the expected type (or range) and what was given; its
+            ``reason`` is the same whatever the entry point.
     """
     try:
-        return _convert(raw, tp, strict)
+        value = _convert(raw, tp, strict)
     except _Mismatch:
         reason = f"expected {type_text(tp)}, got {raw!r} ({kind_text(raw)})"
         raise ParamError(reason, where=where) from None
+    problem = value_problem(value, declared_range(tp))
+    if problem is not None:
+        raise ParamError(problem, where=where)
+    return value
+
+
+def declared_range(tp: Any) -> Range | None:
+    """The :class:`~bench.ranges.Range` an annotation declares for its numbers: its own
+    (``Annotated[float, Range(gt=0)]``), an optional's (``Annotated[int, Range(ge=1)] | None``)
+    or a sequence's items'; None when it declares none."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:
+        return range_in(args[1:]) or declared_range(args[0])
+    if origin in (typing.Union, types.UnionType, tuple, list, Sequence):
+        return next((r for a in args if (r := declared_range(a)) is not None), None)
+    return None
 
 
 def type_text(tp: Any) -> str:
     """An annotation in words, as messages name it: ``a number``, ``an integer or null``."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:
+        return type_text(args[0])
     if origin in (typing.Union, types.UnionType):
         return " or ".join(type_text(a) for a in args)
     if origin is typing.Literal:
@@ -146,6 +190,8 @@ def _convert(raw: Any, tp: Any, strict: bool) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
         return raw
+    if origin is typing.Annotated:
+        return _convert(raw, args[0], strict)
     if tp is None or tp is type(None):
         return _convert_none(raw, strict)
     if origin in (typing.Union, types.UnionType):

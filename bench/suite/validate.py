@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import difflib
 from functools import partial
-from typing import Any
+from typing import Annotated, Any
 
+from bench.config import SEED_RANGE, VAL_FRACTION_RANGE
+from bench.ranges import Range
 from bench.suite.checks import (
     Context,
     Found,
@@ -203,11 +205,10 @@ def seeds(ctx: Context, value: Any) -> tuple[tuple[int, ...] | None, list[Proble
     items, problems = nonempty_list(ctx, value, ("seeds",), "seeds")
     if items is None:
         return None, problems
-    bad = first_misfit(ctx, ((s, ("seeds", i)) for i, s in enumerate(items)), int)
+    seed = Annotated[int, SEED_RANGE]
+    bad = first_misfit(ctx, ((s, ("seeds", i)) for i, s in enumerate(items)), seed)
     if bad:
         return None, bad
-    if any(s < 0 for s in items):
-        return None, [ctx.problem(("seeds",), f"seeds must be ≥ 0; got {items}")]
     return unique(ctx, items, ("seeds",), "seed")
 
 
@@ -262,25 +263,19 @@ def checkpointing(ctx: Context, value: Any) -> tuple[Checkpointing | None, list[
 def scalars(ctx: Context, top: dict, name: str) -> tuple[dict[str, Any], list[Problem]]:
     """The suite's single-valued settings; a wrong one is reported and its default kept, so
     that the checks after it still run."""
-    defaults = {
+    defaults: dict[str, tuple[Any, Any]] = {
         "description": (str, ""),
         "experiment": (str, name),
-        "teacher_seed": (int, 0),
-        "val_fraction": (float, 0.1),
-        "max_failures": (int, 3),
+        "teacher_seed": (Annotated[int, SEED_RANGE], 0),
+        "val_fraction": (Annotated[float, VAL_FRACTION_RANGE], 0.1),
+        "max_failures": (Annotated[int, Range(ge=0)], 3),
     }
     found = Found()
     values: dict[str, Any] = {}
     for key, (tp, default) in defaults.items():
         value = top.get(key, default)
-        # Kept as given: messages below quote the value the file has.
+        # Kept as given (an integer val_fraction stays one until the suite is built).
         values[key] = value if found.passed(misfit(ctx, value, tp, (key,))) else default
-    if not 0 < values["val_fraction"] < 1:
-        message = f"must be in (0, 1), got {values['val_fraction']}"
-        found.append(ctx.problem(("val_fraction",), message))
-    if values["teacher_seed"] < 0 or values["max_failures"] < 0:
-        key = "teacher_seed" if values["teacher_seed"] < 0 else "max_failures"
-        found.append(ctx.problem((key,), f"must be ≥ 0, got {values[key]}"))
     if values["experiment"] is not None and not str(values["experiment"]).strip():
         message = "must be a non-empty MLflow experiment name"
         found.append(ctx.problem(("experiment",), message))

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from bench.config import ConfigError, Recipe
+from bench.config import RECIPE_RANGES, ConfigError, Recipe
 from bench.suite.checks import (
     Context,
     Found,
@@ -87,7 +87,8 @@ def suite_recipes(ctx: Context, value: Any) -> tuple[SuiteRecipes, list[Problem]
 def recipe_values(
     ctx: Context, value: Any, path: KeyPath
 ) -> tuple[dict[str, Any] | None, list[Problem]]:
-    """The fields of one recipe mapping, each of its :class:`~bench.config.Recipe` type.
+    """The fields of one recipe mapping, each of its :class:`~bench.config.Recipe` type and in
+    its range (:data:`~bench.config.RECIPE_RANGES`), each problem at the field's key.
 
     The values are kept as the file gives them (an integer learning rate stays an integer):
     the run key hashes the recipe, and widening would re-key suites that already ran.
@@ -100,7 +101,10 @@ def recipe_values(
     for key, item in entry.items():
         if key not in hints:
             return None, found  # reported by mapping(); the fields after it are not checked
-        if not found.passed(misfit(ctx, item, hints[key], (*path, key))):
+        tp = hints[key]
+        if key in RECIPE_RANGES:
+            tp = Annotated[tp, RECIPE_RANGES[key]]
+        if not found.passed(misfit(ctx, item, tp, (*path, key))):
             return None, found
     return {k: frozen(v) for k, v in entry.items()}, found
 
