@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from bench.analysis import AnalysisError, RunNotFoundError
-from bench.config import Recipe, TeacherSpec, TrialConfig
+from bench.config import Compute, Recipe, TeacherSpec, TrialConfig
 from bench.data import load_dataset
 from bench.tracking import (
     RUN_KEY_TAG,
@@ -178,6 +178,8 @@ def config_from_json(data: dict[str, Any]) -> TrialConfig:
         teacher = _tuples(teacher)
         teacher["recipe"] = Recipe(**_tuples(teacher["recipe"]))
         values["teacher"] = TeacherSpec(**teacher)
+    if values.get("compute") is not None:  # runs recorded before it was part of the config
+        values["compute"] = Compute(**values["compute"])
     return TrialConfig(**values)
 
 

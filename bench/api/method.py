@@ -225,6 +225,12 @@ class Method(nn.Module):
     def setup(self, student: ModelInfo, teacher: ModelInfo | None, task: TaskInfo) -> None:
         """Build the method's own modules for these shapes. Called once, before training."""
 
+    def recorded_setup(self) -> dict[str, str]:
+        """Facts of this trial's setup worth recording, as name → text (e.g. which stages
+        were paired); called after :meth:`setup`. The harness records them with the run
+        (tags ``kdbench.setup.<name>``, the ``setup`` entry of ``config.json``)."""
+        return {}
+
     def before_training(self, ctx: TrainContext) -> None:
         """An optional stage before the main training (paraphraser, initialisation, …)."""
 

@@ -39,6 +39,10 @@ student_flops             FLOPs of one student forward pass on one input (multip
 extra_params              parameters the method adds (connectors, embeddings, heads)
 mlflow_run_id             MLflow run id (empty for runs from elsewhere)
 mlflow_experiment_id      MLflow experiment id (empty for runs from elsewhere)
+compute                   where the run computed: device, precision and torch threads
+                          (``cpu fp32 1 thread``), part of its run key
+teacher_key               the teacher's cache key (``file-…`` for a checkpoint file)
+teacher_sha256            SHA-256 of the teacher checkpoint's bytes the run loaded
 ========================  =====================================================================
 
 Accuracies are fractions, not percentages. Empty means missing. Columns beyond these are
@@ -55,7 +59,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.tracking import RUN_KEY_TAG, _quiet_mlflow, search_all_runs
+from bench.tracking import REPLICATE_TAG, RUN_KEY_TAG, _quiet_mlflow, search_all_runs
 
 #: Every column of results.csv, in file order.
 COLUMNS: tuple[str, ...] = (
@@ -87,6 +91,10 @@ COLUMNS: tuple[str, ...] = (
     "extra_params",
     "mlflow_run_id",
     "mlflow_experiment_id",
+    # Added later, so at the end: files written before them still read the same.
+    "compute",
+    "teacher_key",
+    "teacher_sha256",
 )
 
 #: Columns a results.csv must have.
@@ -441,8 +449,9 @@ def write_results_csv(runs: pd.DataFrame, path: str | Path) -> None:
 def runs_from_mlflow(tracking_uri: str, experiment: str) -> tuple[pd.DataFrame, list[str]]:
     """Every kdbench run of an MLflow experiment as a runs table.
 
-    Runs without a ``kdbench.run_key`` tag (a sweep's parent run) are skipped. When a run key
-    was recorded more than once (a failed trial retried), the FINISHED run is kept, else the
+    Runs without a ``kdbench.run_key`` tag (a sweep's parent run) and replicate runs
+    (``kdbench train --rerun``, tag ``kdbench.replicate``) are skipped. When a run key was
+    recorded more than once (a failed trial retried), the FINISHED run is kept, else the
     latest one.
 
     Args:
@@ -473,7 +482,7 @@ def runs_from_mlflow(tracking_uri: str, experiment: str) -> tuple[pd.DataFrame, 
     notes = []
     for run in runs:
         key = run.data.tags.get(RUN_KEY_TAG)
-        if not key:
+        if not key or run.data.tags.get(REPLICATE_TAG) == "true":
             continue
         if key in chosen:
             kept, dropped = _prefer(chosen[key], run)
@@ -521,6 +530,9 @@ def _record(run: Any) -> dict[str, Any]:
         ),
         "mlflow_run_id": run.info.run_id,
         "mlflow_experiment_id": run.info.experiment_id,
+        "compute": tags.get("kdbench.compute", ""),
+        "teacher_key": tags.get("kdbench.teacher_key", ""),
+        "teacher_sha256": tags.get("kdbench.teacher_sha256", ""),
     }
     for metric, column in METRIC_COLUMNS.items():
         if metric in metrics:
