@@ -28,14 +28,18 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+#: torch's own thread count when kdbench was loaded (``OMP_NUM_THREADS``, else the physical
+#: cores): the default of a trial, whatever earlier trials in the process set.
+TORCH_THREADS = torch.get_num_threads()
+
+
 def machine_compute(
     device: torch.device | str | None = None, threads: int | None = None
 ) -> Compute:
     """The compute a trial gets here unless told otherwise: ``device`` (default
-    :func:`pick_device`) and ``threads`` (default torch's own count in this process:
-    ``OMP_NUM_THREADS``, else the physical cores)."""
+    :func:`pick_device`) and ``threads`` (default :data:`TORCH_THREADS`)."""
     kind = torch.device(device).type if device is not None else pick_device().type
-    return Compute(device=kind, threads=threads or torch.get_num_threads())  # type: ignore[arg-type]
+    return Compute(device=kind, threads=threads or TORCH_THREADS)  # type: ignore[arg-type]
 
 
 def apply_compute(compute: Compute) -> torch.device:
