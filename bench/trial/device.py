@@ -1,8 +1,8 @@
 """Where and how a trial computes: the device, threads, seeding, precision and memory format.
 
-None of it is set by CUDA determinism flags: kdbench leaves cuDNN's autotuner and
-nondeterministic kernels (atomics in some backward passes) as torch has them, so the same
-trial on the same GPU agrees within seed noise, not bit for bit. On CPU the computation is
+kdbench sets no determinism flags: torch's defaults allow nondeterministic CUDA and cuDNN
+kernels (atomic additions in some backward passes), so the same trial on the same GPU agrees
+within seed noise, not bit for bit. On CPU the computation is
 deterministic for a given torch build, CPU kind and thread count; the thread count is part of
 the run key (:class:`~bench.config.Compute`).
 """
