@@ -45,6 +45,41 @@ def _bad_input_types() -> tuple[type[BaseException], ...]:
     )
 
 
+def whole(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number ≥ ``minimum``. Anything else is an error (exit 2)
+    naming the option, the value and the valid range, never taken as "not given"."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not valid: give a whole number ≥ {minimum}"
+            )
+        return value
+
+    parse.__name__ = f"whole number ≥ {minimum}"
+    return parse
+
+
+def at_least(minimum: float) -> Callable[[str], float]:
+    """An argparse type: a number ≥ ``minimum`` (errors as :func:`whole`)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not value >= minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not valid: give a number ≥ {minimum:g}")
+        return value
+
+    parse.__name__ = f"number ≥ {minimum:g}"
+    return parse
+
+
 def parse_param(text: str) -> tuple[str, str]:
     if "=" not in text:
         raise CliError(f"--param {text!r}: expected NAME=VALUE, e.g. --param temperature=4")
@@ -115,6 +150,7 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 def build_trial_config(args: argparse.Namespace) -> Any:
     from bench.config import Recipe, TeacherSpec, TrialConfig
+    from bench.trial.device import machine_compute
 
     recipe = Recipe(
         epochs=args.epochs,
@@ -128,7 +164,7 @@ def build_trial_config(args: argparse.Namespace) -> Any:
     teacher = None
     if args.teacher:
         teacher_recipe = Recipe(
-            epochs=args.teacher_epochs or args.epochs,
+            epochs=args.epochs if args.teacher_epochs is None else args.teacher_epochs,
             batch_size=args.batch_size,
             lr=args.lr,
             optimizer=args.optimizer,
@@ -154,6 +190,7 @@ def build_trial_config(args: argparse.Namespace) -> Any:
         phase=args.phase,
         data_root=args.data_root,
         download=args.download,
+        compute=machine_compute(threads=getattr(args, "threads", None)),
     )
 
 
@@ -177,12 +214,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from bench.trial.resume import CheckpointPolicy
 
     policy = CheckpointPolicy(
-        every_epochs=max(0, args.checkpoint_epochs), every_minutes=max(0.0, args.checkpoint_minutes)
+        every_epochs=args.checkpoint_epochs, every_minutes=args.checkpoint_minutes
     )
     from bench.api import TrialFailed
 
     try:
-        result = run_trial(config, tracker=tracker, on_epoch=progress, policy=policy)
+        result = run_trial(
+            config, tracker=tracker, on_epoch=progress, policy=policy, rerun=args.rerun
+        )
     except TrialFailed as exc:  # before the trial's run exists (its teacher did not train)
         print(f"kdbench: {exc.outcome}: {exc.reason}", file=sys.stderr)
         return EXIT_FAILED
@@ -204,6 +243,13 @@ def _check_params(config: Any) -> None:
 
 
 def _print_result(config: Any, result: Any) -> None:
+    if result.recorded:
+        print(
+            f"{config.describe()}  run_key={result.run_key} already finished in MLflow run "
+            f"{result.mlflow_run_id}: test_acc {result.test_acc:.4f}. Nothing was trained or "
+            "recorded; --rerun trains it again as a replicate run (left off leaderboards)."
+        )
+        return
     print(f"{config.describe()}  run_key={result.run_key}  status={result.status}")
     if result.status == "FINISHED":
         print(
@@ -401,16 +447,16 @@ def _add_analyses(sub: Any) -> None:
         "explain", help="RISE saliency of a run's teacher, KD student and student alone"
     )
     explain.add_argument("run_key", help="run key of a distillation run (or a unique prefix)")
-    explain.add_argument("--images", type=int, default=8, help="test images to explain")
-    explain.add_argument("--masks", type=int, default=1000, help="RISE masks per image")
-    explain.add_argument("--grid", type=int, default=7, help="RISE grid cells per side")
+    explain.add_argument("--images", type=whole(1), default=8, help="test images to explain")
+    explain.add_argument("--masks", type=whole(1), default=1000, help="RISE masks per image")
+    explain.add_argument("--grid", type=whole(1), default=7, help="RISE grid cells per side")
     explain.add_argument("--keep", type=float, default=0.5, help="share of grid cells kept")
-    explain.add_argument("--seed", type=int, default=0, help="seed of the images and masks")
+    explain.add_argument("--seed", type=whole(0), default=0, help="seed of the images and masks")
     explain.add_argument("--out", default=None, help="PNG path (default explain-<run key>.png)")
     explain.add_argument(
         "--baseline-method", default="ce", help="method of the student-alone run (default ce)"
     )
-    explain.add_argument("--threads", type=int, default=None, help="torch threads")
+    explain.add_argument("--threads", type=whole(1), default=None, help="torch threads")
     explain.add_argument("--json", action="store_true", help="print one JSON object")
     _add_tracking(explain)
     explain.set_defaults(func=cmd_explain)
@@ -431,11 +477,13 @@ def _add_analyses(sub: Any) -> None:
 
 
 def _add_timing(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--repeats", type=int, default=20, help="timed passes (median reported)")
+    p.add_argument("--repeats", type=whole(1), default=20, help="timed passes (median reported)")
     p.add_argument(
-        "--batch-sizes", type=int, nargs="+", default=[1, 64], help="latency batch sizes"
+        "--batch-sizes", type=whole(1), nargs="+", default=[1, 64], help="latency batch sizes"
     )
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--threads", type=whole(1), default=None, help="torch threads (default: torch's)"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,6 +535,21 @@ def _add_train(sub: Any) -> None:
     tr.add_argument("--data-root", default=None, help="folder holding on-disk datasets")
     tr.add_argument("--download", action="store_true", help="download a missing dataset")
     tr.add_argument("--plugins", nargs="*", default=[], help="method files to load")
+    tr.add_argument(
+        "--threads",
+        type=whole(1),
+        default=None,
+        metavar="N",
+        help="torch threads the trial computes with, part of its run key (default: torch's "
+        "own count here, $OMP_NUM_THREADS or the physical cores; a sweep trial uses its "
+        "resources' cpu)",
+    )
+    tr.add_argument(
+        "--rerun",
+        action="store_true",
+        help="train a run key that already finished again, recorded as a replicate run that "
+        "leaderboards leave out (without it, the recorded result is printed)",
+    )
     _add_train_output_options(tr)
     _add_tracking(tr)
     tr.set_defaults(func=cmd_train)
@@ -494,16 +557,16 @@ def _add_train(sub: Any) -> None:
 
 def _add_recipe_options(tr: argparse.ArgumentParser) -> None:
     """The student's recipe and seed."""
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--epochs", type=int, default=10)
-    tr.add_argument("--batch-size", type=int, default=64)
+    tr.add_argument("--seed", type=whole(0), default=0)
+    tr.add_argument("--epochs", type=whole(1), default=10)
+    tr.add_argument("--batch-size", type=whole(1), default=64)
     tr.add_argument("--lr", type=float, default=0.05)
     tr.add_argument("--optimizer", default="sgd", choices=["sgd", "adam", "adamw"])
     tr.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
     tr.add_argument("--no-augment", action="store_true")
     tr.add_argument(
         "--image-size",
-        type=int,
+        type=whole(8),
         default=None,
         help="resize the dataset's images to this square size (teacher and student)",
     )
@@ -513,17 +576,17 @@ def _add_teacher_options(tr: argparse.ArgumentParser) -> None:
     """Which teacher, and how it is trained or loaded."""
     tr.add_argument(
         "--teacher-epochs",
-        type=int,
+        type=whole(1),
         default=None,
         help="epochs of the teacher's training (default: --epochs)",
     )
     tr.add_argument(
         "--teacher-stop-epoch",
-        type=int,
+        type=whole(1),
         default=None,
         help="use the teacher's checkpoint after this many epochs (early-stopped)",
     )
-    tr.add_argument("--teacher-seed", type=int, default=0)
+    tr.add_argument("--teacher-seed", type=whole(0), default=0)
     tr.add_argument(
         "--teacher-checkpoint",
         default=None,
@@ -542,7 +605,7 @@ def _add_train_output_options(tr: argparse.ArgumentParser) -> None:
     tr.add_argument("--quiet", action="store_true", help="no per-epoch progress")
     tr.add_argument(
         "--checkpoint-epochs",
-        type=int,
+        type=whole(0),
         default=CHECKPOINT_EVERY_EPOCHS,
         metavar="N",
         help="save the trial's state every N epochs, so an interrupted run resumes from it "
@@ -550,7 +613,7 @@ def _add_train_output_options(tr: argparse.ArgumentParser) -> None:
     )
     tr.add_argument(
         "--checkpoint-minutes",
-        type=float,
+        type=at_least(0),
         default=CHECKPOINT_EVERY_MINUTES,
         metavar="M",
         help="also save it after any epoch that ends M minutes or more after the last save "
@@ -561,9 +624,9 @@ def _add_train_output_options(tr: argparse.ArgumentParser) -> None:
 def _add_demo(sub: Any) -> None:
     """``kdbench demo``: the quick tour."""
     demo = sub.add_parser("demo", help="teacher, student alone and KD student on digits")
-    demo.add_argument("--epochs", type=int, default=15)
-    demo.add_argument("--teacher-epochs", type=int, default=15)
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--epochs", type=whole(1), default=15)
+    demo.add_argument("--teacher-epochs", type=whole(1), default=15)
+    demo.add_argument("--seed", type=whole(0), default=0)
     _add_tracking(demo)
     demo.set_defaults(func=cmd_demo)
 

@@ -1,7 +1,8 @@
 """Typed, frozen configuration of one trial and its training recipe, and the run key.
 
 A trial is a pure function of its :class:`TrialConfig`: the run key is a hash of every field
-that defines the result (plus the method's version), so the same key means the same trial.
+that defines the result, its :class:`Compute` included, plus the method's version and code and
+the content of the checkpoint files it loads, so the same key means the same trial.
 """
 
 from __future__ import annotations
@@ -13,17 +14,26 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from bench.filehash import file_sha256
 from bench.ranges import Range, value_problem
 
 #: Bump when the meaning of a trial changes in the harness itself (data path, loop, metrics),
 #: so that old run keys are not mistaken for new ones.
-HARNESS_VERSION = 2  # 2: teacher outputs computed once per split (batch-size numerics)
+#: 2: teacher outputs computed once per split (batch-size numerics).
+#: 3: keys hold the compute (device, precision, threads), checkpoint files' content hashes, the
+#: method file's own code and every resolved param (defaults filled in).
+HARNESS_VERSION = 3
 
 Optimizer = Literal["sgd", "adam", "adamw"]
 Schedule = Literal["cosine", "step", "constant"]
 Phase = Literal["tune", "final"]
 DataPath = Literal["device", "loader"]
 AugmentStream = Literal["trial", "shared"]
+Device = Literal["cpu", "cuda"]
+
+#: The precision the harness computes in on each device (``bench.trial.device.autocast_for``
+#: applies it): bf16 autocast on CUDA, full fp32 on CPU, where bf16 is slower.
+PRECISION: dict[str, str] = {"cpu": "fp32", "cuda": "bf16"}
 
 #: Field metadata of options added after the first release: at their default they are left out
 #: of every hash (run keys, teacher cache keys), so adding them changed no existing key.
@@ -192,6 +202,41 @@ class TeacherSpec:
 
 
 @dataclass(frozen=True)
+class Compute:
+    """Where and how a trial computes; part of its run key, since each changes its numbers.
+
+    Attributes:
+        device: ``cpu`` or ``cuda``.
+        precision: What the harness computes in on that device (see :data:`PRECISION`):
+            ``fp32`` on CPU, ``bf16`` autocast on CUDA. Left empty, the device's.
+        threads: torch's intra-op threads (``torch.set_num_threads``), which the trial sets
+            before it trains: on CPU, reductions split across threads round differently.
+    """
+
+    device: Device = "cpu"
+    precision: str = ""
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.device not in PRECISION:
+            raise ConfigError(f"compute.device {self.device!r} is not one of 'cpu', 'cuda'")
+        if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
+            raise ConfigError(f"compute.threads must be a whole number ≥ 1, got {self.threads!r}")
+        expected = PRECISION[self.device]
+        if not self.precision:
+            object.__setattr__(self, "precision", expected)
+        elif self.precision != expected:
+            raise ConfigError(
+                f"compute.precision {self.precision!r}: kdbench computes in {expected} on "
+                f"{self.device} (the only precision it applies there)"
+            )
+
+    def describe(self) -> str:
+        """``cpu fp32 4 threads``."""
+        return f"{self.device} {self.precision} {self.threads} thread{'s' * (self.threads != 1)}"
+
+
+@dataclass(frozen=True)
 class TrialConfig:
     """Everything that defines one trial.
 
@@ -210,6 +255,8 @@ class TrialConfig:
         student_checkpoint: A pretrained state dict the student starts from (transfer
             learning; ``weights_only``); tensors whose shape differs from the student's (a
             classifier for another number of classes) keep their fresh initialisation.
+        compute: Device, precision and threads; None until the trial is prepared, which
+            fills in this machine's (``bench.trial.compose.identify_trial``).
     """
 
     dataset: str
@@ -224,6 +271,7 @@ class TrialConfig:
     data_root: str | None = field(default=None, compare=False)
     download: bool = field(default=False, compare=False)
     student_checkpoint: str | None = field(default=None, metadata=OMIT_DEFAULT_FROM_KEY)
+    compute: Compute | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", tuple(sorted(_freeze(dict(self.params)).items())))
@@ -293,30 +341,48 @@ def stable_hash(obj: Any, length: int = 16) -> str:
 
 
 def key_fields(
-    config: TrialConfig, method_version: int, shared_code: Mapping[str, str] | None = None
+    config: TrialConfig, method_version: int, method_code: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
     """The fields a run key is made of: every field that defines the result.
+
+    Checkpoint files (the teacher's, the student's starting point) enter by the SHA-256 of
+    their bytes, not their path: overwriting one gives new keys, moving one keeps them.
 
     Args:
         config: The trial.
         method_version: The method's declared ``version``.
-        shared_code: Content hashes of the helper modules the method's loss runs through
-            (``bench.plugins.shared_code``); left out of the key when there are none.
+        method_code: Content hashes of the method's own file and of the helper modules its
+            loss runs through (``bench.plugins.method_code``).
+
+    Raises:
+        FileNotFoundError: A checkpoint file named by the trial does not exist.
     """
     fields = {
         f.name: key_jsonable(getattr(config, f.name))
         for f in dataclasses.fields(config)
         if f.compare and not _omitted(f, getattr(config, f.name))
     }
+    if config.teacher is not None and config.teacher.checkpoint is not None:
+        fields["teacher"]["checkpoint"] = _content_id(config.teacher.checkpoint, "teacher")
+    if config.student_checkpoint is not None:
+        fields["student_checkpoint"] = _content_id(config.student_checkpoint, "student")
     fields["method_version"] = method_version
     fields["harness_version"] = HARNESS_VERSION
-    if shared_code:
-        fields["shared_code"] = dict(sorted(shared_code.items()))
+    fields["method_code"] = dict(sorted((method_code or {}).items()))
     return fields
 
 
+def _content_id(path: str, role: str) -> str:
+    try:
+        return "sha256:" + file_sha256(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{role} checkpoint {path}: no such file (the run key holds its content)"
+        ) from None
+
+
 def run_key(
-    config: TrialConfig, method_version: int, shared_code: Mapping[str, str] | None = None
+    config: TrialConfig, method_version: int, method_code: Mapping[str, str] | None = None
 ) -> str:
     """Deterministic identity of a trial: the same key means the same trial and result."""
-    return stable_hash(key_fields(config, method_version, shared_code))
+    return stable_hash(key_fields(config, method_version, method_code))

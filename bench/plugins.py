@@ -19,7 +19,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from bench.api import METHODS, Method
+from bench.api import METHODS, Method, coerce_value
+from bench.config import TrialConfig, run_key
 
 ENTRY_POINT_GROUP = "kdbench.methods"
 _loaded = False
@@ -98,13 +99,34 @@ def build_method(name: str, params: Mapping[str, Any] | None = None) -> Method:
     return cls(cls.Params.from_mapping(dict(params or {}), where=f"{name}.params"))
 
 
-def shared_code(cls: type[Method]) -> dict[str, str]:
-    """Content hashes of the private helper modules a method's file imports.
+def method_code(cls: type[Method]) -> dict[str, str]:
+    """Content hashes of the code a method's results depend on besides the harness: its own
+    source file and the private helper modules it imports.
 
-    A helper module is one beside the method's file whose name starts with ``_`` (kdbench's
-    ``methods/_common.py``). Its code runs inside the method's loss without being part of the
-    method's ``version``, so the run key carries these hashes: editing shared loss math gives
-    every method that imports it new keys.
+    A helper module is one of the method's package whose name starts with ``_`` (kdbench's
+    ``methods/_common.py``), found through the file's imports and, in turn, the helpers'
+    own. Neither the file's edits nor the helpers' are covered by the method's ``version``,
+    so the run key carries these hashes: editing a method file, or loss math several methods
+    share, gives every method concerned new keys.
+
+    Returns:
+        Name → first 16 hex digits of the SHA-256 of its source: the method's own file under
+        its module name (its file name for a file loaded with ``--plugins``, whose module
+        name differs between processes), each helper under its module name. Empty for a
+        class without a source file.
+    """
+    module = sys.modules.get(cls.__module__)
+    origin = getattr(module, "__file__", None)
+    if origin is None or not Path(origin).is_file():
+        return {}
+    package = (getattr(module, "__package__", None) or "").strip(".")
+    own = cls.__module__ if package else Path(origin).name
+    return {own: _source_hash(Path(origin)), **shared_code(cls)}
+
+
+def shared_code(cls: type[Method]) -> dict[str, str]:
+    """Content hashes of the private helper modules a method's file imports (directly or
+    through another helper); see :func:`method_code`.
 
     Returns:
         Module name → first 16 hex digits of the SHA-256 of its source file; empty when the
@@ -115,15 +137,75 @@ def shared_code(cls: type[Method]) -> dict[str, str]:
     package = (getattr(module, "__package__", None) or "").strip(".")
     if origin is None or not package:
         return {}
-    fingerprints = {}
-    for name in sorted(_imported_modules(Path(origin), package)):
-        if not name.rsplit(".", 1)[-1].startswith("_") or not name.startswith(package + "."):
-            continue
-        spec = importlib.util.find_spec(name)
-        if spec is not None and spec.origin and Path(spec.origin).is_file():
-            digest = hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:16]
-            fingerprints[name] = digest
-    return fingerprints
+    fingerprints: dict[str, str] = {}
+    pending = [(Path(origin), package)]
+    while pending:
+        path, within = pending.pop()
+        for name in sorted(_imported_modules(path, within)):
+            if name in fingerprints or not _is_helper(name, package):
+                continue
+            spec = _find_spec(name)
+            if spec is not None and spec.origin and Path(spec.origin).is_file():
+                fingerprints[name] = _source_hash(Path(spec.origin))
+                inner = name if spec.submodule_search_locations is not None else None
+                pending.append((Path(spec.origin), inner or name.rsplit(".", 1)[0]))
+    return dict(sorted(fingerprints.items()))
+
+
+def _find_spec(name: str) -> Any:
+    """The module spec of ``name``; None for a name that is no module (``from m import _x``
+    names an attribute ``_x`` of ``m``)."""
+    try:
+        return importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+
+
+def _is_helper(name: str, package: str) -> bool:
+    return name.startswith(package + ".") and name.rsplit(".", 1)[-1].startswith("_")
+
+
+def _source_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def resolved_params(cls: type[Method], params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """Every hyperparameter of ``cls`` as the trial uses it: the given values parsed, the
+    others at their defaults, each in its field's type (``4`` for a float field is ``4.0``),
+    sorted by name. Run keys and records hold these, so naming a default and leaving it out
+    are the same trial, and a changed default is a different one.
+
+    Raises:
+        ParamError: An unknown name or a value of the wrong type.
+    """
+    where = f"{cls.name or cls.__name__} params"
+    given = cls.Params.from_mapping(dict(params), where=where)
+    types = cls.Params.fields()
+    return tuple(
+        (name, coerce_value(getattr(given, name), types[name], where=f"{where}.{name}"))
+        for name in sorted(types)
+    )
+
+
+def keyed_trial(config: TrialConfig) -> tuple[TrialConfig, str]:
+    """The trial with its params resolved (:func:`resolved_params`) and without a teacher
+    when the method uses none (``kdbench train`` names one by default; a suite does not),
+    and its run key.
+
+    Every run key of kdbench comes from here: a sweep's plan and dry run, ``kdbench train``
+    and a worker running the trial compute the same key for the same trial.
+
+    Raises:
+        KeyError: An unknown method.
+        ParamError: Bad params.
+        FileNotFoundError: A checkpoint file the trial names does not exist.
+    """
+    cls = get_method(config.method)
+    resolved = config.with_changes(
+        params=resolved_params(cls, config.params_dict),
+        teacher=config.teacher if cls.uses_teacher else None,
+    )
+    return resolved, run_key(resolved, cls.version, method_code(cls))
 
 
 def _imported_modules(path: Path, package: str) -> set[str]:

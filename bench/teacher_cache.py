@@ -8,9 +8,10 @@ one pass over the training split and looked up by sample position during trainin
 Entries are kept in memory within a process and on disk under
 ``<kdbench home>/teacher_outputs/<key>.pt``, keyed by the teacher's checkpoint, a fingerprint
 of the split's images and labels, the needs and the device type (whose precision decides the
-values). A teacher evaluates in eval mode, one sample independently of the others, so a
-looked-up row equals what the same forward pass on a training batch computes; the tests check
-that a cached trial and an uncached one end bit-identical.
+values), and on CPU the torch thread count (part of the trial's run key). A teacher
+evaluates in eval mode, one sample independently of the others, so a looked-up row equals
+what the same forward pass on a training batch computes; the tests check that a cached trial
+and an uncached one end bit-identical.
 
 With ``recipe.augment_stream: shared`` the inputs are augmented, but alike in every trial: the
 crop and flip of a sample depend only on the epoch and its position (see
@@ -201,6 +202,8 @@ def outputs_key(
         "device": device.type,
         "format": OUTPUTS_FORMAT,
     }
+    if device.type == "cpu":  # CPU kernels split work by thread count, which may round apart
+        fields["threads"] = torch.get_num_threads()
     if shared_epoch is not None:  # absent otherwise: the unaugmented entries keep their keys
         pipeline = getattr(split, "pipeline", None)
         if not isinstance(pipeline, BatchPipeline):

@@ -29,6 +29,7 @@ from bench.api import ModelInfo, TrialFailed
 from bench.checkpoint import CheckpointError, load_weights, read_state_dict
 from bench.config import TeacherSpec, stable_hash, to_jsonable
 from bench.data import DataBundle, load_dataset
+from bench.filehash import file_sha256
 from bench.models import create_model, model_info
 from bench.paths import kdbench_home
 from bench.trial.context import make_context, task_info
@@ -169,7 +170,8 @@ def obtain_teacher(
         load_checkpoint(spec.checkpoint, model)
         model.to(device)
         acc = topk_accuracy(predict(model, data.test, device), labels_of(data.test, device))
-        key = "file-" + stable_hash(str(Path(spec.checkpoint).resolve()))
+        # Keyed by content: a file overwritten with another teacher is another teacher.
+        key = "file-" + file_sha256(spec.checkpoint)[:16]
         return Teacher(
             freeze(model), model_info(model, spec.arch, image), acc, key, Path(spec.checkpoint)
         )
@@ -282,6 +284,12 @@ def _train_and_cache(
         "test_acc": accs,
         "val_acc": history[-1]["val_acc"],
         "train_seconds": time.perf_counter() - started,
+        # Not part of the cache key; recorded so that a teacher trained elsewhere is visible.
+        "trained_on": {
+            "device": device.type,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
         "history": history,
     }
     atomic.write_json(folder / "meta.json", meta)

@@ -24,14 +24,19 @@ from typing import TYPE_CHECKING, Any
 
 from bench.config import TrialConfig, key_fields, to_jsonable
 from bench.paths import kdbench_home
-from bench.plugins import shared_code as shared_code_of
+from bench.plugins import method_code
 
 if TYPE_CHECKING:
     from bench.api import Method
 
 TAG_PREFIX = "kdbench."
 RUN_KEY_TAG = "kdbench.run_key"
-#: Prefix of the tags of how the method set itself up (``kdbench.setup.stage_pairs``).
+#: A run that trained a key again after it had finished (``kdbench train --rerun``); "true".
+#: Leaderboards leave replicates out, so each key counts once.
+REPLICATE_TAG = "kdbench.replicate"
+#: The run a replicate repeats.
+REPLICATE_OF_TAG = "kdbench.replicate_of"
+#: Prefix of the tags of what a method reported of its setup (``Method.setup_facts``).
 SETUP_TAG_PREFIX = "kdbench.setup."
 #: MLflow accepts longer values, but short ones keep the UI and search usable.
 MAX_PARAM_CHARS = 500
@@ -125,27 +130,30 @@ class Tracker:
         parent_run_id: str | None = None,
         extra_tags: dict[str, str] | None = None,
         resume_run_id: str | None = None,
+        facts: dict[str, str] | None = None,
     ) -> Iterator[RunHandle]:
         """A RUNNING MLflow run for one trial; ended FAILED if the block raises.
 
+        Its params are the flattened config (``params.<name>`` for every resolved method
+        param), its tags the key, the trial's identity and ``facts``, and its ``config.json``
+        artifact holds the config, the fields of the key, and the facts.
+
         Args:
-            config: The trial.
+            config: The trial (params resolved, compute set: as it ran).
             key: Its run key.
-            method_cls: Its method class (version, knowledge, shared code).
+            method_cls: Its method class (version, knowledge, code).
             parent_run_id: The sweep's parent run, if any.
             extra_tags: Further tags.
             resume_run_id: A RUNNING run of an interrupted attempt of the same trial to
                 continue instead of creating one (its params and config are already there).
+            facts: What defined the trial beyond its config (compute, versions, the teacher's
+                key, file and hash; ``bench.trial.compose.trial_facts``): tags
+                ``kdbench.<name>``.
         """
         from mlflow.entities import Param, RunTag
 
-        config_doc = {
-            "config": to_jsonable(config),
-            "key_fields": key_fields(config, method_cls.version, shared_code_of(method_cls)),
-            "run_key": key,
-        }
         if resume_run_id is not None:
-            handle = RunHandle(self.client, resume_run_id, config_doc)
+            handle = RunHandle(self.client, resume_run_id)
             if extra_tags:
                 run_tags = [RunTag(k, v) for k, v in extra_tags.items()]
                 self.client.log_batch(resume_run_id, tags=run_tags)
@@ -165,17 +173,24 @@ class Tracker:
             "kdbench.phase": config.phase,
             "kdbench.knowledge": method_cls.knowledge,
             "mlflow.runName": f"{config.method} {config.dataset} {pair} s{config.seed}",
+            **{f"{TAG_PREFIX}{name}": value[:5000] for name, value in (facts or {}).items()},
             **(extra_tags or {}),
         }
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(self.experiment_id, tags=tags)
-        handle = RunHandle(self.client, run.info.run_id, config_doc)
+        handle = RunHandle(self.client, run.info.run_id)
         with self._ended_failed_on_error(handle):
             params = [Param(k, v) for k, v in trial_params(config).items()]
             for i in range(0, len(params), 100):  # MLflow's per-batch param limit
                 self.client.log_batch(handle.run_id, params=params[i : i + 100])
-            self.client.log_dict(handle.run_id, config_doc, "config.json")
+            handle.record = {
+                "config": to_jsonable(config),
+                "key_fields": _key_fields_or_error(config, method_cls),
+                "run_key": key,
+                "facts": dict(facts or {}),
+            }
+            handle.log_record()
             yield handle
 
     @contextmanager
@@ -196,6 +211,17 @@ class Tracker:
             raise
         if not handle.ended:
             self.client.set_terminated(handle.run_id, "FAILED")
+
+    def finished_run(self, key: str) -> Any | None:
+        """The first FINISHED run of ``key`` that is not a replicate; None when there is none."""
+        runs = search_all_runs(
+            self.client,
+            self.experiment_id,
+            f"attributes.status = 'FINISHED' and tags.`{RUN_KEY_TAG}` = '{key}'",
+            order_by=["attributes.start_time ASC"],
+        )
+        originals = [r for r in runs if r.data.tags.get(REPLICATE_TAG) != "true"]
+        return originals[0] if originals else None
 
     def is_running(self, run_id: str | None) -> bool:
         """Whether ``run_id`` names a run of this store that is still RUNNING."""
@@ -223,6 +249,15 @@ class Tracker:
     def search(self, filter_string: str = "") -> list:
         """Every run of the experiment matching ``filter_string`` (all pages)."""
         return search_all_runs(self.client, self.experiment_id, filter_string)
+
+
+def _key_fields_or_error(config: TrialConfig, method_cls: type[Method]) -> dict[str, Any]:
+    """The fields of the trial's key; a trial whose setup failed on a missing checkpoint file
+    is still recorded, with the reason in their place."""
+    try:
+        return key_fields(config, method_cls.version, method_code(method_cls))
+    except FileNotFoundError as exc:
+        return {"error": str(exc)}
 
 
 def search_all_runs(
@@ -257,13 +292,33 @@ def search_all_runs(
 class RunHandle:
     """Logging into one MLflow run."""
 
-    def __init__(self, client: Any, run_id: str, config_doc: dict[str, Any] | None = None) -> None:
+    def __init__(self, client: Any, run_id: str) -> None:
         self.client = client
         self.run_id = run_id
-        #: What the run's ``config.json`` holds (None: not known to this handle).
-        self.config_doc = config_doc
         self.ended = False
         self._extra_step = 0
+        #: The ``config.json`` this handle wrote (None for a resumed run, which has one).
+        self.record: dict[str, Any] | None = None
+
+    def log_record(self) -> None:
+        """(Re)write the run's ``config.json`` from :attr:`record`."""
+        if self.record is not None:
+            self.client.log_dict(self.run_id, self.record, "config.json")
+
+    def record_setup(self, facts: dict[str, str]) -> None:
+        """What the method reported of its setup: tags ``kdbench.setup.<name>`` and the
+        ``setup`` entry of ``config.json``."""
+        from mlflow.entities import RunTag
+
+        if not facts:
+            return
+        tags = [
+            RunTag(f"{SETUP_TAG_PREFIX}{k}", v[:MAX_TAG_CHARS]) for k, v in sorted(facts.items())
+        ]
+        self.client.log_batch(self.run_id, tags=tags)
+        if self.record is not None:
+            self.record["setup"] = dict(facts)
+            self.log_record()
 
     def _log(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -334,11 +389,6 @@ class RunHandle:
         if student is not None and result.status == "FINISHED":
             self.log_state_dict(student.state_dict())
         tags = [RunTag("kdbench.outcome", result.outcome)]
-        setup = getattr(result, "setup", None) or {}
-        tags += [RunTag(SETUP_TAG_PREFIX + k, v[:MAX_TAG_CHARS]) for k, v in setup.items()]
-        if setup and self.config_doc is not None:
-            self.config_doc = {**self.config_doc, "setup": setup}
-            self.client.log_dict(self.run_id, self.config_doc, "config.json")
         if result.error:
             tags.append(RunTag("kdbench.error", result.error[-5000:]))
         self.client.log_batch(self.run_id, tags=tags)

@@ -125,11 +125,11 @@ def test_a_plugin_may_use_only_the_plugin_api(tree, capsys):
 
 
 def test_siblings_of_one_layer_stay_independent(tree, capsys):
-    append(tree / "bench" / "paths.py", "import bench.config\n")
+    append(tree / "bench" / "registry.py", "import bench.config\n")
     status, out = run(tree, capsys)
     assert status == 1
     assert (
-        "sibling import: bench.paths (layer 'bench.paths') imports bench.config "
+        "sibling import: bench.registry (layer 'bench.registry') imports bench.config "
         "(layer 'bench.config')" in out
     )
 

@@ -16,7 +16,7 @@ from bench.api.params import ParamError, coerce_value
 from bench.cli import main
 from bench.config import Recipe, key_fields, run_key
 from bench.models import MODELS
-from bench.plugins import get_method, shared_code
+from bench.plugins import get_method, method_code
 from bench.suite import checks
 from bench.suite.checks import Context
 from bench.suite.expand import plan_trials, teacher_jobs
@@ -72,7 +72,8 @@ def test_suite_expands_to_one_trial_per_run_key_with_teacherless_methods_once_pe
     assert all(t.config.teacher is None for t in ce)
     assert ce[0].pairs == ("test_resnet_wide->test_resnet_narrow", "test_vgg->test_resnet_narrow")
     kd = next(t for t in trials if t.method == "kd")
-    assert kd.config.params == (("temperature", 2.0),)
+    assert kd.config.params == (("alpha", 0.9), ("temperature", 2.0))  # resolved, defaults in
+    assert kd.given == (("temperature", 2.0),) and kd.params_label == "temperature=2.0"
     assert kd.config.recipe == Recipe(epochs=1, batch_size=32)
     assert kd.config.teacher.recipe == Recipe(epochs=2, batch_size=32)  # inherits batch_size
     assert kd.resources == Resources(cpu=1.0, gpu=0.5)
@@ -539,12 +540,12 @@ def test_a_suite_refuses_the_strings_a_command_line_parses(raw, tp, parsed):
 def test_params_are_typed_once_in_the_suite_and_its_keys_are_the_keys_trials_record():
     suite = parse_suite(GOOD.replace("temperature: 2.0", "temperature: 2"))
     kd = next(t for t in plan_trials(suite) if t.method == "kd")
-    assert kd.config.params == (("temperature", 2.0),)
+    assert kd.config.params == (("alpha", 0.9), ("temperature", 2.0))
     assert isinstance(dict(kd.config.params)["temperature"], float)
     written_as_float = next(t for t in plan_trials(parse_suite(GOOD)) if t.method == "kd")
     assert kd.key == written_as_float.key  # 2 and 2.0 are the same trial
     cls = get_method("kd")
-    assert kd.key == run_key(kd.config, cls.version, shared_code(cls))
+    assert kd.key == run_key(kd.config, cls.version, method_code(cls))
     assert parse_suite(TUNE).methods[1].search == (("temperature", (1.0, 2.0, 4.0, 8.0)),)
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from bench.analysis import AnalysisError, RunNotFoundError
 from bench.checkpoint import CheckpointError, load_weights
-from bench.config import Recipe, TeacherSpec, TrialConfig
+from bench.config import Compute, Recipe, TeacherSpec, TrialConfig
 from bench.data import load_dataset
 from bench.tracking import (
     RUN_KEY_TAG,
@@ -192,6 +192,8 @@ def config_from_json(data: dict[str, Any]) -> TrialConfig:
         teacher = _tuples(teacher)
         teacher["recipe"] = Recipe(**_tuples(teacher["recipe"]))
         values["teacher"] = TeacherSpec(**teacher)
+    if values.get("compute") is not None:  # runs recorded before it was part of the config
+        values["compute"] = Compute(**values["compute"])
     return TrialConfig(**values)
 
 

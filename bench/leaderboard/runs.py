@@ -39,6 +39,10 @@ student_flops             FLOPs of one student forward pass on one input (multip
 extra_params              parameters the method adds (connectors, embeddings, heads)
 mlflow_run_id             MLflow run id (empty for runs from elsewhere)
 mlflow_experiment_id      MLflow experiment id (empty for runs from elsewhere)
+compute                   where the run computed: device, precision and torch threads
+                          (``cpu fp32 1 thread``), part of its run key
+teacher_key               the teacher's cache key (``file-…`` for a checkpoint file)
+teacher_sha256            SHA-256 of the teacher checkpoint's bytes the run loaded
 ========================  =====================================================================
 
 Accuracies are fractions, not percentages. Empty means missing. Columns beyond these are
@@ -56,7 +60,7 @@ from typing import Any
 import pandas as pd
 
 from bench.textfile import not_utf8
-from bench.tracking import RUN_KEY_TAG, _quiet_mlflow, search_all_runs
+from bench.tracking import REPLICATE_TAG, RUN_KEY_TAG, _quiet_mlflow, search_all_runs
 
 #: Every column of results.csv, in file order.
 COLUMNS: tuple[str, ...] = (
@@ -88,6 +92,10 @@ COLUMNS: tuple[str, ...] = (
     "extra_params",
     "mlflow_run_id",
     "mlflow_experiment_id",
+    # Added later, so at the end: files written before them still read the same.
+    "compute",
+    "teacher_key",
+    "teacher_sha256",
 )
 
 #: Columns a results.csv must have.
@@ -441,10 +449,6 @@ def write_results_csv(runs: pd.DataFrame, path: str | Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-#: A run recorded again on purpose (``kdbench train --rerun``) to check that its key reproduces
-#: its result; such runs are never leaderboard entries.
-REPLICATE_TAG = "kdbench.replicate"
-
 #: The columns that are a run's result: two FINISHED runs of one key must agree on every one
 #: (train time is a measurement of the machine, not of the trial, and may differ).
 RESULT_COLUMNS: tuple[str, ...] = tuple(c for c in METRIC_COLUMNS.values() if c != "train_seconds")
@@ -598,6 +602,9 @@ def _record(run: Any) -> dict[str, Any]:
         ),
         "mlflow_run_id": run.info.run_id,
         "mlflow_experiment_id": run.info.experiment_id,
+        "compute": tags.get("kdbench.compute", ""),
+        "teacher_key": tags.get("kdbench.teacher_key", ""),
+        "teacher_sha256": tags.get("kdbench.teacher_sha256", ""),
     }
     for metric, column in METRIC_COLUMNS.items():
         if metric in metrics:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench.config import TeacherSpec, TrialConfig, run_key
+from bench.config import Compute, TeacherSpec, TrialConfig
 from bench.suite.schema import DatasetEntry, MethodEntry, Pair, Resources, Suite
 
 
@@ -21,12 +21,15 @@ class PlannedTrial:
         key: Its run key.
         resources: What it asks of a node.
         pairs: Labels of the suite pairs it serves (several for teacherless methods).
+        given: The params as the suite gives them (the config holds them all, resolved);
+            what trial lists show.
     """
 
     config: TrialConfig
     key: str
     resources: Resources
     pairs: tuple[str, ...] = ()
+    given: tuple[tuple[str, Any], ...] = ()
 
     @property
     def method(self) -> str:
@@ -43,11 +46,11 @@ class PlannedTrial:
 
     @property
     def params_label(self) -> str:
-        return ",".join(f"{k}={v}" for k, v in self.config.params) or "defaults"
+        return ",".join(f"{k}={v}" for k, v in self.given) or "defaults"
 
     def describe(self) -> str:
         c = self.config
-        params = f" [{self.params_label}]" if c.params else ""
+        params = f" [{self.params_label}]" if self.given else ""
         return f"{c.method}{params} {c.dataset} {self.pair} seed {c.seed}"
 
 
@@ -95,12 +98,9 @@ def plan_trials(suite: Suite) -> tuple[PlannedTrial, ...]:
         ConfigError: a combination no trial accepts (e.g. an early-stopped teacher past the
             end of its training).
     """
-    from bench.plugins import get_method, shared_code
+    from bench.plugins import get_method, keyed_trial
 
     planned: dict[str, PlannedTrial] = {}
-    # The key a trial records includes the method's shared helper code, so a dry run shows
-    # the same keys; hashing those files once per method keeps large suites quick.
-    codes = {name: shared_code(get_method(name)) for name in {m.name for m in suite.methods}}
     for dataset, pair, entry in itertools.product(suite.datasets, suite.pairs, suite.methods):
         method_cls = get_method(entry.name)
         teachers = teachers_of(suite, pair) if method_cls.uses_teacher else [None]
@@ -108,14 +108,23 @@ def plan_trials(suite: Suite) -> tuple[PlannedTrial, ...]:
         combos = itertools.product(teachers, entry.configurations(suite.budget), suite.seeds)
         for teacher, params, seed in combos:
             config = _trial_config(suite, dataset, pair, entry, teacher, params, seed)
-            key = run_key(config, method_cls.version, codes[entry.name])
+            # The worker computes the key again from this config: the same function, so the
+            # same key, as long as the code and checkpoint files stay as they are.
+            config, key = keyed_trial(config.with_changes(compute=trial_compute(resources)))
             label = f"{teacher_label(teacher)}->{pair.student}" if teacher else pair.label
             known = planned.get(key)
             if known is None:
-                planned[key] = PlannedTrial(config, key, resources, (label,))
+                given = tuple(sorted(params.items()))
+                planned[key] = PlannedTrial(config, key, resources, (label,), given)
             elif label not in known.pairs:
                 planned[key] = dataclasses.replace(known, pairs=(*known.pairs, label))
     return tuple(planned.values())
+
+
+def trial_compute(resources: Resources) -> Compute:
+    """The compute of a trial asking for ``resources``: CUDA when it asks for any GPU (Ray
+    hides the cards from the others), CPU otherwise; as many torch threads as CPUs."""
+    return Compute(device="cuda" if resources.gpu > 0 else "cpu", threads=resources.threads)
 
 
 def _trial_config(

@@ -151,6 +151,12 @@ def print_matrix(
                     f"  {t.key}  {run.info.status:<8} {t.describe()}  run {run.info.run_id}",
                     file=out,
                 )
+    if len(done) < len(trials):
+        print("\nrun keys to run:", file=out)
+        for t in trials:
+            if t.key not in done:
+                compute = t.config.compute.describe() if t.config.compute else ""
+                print(f"  {t.key}  {t.describe()}  ({compute})", file=out)
 
 
 def _print_trial_rows(

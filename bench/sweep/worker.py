@@ -159,8 +159,7 @@ def run_trial_once(
             ended the old attempt).
         checkpoint: Saves the trial's state between epochs (Ray Tune checkpoints).
     """
-    from bench.trial.compose import prepare_trial
-    from bench.trial.device import pick_device
+    from bench.trial.compose import prepare_trial, trial_facts
 
     config = context.trials[key]
     _prepare_process(context, context.resources.get(key, Resources()))
@@ -173,21 +172,25 @@ def run_trial_once(
         return result
     tags = _attempt_tags(runs, context.sweep, attempt_id)
     started, cpu_started = time.perf_counter(), time.process_time()
-    method_cls, prepared, error = None, None, None
+    method_cls, prepared, error, facts = None, None, None, {}
     try:
         from bench.plugins import get_method
 
         method_cls = get_method(config.method)
-        prepared = prepare_trial(config, pick_device())
+        # The device and threads are the config's (from the trial's resources), never Ray's
+        # GPU ids, so the key computed here is the planned one.
+        prepared = prepare_trial(config)
+        _check_same_key(key, prepared.key)
+        facts = trial_facts(prepared)
     except Exception as exc:  # recorded as this trial's failure; the sweep goes on
-        error = exc
+        error, prepared = exc, None
     if resume is not None and prepared is None:
         resume = None
     continued = resume.run_id if resume and tracker.is_running(resume.run_id) else None
     if resume is not None:
         tags[ledger.RESUMED_TAG] = str(resume.epochs_done)
     with tracker.trial_run(
-        config,
+        prepared.config if prepared is not None else config,
         key,
         # The run reads only a method's version, knowledge and module, which the stand-in
         # has; trial_run's parameter names the whole Method class.
@@ -195,6 +198,7 @@ def run_trial_once(
         parent_run_id=context.parent_run_id,
         extra_tags=tags,
         resume_run_id=continued,
+        facts=facts,
     ) as run:
         others = [r for r in runs if r.info.run_id != run.run_id]
         ledger.supersede_stale(tracker, others, context.sweep, by=run.run_id)
@@ -205,8 +209,8 @@ def run_trial_once(
             checkpoint.run_id = run.run_id
         outcome = _execute(
             prepared,
+            run,
             _epoch_reporter(run, tracker, report, skip=logged),
-            run.log_metrics,
             resume=resume,
             checkpoint=checkpoint,
         )
@@ -305,15 +309,33 @@ def _end_run(run: RunHandle, tracker: Tracker, key: str, outcome: TrialResult) -
 
 def _execute(
     prepared: Prepared,
+    run: RunHandle,
     on_epoch: Callable[[EpochRecord], None],
-    log: Callable[[dict[str, float]], None],
     *,
     resume: TrainState | None = None,
     checkpoint: checkpoints.TuneCheckpointer | None = None,
 ) -> TrialResult:
     from bench.trial.compose import execute
 
-    return execute(prepared, on_epoch=on_epoch, log=log, resume=resume, checkpoint=checkpoint)
+    return execute(
+        prepared,
+        on_epoch=on_epoch,
+        log=run.log_metrics,
+        resume=resume,
+        checkpoint=checkpoint,
+        on_setup=run.record_setup,
+    )
+
+
+def _check_same_key(planned: str, here: str) -> None:
+    """The key the worker computes must be the one the sweep planned: a checkpoint file or
+    method file changed since would make this run another trial than the key says."""
+    if here != planned:
+        raise RuntimeError(
+            f"the trial planned as run key {planned} is run key {here} on this worker: a "
+            "checkpoint file or method file changed since the sweep was planned (or differs "
+            "on this node); run the sweep again to plan it anew"
+        )
 
 
 def _finished_elsewhere(tracker: Tracker, key: str, run_id: str) -> str | None:

@@ -17,13 +17,14 @@ import torch
 from torch import nn
 
 from bench.api import Method, ModelInfo, TrialFailed
-from bench.config import ConfigError, Recipe, TeacherSpec, TrialConfig, run_key
+from bench.config import Compute, ConfigError, Recipe, TeacherSpec, TrialConfig
 from bench.data import DataBundle, load_dataset, with_loader
+from bench.filehash import file_sha256
 from bench.finetune import prepare_student
 from bench.memory import PeakMemory
 from bench.models import create_model, model_info, resolve
 from bench.paths import kdbench_home
-from bench.plugins import build_method, get_method, shared_code
+from bench.plugins import build_method, get_method, keyed_trial
 from bench.teacher_cache import (
     SharedStreamOutputs,
     inputs_are_deterministic,
@@ -31,7 +32,7 @@ from bench.teacher_cache import (
     teacher_outputs,
 )
 from bench.teachers import Teacher, obtain_teacher
-from bench.tracking import Tracker
+from bench.tracking import REPLICATE_OF_TAG, REPLICATE_TAG, SETUP_TAG_PREFIX, Tracker
 from bench.trial.context import (
     ContextServices,
     EpochOutputs,
@@ -39,7 +40,14 @@ from bench.trial.context import (
     make_context,
     task_info,
 )
-from bench.trial.device import Execution, freeze, pick_device, seed_everything
+from bench.trial.device import (
+    Execution,
+    apply_compute,
+    freeze,
+    machine_compute,
+    machine_facts,
+    seed_everything,
+)
 from bench.trial.evaluate import labels_of, predict, record_test_metrics, topk_accuracy
 from bench.trial.loop import Checkpointer, EpochRecord, train_loop
 from bench.trial.resume import CheckpointPolicy, TrainState, load_state, save_state
@@ -70,9 +78,11 @@ class TrialResult:
     extra_params: int = 0
     error: str | None = None
     mlflow_run_id: str | None = None
-    history: list[dict[str, float]] = field(default_factory=list)
     #: How the method set itself up for the pair (``Method.setup_facts``: its stage pairs).
     setup: dict[str, str] = field(default_factory=dict)
+    #: True when the key had finished before and this is its recorded result: nothing ran.
+    recorded: bool = False
+    history: list[dict[str, float]] = field(default_factory=list)
     #: The trained student of a finished trial (logged with the run as ``student.pt``).
     student: nn.Module | None = field(default=None, repr=False)
 
@@ -113,12 +123,37 @@ def check_teacher_image_size(config: TrialConfig) -> None:
         )
 
 
-def prepare_trial(config: TrialConfig, device: torch.device | None = None) -> Prepared:
-    """Validate every name and parameter, load the data, obtain the teacher. Raises before
-    anything is recorded when an input is wrong."""
-    device = device or pick_device()
+def identify_trial(
+    config: TrialConfig, device: torch.device | str | None = None
+) -> tuple[TrialConfig, str]:
+    """The trial as it will run here, and its run key; cheap (no data, no teacher).
+
+    The compute is filled in when the config has none (:func:`machine_compute` for ``device``),
+    and moved to ``device`` when one is given; the params are resolved
+    (:func:`bench.plugins.keyed_trial`).
+
+    Raises:
+        KeyError, ParamError, ConfigError, FileNotFoundError: A bad name, param, compute or
+            checkpoint file.
+    """
+    compute = config.compute or machine_compute(device)
+    if device is not None and torch.device(device).type != compute.device:
+        compute = Compute(device=torch.device(device).type, threads=compute.threads)  # type: ignore[arg-type]
+    return keyed_trial(config.with_changes(compute=compute))
+
+
+def prepare_trial(config: TrialConfig, device: torch.device | str | None = None) -> Prepared:
+    """Validate every name and parameter, set the trial's compute (device, torch threads), load
+    the data, obtain the teacher. Raises before anything is recorded when an input is wrong.
+
+    Args:
+        config: The trial; its compute (this machine's when None) decides the device.
+        device: Run on this device instead (the key follows).
+    """
+    config, key = identify_trial(config, device)
+    assert config.compute is not None
+    device = apply_compute(config.compute)
     method_cls = get_method(config.method)
-    method_cls.Params.from_mapping(config.params_dict, where=f"{config.method} params")
     resolve(config.student)
     if config.teacher is not None:
         resolve(config.teacher.arch)
@@ -150,8 +185,39 @@ def prepare_trial(config: TrialConfig, device: torch.device | None = None) -> Pr
         )
     if config.recipe.data_path == "loader":
         data = with_loader(data, loader_workers())
-    key = run_key(config, method_cls.version, shared_code(method_cls))
     return Prepared(config, key, method_cls, data, teacher, device)
+
+
+def trial_facts(prepared: Prepared) -> dict[str, str]:
+    """What defined a prepared trial beyond its config, for its record (MLflow tags
+    ``kdbench.<name>``, ``config.json``): the compute, the torch version, the CPU and GPU
+    models, and the teacher's cache key, checkpoint file and that file's SHA-256."""
+    compute = prepared.config.compute
+    facts = {"compute": compute.describe() if compute else "", **machine_facts(prepared.device)}
+    if prepared.teacher is not None:
+        facts["teacher_key"] = prepared.teacher.key
+        facts["teacher_file"] = str(prepared.teacher.path)
+        facts["teacher_sha256"] = file_sha256(prepared.teacher.path)
+    if prepared.config.student_checkpoint is not None:
+        facts["student_checkpoint_sha256"] = file_sha256(prepared.config.student_checkpoint)
+    return facts
+
+
+def setup_facts(method: Method) -> dict[str, str]:
+    """What a method reports of its setup (:meth:`bench.api.Method.setup_facts`, called
+    after ``setup``), checked: names and values are text.
+
+    Raises:
+        TypeError: The method reported something else.
+    """
+    facts = method.setup_facts()
+    if not isinstance(facts, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in facts.items()
+    ):
+        raise TypeError(
+            f"{type(method).__name__}.setup_facts() must return a dict of str to str, got {facts!r}"
+        )
+    return facts
 
 
 def loader_workers() -> int:
@@ -287,6 +353,7 @@ def execute(
     log: Callable[[dict[str, float]], None] | None = None,
     resume: TrainState | None = None,
     checkpoint: Checkpointer | None = None,
+    on_setup: Callable[[dict[str, str]], None] | None = None,
 ) -> TrialResult:
     """Train and evaluate a prepared trial. Failures are returned, not raised.
 
@@ -298,6 +365,8 @@ def execute(
             method's ``before_training`` included, which builds what only it can build), then
             loaded from it and continued after its epochs.
         checkpoint: Saves the trial's state between epochs, as its policy says.
+        on_setup: Given what the method reports of its setup (:func:`setup_facts`), once
+            it is set up.
     """
     data, device = prepared.data, prepared.device
     result = TrialResult(run_key=prepared.key, status="RUNNING", outcome="ok")
@@ -308,9 +377,11 @@ def execute(
     try:
         built = build_trial(prepared, log=log)
         ctx, method, student = built.ctx, built.method, built.student
-        result.setup = {str(k): str(v) for k, v in method.setup_facts().items()}
         teacher_model, teacher_info, s_info = built.teacher, built.teacher_info, built.student_info
         result.student_params = s_info.num_params
+        result.setup = setup_facts(method)
+        if on_setup is not None:
+            on_setup(result.setup)
         _before_training(ctx, method, resumed=resume is not None)
         result.extra_params = method.extra_parameters()
         result.history = train_loop(
@@ -389,26 +460,41 @@ def run_trial(
     on_epoch: Callable[[EpochRecord], None] | None = None,
     device: torch.device | None = None,
     policy: CheckpointPolicy | None = None,
+    rerun: bool = False,
 ) -> TrialResult:
     """Prepare (validating inputs: raises on bad input, recording nothing), then train and
     record the trial as one MLflow run through ``tracker`` when given.
+
+    A key that already has a FINISHED run in the tracker's experiment is not trained again:
+    its recorded result comes back (``recorded`` set) and nothing is recorded, unless
+    ``rerun``, which trains it again as a replicate run (tags :data:`REPLICATE_TAG` and
+    :data:`REPLICATE_OF_TAG`) that leaderboards leave out.
 
     With a tracker the trial checkpoints itself under :func:`checkpoint_file` as ``policy``
     says; a run of the same key interrupted earlier (its MLflow run still RUNNING and its
     state on disk) is continued in the same MLflow run from its last checkpoint.
     """
-    prepared = prepare_trial(config, device)
     if tracker is None:
-        return execute(prepared, on_epoch=on_epoch)
+        return execute(prepare_trial(config, device), on_epoch=on_epoch)
+    _, key = identify_trial(config, device)
+    finished = tracker.finished_run(key)
+    if finished is not None and not rerun:
+        return recorded_result(key, finished)
+    prepared = prepare_trial(config, device)
     path = checkpoint_file(prepared.key)
     state = load_state(path)
     if state is not None and not tracker.is_running(state.run_id):
         state = None  # its run ended (or is gone): this is a new attempt
+    tags = {}
+    if finished is not None:
+        tags = {REPLICATE_TAG: "true", REPLICATE_OF_TAG: finished.info.run_id}
     with tracker.trial_run(
         prepared.config,
         prepared.key,
         prepared.method_cls,
         resume_run_id=state.run_id if state else None,
+        extra_tags=tags,
+        facts=trial_facts(prepared),
     ) as run:
         logged = run.logged_epochs() if state else set()
 
@@ -420,9 +506,37 @@ def run_trial(
 
         saver = FileCheckpointer(path, run.run_id, policy or CheckpointPolicy())
         result = execute(
-            prepared, on_epoch=epoch_done, log=run.log_metrics, resume=state, checkpoint=saver
+            prepared,
+            on_epoch=epoch_done,
+            log=run.log_metrics,
+            resume=state,
+            checkpoint=saver,
+            on_setup=run.record_setup,
         )
         result.mlflow_run_id = run.run_id
         run.finish(result)
         saver.clear()
     return result
+
+
+def recorded_result(key: str, run: Any) -> TrialResult:
+    """The result an MLflow run recorded for ``key``, marked ``recorded`` (nothing ran)."""
+    metrics, tags = run.data.metrics, run.data.tags
+    nan = float("nan")
+    return TrialResult(
+        run_key=key,
+        status=run.info.status,
+        outcome=tags.get("kdbench.outcome", "ok"),
+        test_acc=metrics.get("test_acc", nan),
+        test_top5=metrics.get("test_top5", nan),
+        val_acc=metrics.get("final_val_acc", nan),
+        teacher_test_acc=metrics.get("teacher_test_acc", nan),
+        train_seconds=metrics.get("train_seconds", nan),
+        mlflow_run_id=run.info.run_id,
+        setup={
+            k.removeprefix(SETUP_TAG_PREFIX): v
+            for k, v in tags.items()
+            if k.startswith(SETUP_TAG_PREFIX)
+        },
+        recorded=True,
+    )
