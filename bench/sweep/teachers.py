@@ -124,7 +124,7 @@ def _collect(
     try:
         info = ray.get(ref)
     except Exception as exc:  # reported per trial; the other teachers go on
-        reason = f"teacher {job.describe()}{kept} failed: {_first_line(exc)}"
+        reason = f"teacher {job.describe()}{kept} failed: {error_text(exc)}"
         print(f"  FAILED {reason}", file=err, flush=True)
         return reason
     print(
@@ -136,9 +136,10 @@ def _collect(
     return None
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    cause = exc.cause if hasattr(exc, "cause") else None  # RayTaskError wraps the original
-    if cause is not None:
-        text = f"{type(cause).__name__}: {cause}"
-    return text.splitlines()[-1] if text else type(exc).__name__
+def error_text(exc: BaseException) -> str:
+    """The whole message of a teacher task's error (every line of it): the original
+    exception's when Ray wraps it, else Ray's own (a lost worker, a cancelled task)."""
+    cause = getattr(exc, "cause", None)  # RayTaskError wraps the original
+    shown = cause if isinstance(cause, BaseException) else exc
+    text = str(shown).strip()
+    return f"{type(shown).__name__}: {text}" if text else type(shown).__name__
