@@ -197,6 +197,8 @@ def build_trial_config(args: argparse.Namespace) -> Any:
 def cmd_train(args: argparse.Namespace) -> int:
     from bench.trial.compose import run_trial
 
+    if not args.no_track:
+        _check_store(args.tracking_uri)
     _load_plugins(args.plugins)
     config = build_trial_config(args)
     _check_params(config)
@@ -263,6 +265,14 @@ def _print_result(config: Any, result: Any) -> None:
         print(f"mlflow run {result.mlflow_run_id}")
 
 
+def _check_store(uri: str | None, *, write: bool = True, must_exist: bool = False) -> None:
+    """The run store is usable, before any work (:mod:`bench.store`)."""
+    from bench.store import check_store
+    from bench.tracking import default_tracking_uri
+
+    check_store(uri or default_tracking_uri(), write=write, must_exist=must_exist)
+
+
 def _tracker(args: argparse.Namespace) -> Any:
     from bench.tracking import Tracker
 
@@ -277,6 +287,7 @@ def _tracker(args: argparse.Namespace) -> Any:
 def cmd_demo(args: argparse.Namespace) -> int:
     from bench.demo import run_demo
 
+    _check_store(args.tracking_uri)
     return run_demo(
         epochs=args.epochs,
         teacher_epochs=args.teacher_epochs,
@@ -384,6 +395,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from bench.analysis.explain import explain_run
 
+    _check_store(args.tracking_uri, write=False, must_exist=True)
     _set_threads(args.threads)
     report = explain_run(
         args.run_key,
@@ -409,6 +421,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
     if not args.sparsity and not args.int8:
         raise CliError("nothing to do: give --sparsity S [S ...] and/or --int8")
+    _check_store(args.tracking_uri, write=not args.no_record, must_exist=True)
     _set_threads(args.threads)
     report = compress_run(
         args.run_key,

@@ -1,11 +1,11 @@
 """MLflow tracking: one run per trial, tagged with its run key.
 
 The default store is SQLite under the kdbench home (``<home>/mlflow.db``, artifacts in
-``<home>/mlartifacts``); ``MLFLOW_TRACKING_URI`` (or ``--tracking-uri``) selects another, such
-as a cluster's ``mlflow server``. Parameters go in one ``log_batch`` per call and respect
-MLflow's length limits; the full config is an artifact (``config.json``), which also gets,
-when the trial ends, how the method set itself up (``setup``: the stage pairs of a feature
-method), as do the run's ``kdbench.setup.<name>`` tags.
+``<home>/mlartifacts``: an SQLite store keeps its artifacts beside it); ``MLFLOW_TRACKING_URI``
+(or ``--tracking-uri``) selects another, such as a cluster's ``mlflow server``. Parameters go
+in one ``log_batch`` per call and respect MLflow's length limits; the full config is an
+artifact (``config.json``), which also gets how the method set itself up (``setup``: the stage
+pairs of a feature method), as do the run's ``kdbench.setup.<name>`` tags.
 
 MLflow itself is imported inside the functions that talk to it: the import takes over a second,
 and commands that never record or read runs (a leaderboard rebuilt from ``results.csv``, a
@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from bench.config import TrialConfig, key_fields, to_jsonable
 from bench.paths import kdbench_home
 from bench.plugins import method_code
+from bench.store import ARTIFACTS_FOLDER, sqlite_path
 
 if TYPE_CHECKING:
     from bench.api import Method
@@ -44,6 +45,8 @@ MAX_TAG_CHARS = 5000
 DEFAULT_EXPERIMENT = "kdbench"
 #: Artifact holding the trained student's state dict (``torch.save``; load with weights_only).
 STUDENT_ARTIFACT = "student.pt"
+#: Tags that say why a run did not finish; a run that ends FINISHED carries none of them.
+FAILURE_TAGS = ("kdbench.error", "kdbench.superseded_by")
 
 
 def default_tracking_uri() -> str:
@@ -110,8 +113,11 @@ class Tracker:
         if found is not None:
             return found.experiment_id
         location = None
-        if self.uri.startswith("sqlite:"):
-            location = (kdbench_home() / "mlartifacts" / name).as_uri()
+        database = sqlite_path(self.uri)
+        if database is not None:
+            # Beside the database: the two are one store, and artifacts whose database is gone
+            # are how a missing store is recognised (bench.store).
+            location = (database.parent.resolve() / ARTIFACTS_FOLDER / name).as_uri()
         try:
             return self.client.create_experiment(name, artifact_location=location)
         except MlflowException:  # created concurrently by another process
@@ -394,3 +400,10 @@ class RunHandle:
         self.client.log_batch(self.run_id, tags=tags)
         self.client.set_terminated(self.run_id, result.status)
         self.ended = True
+        if result.status == "FINISHED":
+            # Another driver may have taken this attempt for lost and tagged it so while it
+            # ran on; it finished, so those tags no longer hold.
+            stale = self.client.get_run(self.run_id).data.tags
+            for name in FAILURE_TAGS:
+                if name in stale:
+                    self.client.delete_tag(self.run_id, name)

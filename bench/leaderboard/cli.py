@@ -50,6 +50,7 @@ from bench.leaderboard.models import MODELS_FILE, model_costs
 from bench.leaderboard.render import main_table_markdown, write_outputs
 from bench.leaderboard.runs import LeaderboardError, read_results_csv, runs_from_mlflow
 from bench.leaderboard.study import StudySpec
+from bench.store import StoreError, check_store
 from bench.textfile import not_utf8
 from bench.tracking import default_tracking_uri
 
@@ -369,6 +370,8 @@ def leaderboard_main(args: argparse.Namespace) -> int:
             uri = args.tracking_uri or default_tracking_uri()
             if mlflow_url is None and uri.startswith(("http://", "https://")):
                 mlflow_url = uri
+            # Reading a database that does not exist would create an empty one.
+            check_store(uri, write=False, must_exist=True)
             runs, notes = runs_from_mlflow(uri, args.experiment or suite.experiment)
             compression = compression_from_mlflow(uri, args.experiment or suite.experiment)
         board = leaderboard_from_runs(
@@ -382,7 +385,7 @@ def leaderboard_main(args: argparse.Namespace) -> int:
             data_root=args.data_root,
             compression=compression,
         )
-    except LeaderboardError as exc:
+    except (LeaderboardError, StoreError) as exc:
         print(f"kdbench leaderboard: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     for note in notes:

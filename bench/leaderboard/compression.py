@@ -46,7 +46,7 @@ import pandas as pd
 from bench.analysis import COMPRESS_KIND, COMPRESSED_KEY_TAG, VARIANT_TAG
 from bench.leaderboard import stats
 from bench.leaderboard.aggregate import Leaderboard
-from bench.leaderboard.formatting import markdown_table
+from bench.leaderboard.formatting import markdown_table, md, md_code
 from bench.leaderboard.runs import LeaderboardError, read_text_table
 from bench.tracking import _quiet_mlflow, search_all_runs
 
@@ -433,18 +433,19 @@ def compression_markdown(summary: CompressionSummary) -> list[str]:
     align = ["l", "l", "r", "r", "r", "r", "r", *("r" for _ in summary.batch_sizes)]
     for dataset, student in summary.groups:
         if len(summary.groups) > 1:
-            lines += [f"### {dataset}: {student}", ""]
+            lines += [f"### {md(dataset)}: {md(student)}", ""]
         pivot = by_variant(summary, dataset, student)
         if len(pivot[0]) > 2:
-            entries = [f"`{c}`" if i else c for i, c in enumerate(pivot[0])]
+            entries = [md_code(c) if i else c for i, c in enumerate(pivot[0])]
+            variants = [[md(row[0]), *row[1:]] for row in pivot[1:]]
             lines += [
                 "Test accuracy in percent by variant (change from fp32 in points):",
                 "",
-                *markdown_table(entries, pivot[1:], align=["l"] + ["r"] * (len(entries) - 1)),
+                *markdown_table(entries, variants, align=["l"] + ["r"] * (len(entries) - 1)),
                 "",
             ]
         rows = [
-            [f"`{text[0]}`", *text[1:]]
+            [md_code(text[0]), md(text[1]), *text[2:]]
             for row in summary.rows
             if (row.dataset, row.student) == (dataset, student)
             for text in [cells(row)]

@@ -1,8 +1,13 @@
-"""How numbers and verdicts read in every output (Markdown, HTML, figure labels)."""
+"""How numbers and verdicts read in every output (Markdown, HTML, figure labels), and how text
+from run data (method entries, params, model and dataset names, failure reasons, notes) is
+written into Markdown: :func:`md` and :func:`md_code`, so that it reads as itself and never as
+markup."""
 
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Callable
 
 from bench.leaderboard import stats
 from bench.leaderboard.aggregate import Across, CellResult, EntrySummary, Leaderboard
@@ -127,6 +132,40 @@ def rank(entry: EntrySummary) -> str:
     return DASH if entry.rank is None else str(entry.rank)
 
 
+#: What Markdown (CommonMark with GitHub's extensions) would read as markup in inline text: a
+#: backslash, raw HTML or an autolink (``<`` before a letter, ``/``, ``!`` or ``?``), a link or
+#: image (``](``, ``][``), emphasis and strikethrough (``*``, ``~``, ``_`` at a word's edge;
+#: ``mobile_half`` stays as it is), and a heading or quote at the start of a line.
+_MARKUP = re.compile(
+    r"\\|<(?=[A-Za-z/!?])|\](?=[(\[])|[*~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])|^[#>]"
+)
+
+
+def md(text: object, *, code_spans: bool = False) -> str:
+    """Text from run data as Markdown inline text that renders as itself: markup characters
+    escaped with a backslash, line breaks as spaces. Ordinary names (``kd@1[temperature=4.0]``,
+    ``wrn_40_2``, ``digits: resnet20 → resnet8``) come out unchanged.
+
+    Args:
+        text: The text (anything, written with ``str``).
+        code_spans: Keep backticks, for kdbench's own text that quotes names in code spans (the
+            notes); else a backtick is escaped too.
+    """
+    out = _MARKUP.sub(lambda m: "\\" + m.group(0), " ".join(str(text).splitlines()))
+    return out if code_spans else out.replace("`", "\\`")
+
+
+def md_code(text: object) -> str:
+    r"""Text from run data as a Markdown code span (``\`kd@1\```), which shows it verbatim; a
+    backtick inside gets a longer fence, so it cannot end the span."""
+    body = " ".join(str(text).splitlines())
+    runs = [len(r) for r in re.findall(r"`+", body)]
+    if not runs:
+        return f"`{body}`"
+    fence = "`" * (max(runs) + 1)
+    return f"{fence} {body} {fence}"
+
+
 def markdown_table(header: list[str], rows: list[list[str]], align: list[str]) -> list[str]:
     """A Markdown table as lines: header, alignment rule (``l`` or ``r`` per column), rows.
 
@@ -141,42 +180,53 @@ def markdown_table(header: list[str], rows: list[list[str]], align: list[str]) -
     return [line(header), "|" + "|".join(rule[a] for a in align) + "|", *(line(r) for r in rows)]
 
 
-def how_to_read(board: Leaderboard) -> list[str]:
-    """The "how to read this" paragraph, one sentence per item."""
+def _quoting(markdown: bool) -> tuple[Callable[[object], str], Callable[[str], str]]:
+    """How names and kdbench's text around them are written: for Markdown, escaped (names as
+    :func:`md_code` spans, text through :func:`md`); else with plain backticks, which the page
+    turns into ``<code>`` after escaping everything for HTML."""
+    if markdown:
+        return md_code, lambda text: md(text, code_spans=True)
+    return (lambda name: f"`{name}`"), (lambda text: text)
+
+
+def how_to_read(board: Leaderboard, *, markdown: bool = False) -> list[str]:
+    """The "how to read this" paragraph, one sentence per item (for the README when
+    ``markdown``, names escaped; else for the page)."""
     s = board.settings
-    base, ref = board.baseline.label, board.reference.label
+    code, text = _quoting(markdown)
+    base, ref = code(board.baseline.label), code(board.reference.label)
     need = stats.wilcoxon_min_cells(s.alpha)
     pct = f"{s.confidence:.0%}"
     metric = METRIC_NAMES[s.metric]
     lines = [
         f"Scores are {metric} in percent, one run per seed, phase “{s.phase}”. "
         "A cell is one dataset with one teacher → student pair.",
-        f"The baseline is {board.baseline.description} (the student trained alone); the "
-        f"reference is {board.reference.description} (vanilla KD). Each is that one "
+        f"The baseline is {text(board.baseline.description)} (the student trained alone); the "
+        f"reference is {text(board.reference.description)} (vanilla KD). Each is that one "
         "setting, as the suite declares it (`leaderboard:` in suite.yaml) or else the "
         "method's defaults; the columns that compare with them name them.",
-        f"Gains are in percentage points over `{base}` and over `{ref}`: the mean over the "
+        f"Gains are in percentage points over {base} and over {ref}: the mean over the "
         f"cells both entries have of the difference in seed means, with a {pct} stratified "
         f"bootstrap interval ({s.n_boot} replicates, seed {s.bootstrap_seed}; seeds resampled "
         "within each cell"
         + ("; cells resampled too" if s.bootstrap_over_cells else "")
         + "). An interval that excludes 0 is not a significance test; the verdict columns are.",
-        f"“vs `{ref}` across cells” is a Wilcoxon signed-rank test on the cell means over the "
+        f"“vs {ref} across cells” is a Wilcoxon signed-rank test on the cell means over the "
         f"cells both have, Holm-corrected over all pairs of methods: ▲ better, ▼ worse, "
         f"≈ no significant difference at α = {s.alpha:g}. With fewer than {need} cells the test "
         "cannot reach significance and the table says “insufficient cells” instead.",
-        f"W/T/L counts the cells where the within-cell test against `{ref}` says ▲ / ≈ / ▼. "
+        f"W/T/L counts the cells where the within-cell test against {ref} says ▲ / ≈ / ▼. "
         f"The within-cell test is the {s.cell_test_name}, Holm-corrected over all methods "
         f"compared with the same baseline in the same cell; a cell with fewer than "
         f"{stats.MIN_SEEDS} seeds on a side gets no verdict (“insufficient seeds”).",
-        f"P(> `{ref}`) is the chance that a random run of the method beats a random run of "
-        f"`{ref}` on a random common cell (0.5: neither tends to win).",
+        f"P(> {ref}) is the chance that a random run of the method beats a random run of "
+        f"{ref} on a random common cell (0.5: neither tends to win).",
         "Rank orders the methods that cover every cell by their average rank over the cells "
         f"(1 = best; Friedman test in the notes); equal average ranks are ordered by the "
         f"higher mean {metric} over the cells, then by name. Methods with partial coverage "
         "follow, unranked, by name. "
         f"Coverage is cells with a finished run / all cells. Cost is train time relative to "
-        f"`{base}` (geometric mean over cells) and the parameters the method adds.",
+        f"{base} (geometric mean over cells) and the parameters the method adds.",
     ]
     if board.retired:
         lines.append(
@@ -186,14 +236,16 @@ def how_to_read(board: Leaderboard) -> list[str]:
     return lines
 
 
-def retired_rows(board: Leaderboard) -> list[list[str]]:
+def retired_rows(board: Leaderboard, *, markdown: bool = False) -> list[list[str]]:
     """The “Retired versions” table's rows: entry, the version current now, coverage, gains
-    over the baseline and the reference, seeds."""
+    over the baseline and the reference, seeds (names escaped for Markdown when
+    ``markdown``)."""
     n_cells = len(board.cells)
+    code, _ = _quoting(markdown)
     return [
         [
-            f"`{e.entry}`",
-            f"`{e.method}@{board.current_versions.get(e.method, e.version)}`",
+            code(e.entry),
+            code(f"{e.method}@{board.current_versions.get(e.method, e.version)}"),
             coverage(e, n_cells),
             interval(e.gain_vs_baseline),
             interval(e.gain_vs_reference),
@@ -203,13 +255,14 @@ def retired_rows(board: Leaderboard) -> list[list[str]]:
     ]
 
 
-def retired_header(board: Leaderboard) -> list[str]:
+def retired_header(board: Leaderboard, *, markdown: bool = False) -> list[str]:
     pct = f"{board.settings.confidence:.0%}"
+    code, _ = _quoting(markdown)
     return [
         "retired entry",
         "current version",
         "coverage",
-        f"gain over `{board.baseline.label}` [{pct} CI]",
-        f"gain over `{board.reference.label}` [{pct} CI]",
+        f"gain over {code(board.baseline.label)} [{pct} CI]",
+        f"gain over {code(board.reference.label)} [{pct} CI]",
         "seeds",
     ]

@@ -521,12 +521,14 @@ def teacher_accuracy_text(row: ModelRow) -> str:
     return ", ".join(f"{label}: {acc:.2f}" for label, acc in row.teacher_acc)
 
 
-def measurement_text(table: ModelsTable) -> str:
-    """How the numbers were measured: one sentence per quantity."""
+def measurement_text(table: ModelsTable, *, markdown: bool = False) -> str:
+    """How the numbers were measured: one sentence per quantity (what comes from models.csv
+    escaped for Markdown when ``markdown``)."""
+    text = fmt.md if markdown else str
     groups: dict[str, list[str]] = defaultdict(list)
     for row in table.rows:
         if row.profile is not None:
-            groups[row.profile.method_text].append(row.model)
+            groups[text(row.profile.method_text)].append(text(row.model))
     if len(groups) == 1:
         latency = next(iter(groups))
     else:
@@ -556,13 +558,13 @@ def models_markdown(table: ModelsTable) -> list[str]:
     """The README's Models section."""
     if not table.rows:
         return []
-    rows = [row_cells(r) for r in table.rows]
+    rows = [[fmt.md(c) for c in row_cells(r)] for r in table.rows]
     align = ["l", "l", "r", "r", "r", "r", *("r" for _ in BATCH_SIZES), "r"]
     lines = ["## Models", "", *fmt.markdown_table(list(HEADER), rows, align=align), ""]
-    lines += [measurement_text(table), ""]
+    lines += [measurement_text(table, markdown=True), ""]
     problems = problem_lines(table)
     if problems:
-        lines += ["Not measured:", "", *(f"- {p}" for p in problems), ""]
+        lines += ["Not measured:", "", *(f"- {fmt.md(p)}" for p in problems), ""]
     return lines
 
 

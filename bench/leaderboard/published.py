@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.leaderboard.aggregate import Cell, CellResult, Leaderboard
+from bench.leaderboard.formatting import md, md_code
 from bench.leaderboard.runs import LeaderboardError
 from bench.textfile import not_utf8
 
@@ -230,9 +231,10 @@ def published_markdown(rows: list[PublishedRow]) -> list[str]:
         diff = "" if math.isnan(r.deviation) else f"{r.deviation:+.2f}"
         if r.flagged:
             diff = f"⚠ {diff}"
+        cell = md(r.cell.label).replace("|", "/")
         lines.append(
-            f"| {r.cell.label} | `{r.method}` | {r.published:.2f} | {ours} | {diff} | "
-            f"{r.source.replace('|', '/')} |"
+            f"| {cell} | {md_code(r.method).replace('|', '/')} | {r.published:.2f} | {ours} | "
+            f"{diff} | {md(r.source).replace('|', '/')} |"
         )
     return [*lines, ""]
 

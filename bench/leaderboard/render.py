@@ -354,7 +354,7 @@ def render_markdown(
     and the models' costs, when given)."""
     s = board.settings
     lines = [
-        f"# Leaderboard: {board.name}",
+        f"# Leaderboard: {fmt.md(board.name)}",
         "",
         f"{board.n_used} finished runs of phase “{s.phase}” ({board.n_runs} in "
         f"[results.csv](results.csv)) · {len(board.cells)} cells · {len(board.entries)} "
@@ -363,11 +363,13 @@ def render_markdown(
         "",
     ]
     if board.notes:
-        lines += [*(f"- {n}" for n in board.notes), ""]
+        lines += [*(f"- {fmt.md(n, code_spans=True)}" for n in board.notes), ""]
     lines += ["## Methods", "", *main_table_markdown(board), ""]
     lines += _retired_markdown(board)
     if board.cd_groups:
-        groups = "; ".join("{" + ", ".join(g) + "}" for g in board.cd_groups)
+        groups = "; ".join(
+            "{" + ", ".join(fmt.md(entry) for entry in g) + "}" for g in board.cd_groups
+        )
         lines += [
             f"Not separated by the Wilcoxon–Holm test (critical-difference groups): {groups}.",
             "",
@@ -382,7 +384,7 @@ def render_markdown(
         lines += published_markdown(published)
     if models is not None:
         lines += models_markdown(models)
-    lines += ["## How to read this", "", " ".join(fmt.how_to_read(board)), ""]
+    lines += ["## How to read this", "", " ".join(fmt.how_to_read(board, markdown=True)), ""]
     lines += ["## Cells", ""]
     for cell in board.cells:
         lines += _cell_markdown(board, cell, cell_cost(models, cell))
@@ -406,7 +408,7 @@ def render_markdown(
 def main_table_markdown(board: Leaderboard) -> list[str]:
     """The main table as Markdown lines (also what the project README shows)."""
     s = board.settings
-    base, ref = f"`{board.baseline.label}`", f"`{board.reference.label}`"
+    base, ref = fmt.md_code(board.baseline.label), fmt.md_code(board.reference.label)
     header = [
         "rank",
         "method",
@@ -429,7 +431,7 @@ def main_table_markdown(board: Leaderboard) -> list[str]:
         rows.append(
             [
                 fmt.rank(e),
-                f"`{e.entry}`",
+                fmt.md_code(e.entry),
                 fmt.coverage(e, len(board.cells)),
                 fmt.interval(e.gain_vs_baseline),
                 fmt.interval(e.gain_vs_reference),
@@ -457,8 +459,8 @@ def _retired_markdown(board: Leaderboard) -> list[str]:
         "Not ranked and left out of every test; their gains are shown for the record.",
         "",
         *fmt.markdown_table(
-            fmt.retired_header(board),
-            fmt.retired_rows(board),
+            fmt.retired_header(board, markdown=True),
+            fmt.retired_rows(board, markdown=True),
             align=["l", "l", "r", "r", "r", "r"],
         ),
         "",
@@ -468,7 +470,7 @@ def _retired_markdown(board: Leaderboard) -> list[str]:
 def _cell_markdown(board: Leaderboard, cell, cost: str = "") -> list[str]:
     s = board.settings
     teacher = board.teacher_acc.get(cell, math.nan)
-    title = f"### {cell.label}"
+    title = f"### {fmt.md(cell.label)}"
     details = [] if math.isnan(teacher) else [f"teacher {teacher:.2f}%"]
     details += [cost] if cost else []
     if details:
@@ -477,8 +479,8 @@ def _cell_markdown(board: Leaderboard, cell, cost: str = "") -> list[str]:
         "method",
         "mean ± sd (n)",
         f"{s.confidence:.0%} t-interval",
-        f"vs `{board.reference.label}`",
-        f"vs `{board.baseline.label}`",
+        f"vs {fmt.md_code(board.reference.label)}",
+        f"vs {fmt.md_code(board.baseline.label)}",
         "did not finish",
     ]
     rows = []
@@ -488,12 +490,12 @@ def _cell_markdown(board: Leaderboard, cell, cost: str = "") -> list[str]:
             continue
         rows.append(
             [
-                f"`{e.entry}`",
+                fmt.md_code(e.entry),
                 fmt.mean_sd_n(r),
                 fmt.t_interval(r),
                 fmt.cell_verdict(r.vs_reference_verdict, r.vs_reference),
                 fmt.cell_verdict(r.vs_baseline_verdict, r.vs_baseline),
-                "; ".join(r.problems),
+                fmt.md("; ".join(r.problems)),
             ]
         )
     return [title, "", *fmt.markdown_table(header, rows, align=["l", "r", "r", "l", "l", "l"]), ""]
@@ -523,8 +525,8 @@ def _pairs_markdown(board: Leaderboard) -> list[str]:
         median = p.median_diff if better == p.a else -p.median_diff
         rows.append(
             [
-                f"`{better}`",
-                f"`{worse}`",
+                fmt.md_code(better),
+                fmt.md_code(worse),
                 f"{w}/{p.ties}/{lo}",
                 fmt.signed(median),
                 fmt.pvalue(p.p_holm),

@@ -23,6 +23,7 @@ import pandas as pd
 
 from bench.leaderboard import stats
 from bench.leaderboard.figures import draw_study, save_png
+from bench.leaderboard.formatting import md, md_code
 from bench.leaderboard.runs import LeaderboardError
 
 STUDY_FILE = "study.csv"
@@ -203,23 +204,25 @@ def study_markdown(result: StudyResult) -> list[str]:
     """The README section of a study: a table and the figure."""
     spec, base = result.spec, result.baseline
     name = result.baseline_method
-    has_teacher = any(not math.isnan(p.teacher) for p in result.points)
-    header = (
-        f"| {spec.axis_label} | {spec.method}: mean ± sd (n) | 95% t-interval | gain over {name}"
+    # Run data, escaped for Markdown and for this hand-made table.
+    method, axis, plain_name = (
+        md(t).replace("|", "\\|") for t in (spec.method, spec.axis_label, name)
     )
+    has_teacher = any(not math.isnan(p.teacher) for p in result.points)
+    header = f"| {axis} | {method}: mean ± sd (n) | 95% t-interval | gain over {plain_name}"
     header += " | teacher |" if has_teacher else " |"
     rule = "|---:|---:|---:|---:|" + ("---:|" if has_teacher else "")
     lines = [
         "## Study",
         "",
-        f"{result.metric} in percent of `{spec.method}` against {spec.axis_label}"
+        f"{result.metric} in percent of {md_code(spec.method)} against {axis}"
         + (
-            f"; the student alone (`{name}`): {_mean_sd(base)}."
+            f"; the student alone ({md_code(name)}): {_mean_sd(base)}."
             if base is not None
-            else f"; no `{name}` run to compare with."
+            else f"; no {md_code(name)} run to compare with."
         ),
         "",
-        f"![{spec.method} against {spec.axis_label}](figures/{STUDY_FIGURE})",
+        f"![{method} against {axis}](figures/{STUDY_FIGURE})",
         "",
         header,
         rule,

@@ -10,9 +10,10 @@ The modules, each imported on its own (this package re-exports nothing):
   functions from parsed YAML to typed values and the problems found;
 * :mod:`bench.suite.expand`: a suite's student trials and teachers.
 
-A suite file is data (``yaml.safe_load``; nothing in it executes). Everything is checked before
-any work starts: unknown keys and names (with suggestions), wrong types, empty grids, parameters
-a method does not have, and (given the nodes of a cluster) resources no node can satisfy. Every
+A suite file is data (``yaml.safe_load``; nothing in it executes but the ``plugins:`` files a
+sweep imports, which a dry run only lists). Everything is checked before any work starts:
+unknown keys and names (with suggestions), wrong types, empty grids, parameters a method does
+not have, and (given the nodes of a cluster) resources no node can satisfy. Every
 problem is reported at once, each with its key path and line, e.g.
 ``suite.yaml:14: methods[3].params.temprature: unknown parameter … Did you mean 'temperature'?``
 

@@ -57,10 +57,16 @@ class Context:
     Attributes:
         root: The file's YAML node tree (None for an empty file), for line numbers.
         base: The folder that relative paths (checkpoints, data roots, plugins) start from.
+        import_plugins: Whether the suite's ``plugins:`` files are imported (a sweep), or only
+            found (a dry run, which executes nothing).
+        unloaded: Whether methods may come from plugin files that were not imported: a method
+            name that is not registered is then set aside, unchecked, instead of reported.
     """
 
     root: yaml.Node | None
     base: Path
+    import_plugins: bool = True
+    unloaded: bool = False
 
     def problem(self, path: KeyPath, message: str) -> Problem:
         """A problem at ``path``, with the line of the key or value it names."""

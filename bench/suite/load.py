@@ -29,8 +29,11 @@ def suite_path(path: str | Path) -> Path:
     return path
 
 
-def load_suite(path: str | Path) -> Suite:
-    """Read and validate a suite file (or the ``suite.yaml`` in a folder).
+def load_suite(
+    path: str | Path, *, import_plugins: bool = True, unloaded_plugins: bool = False
+) -> Suite:
+    """Read and validate a suite file (or the ``suite.yaml`` in a folder); the options are
+    :func:`parse_suite`'s.
 
     Raises:
         SuiteError: listing every problem with its key path and line.
@@ -40,16 +43,34 @@ def load_suite(path: str | Path) -> Suite:
         text = file.read_bytes().decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SuiteError(str(file), [Problem("", utf8_problem(file, exc))]) from None
-    return parse_suite(text, source=str(file), base=file.parent)
+    return parse_suite(
+        text,
+        source=str(file),
+        base=file.parent,
+        import_plugins=import_plugins,
+        unloaded_plugins=unloaded_plugins,
+    )
 
 
-def parse_suite(text: str, *, source: str = "<suite>", base: Path | None = None) -> Suite:
+def parse_suite(
+    text: str,
+    *,
+    source: str = "<suite>",
+    base: Path | None = None,
+    import_plugins: bool = True,
+    unloaded_plugins: bool = False,
+) -> Suite:
     """Validate suite YAML text.
 
     Args:
         text: The YAML.
         source: Its file name, for messages.
         base: Folder that relative paths (checkpoints, data roots, plugins) are relative to.
+        import_plugins: Import the suite's ``plugins:`` files; when false (a dry run, which
+            executes nothing) they are only found, and the entries of methods that are not
+            registered are set aside unchecked (:attr:`Suite.unloaded_methods`).
+        unloaded_plugins: Further plugin files (the command line's) were not imported either:
+            unregistered methods are set aside even when the suite lists no plugins.
 
     Raises:
         SuiteError: listing every problem with its key path and line.
@@ -62,14 +83,16 @@ def parse_suite(text: str, *, source: str = "<suite>", base: Path | None = None)
         line = mark.line + 1 if mark is not None else None
         reason = getattr(exc, "problem", None) or str(exc)
         raise SuiteError(source, [Problem("", f"not valid YAML: {reason}", line)]) from None
-    suite, problems = validate_suite(Context(root, base or Path.cwd()), data, _default_name(source))
+    unloaded = not import_plugins and unloaded_plugins
+    ctx = Context(root, base or Path.cwd(), import_plugins=import_plugins, unloaded=unloaded)
+    suite, problems = validate_suite(ctx, data, _default_name(source))
     if problems or suite is None:
         raise SuiteError(source, problems)
     try:
         trials = plan_trials(suite)
     except ConfigError as exc:
         raise SuiteError(source, [Problem("", str(exc))]) from None
-    if not trials:
+    if not trials and not suite.unloaded_methods:
         raise SuiteError(source, [Problem("", "the suite expands to no trials")])
     return dataclasses.replace(suite, path=source if base else None)
 

@@ -308,6 +308,9 @@ class Suite:
     max_failures: int = 3
     checkpoint: Checkpointing = field(default_factory=lambda: Checkpointing())
     plugins: tuple[str, ...] = ()
+    #: Methods of ``methods:`` left unchecked and unplanned because the plugin files that may
+    #: define them were not imported (a dry run); empty otherwise.
+    unloaded_methods: tuple[str, ...] = ()
     description: str = ""
     study: Study | None = None
     compress: Compression | None = None

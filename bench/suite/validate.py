@@ -8,8 +8,10 @@ another having run first.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from functools import partial
+from pathlib import Path
 from typing import Annotated, Any
 
 from bench.config import SEED_RANGE, VAL_FRACTION_RANGE
@@ -66,6 +68,8 @@ def validate_suite(
     if phase not in PHASES:
         found.append(ctx.problem(("phase",), unknown("phase", str(phase), PHASES)))
     plugin_files = found.take(plugins(ctx, top.get("plugins", [])))
+    if not ctx.import_plugins and plugin_files:
+        ctx = dataclasses.replace(ctx, unloaded=True)
     sets = found.take(datasets(ctx, top["datasets"])) if "datasets" in top else None
     recipes = found.take(suite_recipes(ctx, top.get("recipe", {})))
     grid = found.take(pairs(ctx, top["pairs"], recipes)) if "pairs" in top else None
@@ -112,6 +116,7 @@ def validate_suite(
         max_failures=values["max_failures"],
         checkpoint=saving or Checkpointing(),
         plugins=plugin_files,
+        unloaded_methods=unloaded_methods(ctx, top["methods"]),
         description=values["description"],
         study=studied,
         compress=compressed,
@@ -146,7 +151,8 @@ def suite_name(ctx: Context, value: Any) -> tuple[str, list[Problem]]:
 
 def plugins(ctx: Context, value: Any) -> tuple[tuple[str, ...], list[Problem]]:
     """The suite's method files, as absolute paths, each imported (so that its methods are
-    registered before the method entries are checked)."""
+    registered before the method entries are checked), or only found when
+    ``ctx.import_plugins`` is false."""
     from bench.plugins import load_plugin_file
 
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
@@ -156,12 +162,26 @@ def plugins(ctx: Context, value: Any) -> tuple[tuple[str, ...], list[Problem]]:
     for i, item in enumerate(value):
         path = ctx.local_path(item)
         try:
-            load_plugin_file(path)
+            if ctx.import_plugins:
+                load_plugin_file(path)
+            elif not Path(path).is_file() or Path(path).suffix != ".py":
+                raise FileNotFoundError(f"{path}: not a .py file")
         except (FileNotFoundError, ImportError) as exc:
             found.append(ctx.problem(("plugins", i), str(exc)))
             continue
         out.append(path)
     return tuple(out), found
+
+
+def unloaded_methods(ctx: Context, value: Any) -> tuple[str, ...]:
+    """The method names of ``methods:`` that are not registered, when they may come from
+    plugin files that were not imported (``ctx.unloaded``); their entries are unchecked."""
+    from bench.api import METHODS
+
+    if not ctx.unloaded or not isinstance(value, list):
+        return ()
+    names = [item.get("name") if isinstance(item, dict) else item for item in value]
+    return tuple(dict.fromkeys(n for n in names if isinstance(n, str) and n not in METHODS))
 
 
 def datasets(ctx: Context, value: Any) -> tuple[tuple[DatasetEntry, ...] | None, list[Problem]]:

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench.store import StoreError
 from bench.suite.load import load_suite
 from bench.suite.schema import SuiteError
 from bench.sweep.driver import SweepError, SweepOptions, run_sweep
@@ -32,7 +33,8 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         "--dry-run",
         action="store_true",
         help="print the trial matrix and which run keys already finished (and, with a "
-        "compress: section, which students are compressed); run nothing",
+        "compress: section, which students are compressed); run nothing, not even the plugin "
+        "files (it lists them)",
     )
     parser.add_argument(
         "--smoke",
@@ -80,9 +82,12 @@ def sweep_main(args: argparse.Namespace) -> int:
 
     try:
         load_methods()
-        for path in getattr(args, "plugins", None) or ():
+        given = getattr(args, "plugins", None) or ()
+        # A dry run executes nothing: it names the plugin files a sweep would import.
+        dry = bool(args.dry_run)
+        for path in () if dry else given:
             load_plugin_file(path)
-        suite = load_suite(args.suite)
+        suite = load_suite(args.suite, import_plugins=not dry, unloaded_plugins=bool(given))
         if getattr(args, "smoke", False):
             suite = suite.smoke()
         options = sweep_options(args)
@@ -92,6 +97,7 @@ def sweep_main(args: argparse.Namespace) -> int:
     except (
         SuiteError,
         PreflightError,
+        StoreError,
         SweepError,
         ExposedRayError,
         ImportError,

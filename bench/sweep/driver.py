@@ -3,7 +3,9 @@
 The order of work:
 
 1. Load and validate the suite (:mod:`bench.suite`); check its resources against this machine
-   (or, after joining, the cluster). Bad input stops here, before anything starts.
+   (or, after joining, the cluster), the run store (:mod:`bench.store`) and every checkpoint
+   file it names (a dry run does all this too, but imports no plugin file). Bad input stops
+   here, before anything starts.
 2. Look every run key up in MLflow: keys already done are skipped (:mod:`bench.sweep.ledger`
    says what "done" means). Nothing left → nothing starts, not even Ray.
 3. Start Ray on this machine, listening on loopback only and watched so that none of its
@@ -43,11 +45,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from bench.store import check_store
 from bench.suite.expand import PlannedTrial, plan_trials
 from bench.suite.schema import Compression, Suite
 from bench.sweep import compress as compression
 from bench.sweep import ledger
-from bench.sweep.preflight import PreflightError, check_reachable, local_capacity
+from bench.sweep.preflight import PreflightError, checkpoint_problems, local_capacity
 from bench.sweep.progress import ProgressBoard
 from bench.sweep.report import (
     EXIT_INTERRUPTED,
@@ -57,6 +60,7 @@ from bench.sweep.report import (
     finish_report,
     print_local_fit,
     print_matrix,
+    print_plugins,
     print_summary,
 )
 from bench.sweep.teachers import train_teachers
@@ -113,6 +117,7 @@ def run_sweep(
 
     Raises:
         SuiteError: a resource request no node can satisfy.
+        StoreError: the run store cannot be used (:mod:`bench.store`).
         PreflightError: on a cluster, a check failed.
         SweepError: ``--resume`` with nothing to resume, or another driver runs this sweep.
     """
@@ -189,13 +194,28 @@ def _plan(suite: Suite, options: SweepOptions) -> _Plan:
     storage = Path(options.storage_path or home / "sweeps").expanduser().resolve()
     if options.address is None and not options.dry_run:
         suite.check_resources([local_capacity()], "this machine")
-    unreachable = check_reachable(uri)
-    if unreachable:  # before MLflow's client spends minutes retrying it
-        raise PreflightError([f"the MLflow server is not reachable: {unreachable}"])
+    # Before MLflow's client spends minutes retrying a server that is down, or creates a
+    # database anew where the old one is gone.
+    check_store(uri, write=not options.dry_run)
+    broken = checkpoint_problems(checkpoint_files(trials))
+    if broken:
+        raise PreflightError(broken)
     grouped = ledger.recorded_runs(uri, suite.experiment)
     done = ledger.done_runs(grouped, options.retry_failed)
     sweep = ledger.sweep_key(suite.experiment, [t.key for t in trials])
     return _Plan(suite, trials, uri, home, storage, grouped, done, sweep, started)
+
+
+def checkpoint_files(trials: Sequence[PlannedTrial]) -> list[tuple[str, str]]:
+    """(what, path) of every checkpoint file the trials load."""
+    files = []
+    for trial in trials:
+        teacher, config = trial.config.teacher, trial.config
+        if teacher is not None and teacher.checkpoint:
+            files.append((f"teacher_checkpoint of {teacher.arch}", teacher.checkpoint))
+        if config.student_checkpoint:
+            files.append((f"student_checkpoint of {config.student}", config.student_checkpoint))
+    return files
 
 
 def _dry_run(plan: _Plan, report: SweepReport, options: SweepOptions, out: TextIO) -> None:
@@ -203,6 +223,7 @@ def _dry_run(plan: _Plan, report: SweepReport, options: SweepOptions, out: TextI
     the suite); run nothing."""
     suite, trials = plan.suite, plan.trials
     print_matrix(suite, trials, plan.done, plan.uri, plan.home, out)
+    print_plugins(suite, options.plugins, out)
     if suite.compress is not None:
         client, found = ledger.read_experiment(plan.uri, suite.experiment)
         experiment_id = found.experiment_id if found is not None else None
@@ -336,12 +357,16 @@ class _SweepRun:
     def execute(self, err: TextIO) -> None:
         """Teachers first, then the student trials."""
         suite, options = self.suite, self.options
-        _, parent = self._opened()
+        tracker, parent = self._opened()
         plugins = tuple(dict.fromkeys((*suite.plugins, *options.plugins)))
         lost = train_teachers(
             suite, self.todo, str(self.home), plugins, err, options.progress_interval
         )
         self.report.failed.update(lost)
+        if lost:  # these trials get no run of their own: the sweep's run says why
+            ledger.record_teacher_failures(
+                tracker, parent.run_id, {t.key: t.describe() for t in self.todo}, lost
+            )
         runnable = [t for t in self.todo if t.key not in lost]
         # Packed trials get a share their pilot fits in before Ray places them.
         from bench.sweep.pilot import check_packing

@@ -48,6 +48,9 @@ SUPERSEDED_TAG = "kdbench.superseded_by"
 RESUMED_TAG = "kdbench.resumed_from_epoch"
 DUPLICATE_TAG = "kdbench.duplicate_of"
 PARENT_TAG = "mlflow.parentRunId"
+#: On a sweep's parent run: how many teachers failed, and the artifact saying why.
+TEACHERS_FAILED_TAG = "kdbench.teachers_failed"
+TEACHER_FAILURES_FILE = "teachers_failed.txt"
 SWEEP_KIND = "sweep"
 
 
@@ -190,6 +193,31 @@ def open_parent(
     tracker.client.log_text(run_id, suite_text, "suite.yaml")
     tracker.client.log_dict(run_id, plan, "plan.json")
     return ParentRun(run_id, resumed=False)
+
+
+def record_teacher_failures(
+    tracker: Tracker, run_id: str, described: Mapping[str, str], lost: Mapping[str, str]
+) -> None:
+    """Record on the sweep's parent run why teachers failed (the whole reason of each) and
+    the trials each cost, which are not started and so have no run of their own: the tag
+    ``kdbench.teachers_failed`` counts them, the artifact ``teachers_failed.txt`` says why.
+
+    Args:
+        tracker: The sweep's tracker.
+        run_id: The parent run.
+        described: Run key → its trial's description.
+        lost: Run key → the reason its teacher failed.
+    """
+    from mlflow.entities import RunTag
+
+    trials: dict[str, list[str]] = defaultdict(list)
+    for key, reason in lost.items():
+        trials[reason].append(f"  {described.get(key, key)} [{key}]")
+    text = "\n\n".join(
+        f"{reason}\ntrials not run:\n" + "\n".join(t) for reason, t in trials.items()
+    )
+    tracker.client.log_text(run_id, text + "\n", TEACHER_FAILURES_FILE)
+    tracker.client.log_batch(run_id, tags=[RunTag(TEACHERS_FAILED_TAG, str(len(trials)))])
 
 
 def close_parent(tracker: Tracker, run_id: str, status: str, metrics: dict[str, float]) -> None:

@@ -8,6 +8,10 @@ read its teacher from wherever Ray places it, and that every trial fits some nod
 - Every trial's and teacher's resource request fits some node type: the nodes alive now, and
   the node types of the cluster config the autoscaler can start.
 
+Before any of that, on any machine and in a dry run too, every checkpoint file a suite names
+(``teacher_checkpoint``, ``student_checkpoint``) is read as ``torch.load`` will read it
+(:func:`checkpoint_problems`).
+
 Each failure is one message naming what is wrong and how to fix it. Also here: offline
 validation of a Ray cluster launcher file (:func:`validate_cluster_config`).
 
@@ -19,22 +23,20 @@ from __future__ import annotations
 import os
 import secrets
 import socket
-import urllib.error
 import urllib.parse
-import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.config import ConfigError
+from bench.store import check_reachable
 from bench.textfile import TextFileError, read_text
 
 if TYPE_CHECKING:
     from bench.suite.schema import Suite
 
 PROBE_FILE = ".kdbench-shared-probe"
-HEALTH_TIMEOUT_S = 5.0
 #: Provider keys ``ray up`` reads, by provider type. Ray's schema accepts any key in
 #: ``provider`` and ignores the unknown ones, so a typo there would pass silently.
 PROVIDER_KEYS: dict[str, frozenset[str]] = {
@@ -137,27 +139,48 @@ def local_store_kind(uri: str) -> str | None:
     return None
 
 
-def health_url(uri: str) -> str | None:
-    """The ``/health`` endpoint of an MLflow server URI; None for other stores."""
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme not in ("http", "https"):
-        return None
-    return uri.rstrip("/") + "/health"
+# --------------------------------------------------------------------------------------------
+# Checkpoint files a suite names
+# --------------------------------------------------------------------------------------------
 
 
-def check_reachable(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> str | None:
-    """None when the MLflow server at ``uri`` answers its health check, else why not."""
-    url = health_url(uri)
-    if url is None:
-        return None
+def checkpoint_problems(files: Iterable[tuple[str, str]]) -> list[str]:
+    """One message per unreadable checkpoint among ``files`` ((what it is, its path), e.g.
+    ``("teacher_checkpoint of resnet20", "/ckpt/r20.pt")``), each file read once."""
+    problems = []
+    for what, path in dict.fromkeys(files):
+        error = checkpoint_error(path)
+        if error:
+            problems.append(
+                f"{what}: {path} {error}. Point the suite at a state dict saved with "
+                "torch.save(model.state_dict(), path), or leave the checkpoint out to train it."
+            )
+    return problems
+
+
+def checkpoint_error(path: str | Path) -> str | None:
+    """Why ``path`` is not a loadable state dict, None when it is one. Reads what
+    ``torch.load`` needs (memory-mapped, so the tensors' data stays on disk) with
+    ``weights_only=True``: nothing in the file executes."""
+    import pickle
+
+    import torch
+
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            if response.status == 200:
-                return None
-            return f"{url} answered HTTP {response.status}"
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return f"{url} did not answer ({reason})"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)  # an old format
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"is not a readable torch checkpoint ({type(exc).__name__}: {reason})"
+    if not isinstance(state, Mapping):
+        return f"holds a {type(state).__name__}, not a state dict"
+    return None
 
 
 # --------------------------------------------------------------------------------------------

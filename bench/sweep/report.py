@@ -193,8 +193,28 @@ def _print_teachers(suite: Suite, trials: Sequence[PlannedTrial], home: Path, ou
         file=out,
     )
     for job in jobs:
+        if job.spec.checkpoint:
+            print(f"  {job.describe()}: loaded from {job.spec.checkpoint}", file=out)
+            continue
         state = "cached" if job in cached else "to train"
         print(f"  {job.describe()}, {job.spec.recipe.epochs} epochs: {state}", file=out)
+
+
+def print_plugins(suite: Suite, given: Sequence[str], out: TextIO) -> None:
+    """The plugin files a sweep would import (a dry run imports none), and the methods left
+    unchecked because they may come from them."""
+    files = list(dict.fromkeys((*suite.plugins, *given)))
+    if not files:
+        return
+    print("\nplugin files a sweep imports (not run by --dry-run):", file=out)
+    for path in files:
+        print(f"  {path}", file=out)
+    if suite.unloaded_methods:
+        print(
+            f"methods not registered without them, so not checked or listed above: "
+            f"{', '.join(suite.unloaded_methods)}",
+            file=out,
+        )
 
 
 def print_local_fit(suite: Suite, out: TextIO) -> None:
@@ -235,12 +255,11 @@ def print_summary(
         print("failed or not run:", file=out)
         by_key = {t.key: t for t in trials}
         for key, reason in report.failed.items():
-            first = (reason or "failed").strip().splitlines()
-            print(
-                f"  {by_key[key].describe()} [{key}]: {first[0] if first else 'failed'}", file=out
-            )
-            if len(first) > 1:
-                print(f"      {first[-1].strip()}", file=out)
+            # The whole reason: its last line alone may be a bare file path or frame.
+            lines = (reason or "failed").strip().splitlines() or ["failed"]
+            print(f"  {by_key[key].describe()} [{key}]: {lines[0]}", file=out)
+            for line in lines[1:]:
+                print(f"      {line}", file=out)
     _print_results(suite, grouped, trials, out)
     if report.compression is not None:
         compression.print_outcome(report.compression, out)

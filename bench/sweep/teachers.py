@@ -124,7 +124,7 @@ def _collect(
     try:
         info = ray.get(ref)
     except Exception as exc:  # reported per trial; the other teachers go on
-        reason = f"teacher {job.describe()}{kept} failed: {_reason(exc)}"
+        reason = f"teacher {job.describe()}{kept} failed: {error_text(exc)}"
         print(f"  FAILED {reason}", file=err, flush=True)
         return reason
     print(
@@ -136,11 +136,14 @@ def _collect(
     return None
 
 
-def _reason(exc: BaseException) -> str:
-    """Why a teacher task failed, whole: the original error's message (Ray wraps it in its own
-    error, whose text adds the task's traceback)."""
-    cause = getattr(exc, "cause", None)  # RayTaskError keeps the original as .cause
-    if cause is None:
-        return str(exc).strip() or type(exc).__name__
-    reason = getattr(cause, "reason", None)  # a TrialFailed says what went wrong and the fix
-    return str(reason) if reason else f"{type(cause).__name__}: {cause}".strip()
+def error_text(exc: BaseException) -> str:
+    """The whole message of a teacher task's error (every line of it): the original
+    exception's when Ray wraps it (a ``TrialFailed`` gives its reason, which says what went
+    wrong and the fix), else Ray's own (a lost worker, a cancelled task)."""
+    cause = getattr(exc, "cause", None)  # RayTaskError wraps the original
+    shown = cause if isinstance(cause, BaseException) else exc
+    reason = getattr(shown, "reason", None)
+    if reason:
+        return str(reason)
+    text = str(shown).strip()
+    return f"{type(shown).__name__}: {text}" if text else type(shown).__name__
