@@ -223,7 +223,10 @@ def test_preflight_rejects_a_local_store_an_unreachable_server_and_an_impossible
 def test_a_sweep_survives_a_worker_node_killed_mid_trial(cluster, mlflow_server, tmp_path):
     folder = tmp_path / "node-failure"
     folder.mkdir()
-    (folder / "suite.yaml").write_text(SUITE.format(name="node-failure", epochs=6))
+    # CPU trials: a trial asking for a GPU computes on CUDA (its run key says so), which Ray's
+    # simulated GPUs do not have (the packing pilot on such a node: test_sweep_packing.py).
+    suite = SUITE.format(name="node-failure", epochs=6).replace("gpu: 0.5", "gpu: 0")
+    (folder / "suite.yaml").write_text(suite)
     planned = {t.key for t in plan_trials(load_suite(folder))}
     client = MlflowClient(mlflow_server)
     log_path = tmp_path / "driver.log"
@@ -254,10 +257,6 @@ def test_a_sweep_survives_a_worker_node_killed_mid_trial(cluster, mlflow_server,
             driver.wait()
         cluster.add_node(num_cpus=1, num_gpus=1)  # leave the fixture as it was
 
-    # The packed trials (gpu: 0.5) were piloted first; Ray's simulated GPUs have no CUDA.
-    log = log_path.read_text()
-    assert "packing: 2 trial shapes piloted on a whole card; 0 trials get" in log, log[-3000:]
-    assert log.count("no CUDA on the pilot's node; gpu 0.5 kept") == 2, log[-3000:]
     runs = trial_runs(client, "node-failure")
     finished = Counter(r.data.tags[RUN_KEY_TAG] for r in runs if r.info.status == "FINISHED")
     assert finished == dict.fromkeys(planned, 1)

@@ -86,6 +86,14 @@ def test_the_device_and_its_precision_are_part_of_the_key():
         Compute("cpu", precision="bf16")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_a_trial_keyed_for_cuda_does_not_run_on_the_cpu_instead():
+    from bench.trial.compose import prepare_trial
+
+    with pytest.raises(ConfigError, match=r"computes on cuda .* torch sees no CUDA device here"):
+        prepare_trial(ce_config(compute=Compute("cuda", threads=1)))
+
+
 def test_overwriting_a_checkpoint_file_in_place_changes_the_key(tmp_path):
     teacher = teacher_file(tmp_path / "teacher.pt", seed=0)
     student = tmp_path / "student.pt"
