@@ -24,7 +24,8 @@ from mlflow.tracking import MlflowClient
 
 from bench import store
 from bench.cli import main
-from bench.config import Recipe, TrialConfig
+from bench.config import Compute, Recipe, TrialConfig
+from bench.plugins import keyed_trial
 from bench.suite.schema import Resources
 from bench.sweep import ledger
 from bench.sweep.cli import add_sweep_arguments, sweep_main
@@ -277,31 +278,33 @@ def test_a_finished_attempt_another_driver_took_for_lost_keeps_no_failure_tag(tm
         method="ce",
         seed=0,
         recipe=Recipe(epochs=1, batch_size=128, augment=False),
+        compute=Compute(device="cpu", threads=1),
     )
+    config, key = keyed_trial(config)  # a worker refuses a trial under any other key
     context = SweepContext(
         tracking_uri=uri,
         experiment="lost",
         sweep="sweep-a",
         parent_run_id="",
         home=os.environ["KDBENCH_HOME"],
-        trials={"key-a": config},
-        resources={"key-a": Resources(cpu=1)},
+        trials={key: config},
+        resources={key: Resources(cpu=1)},
     )
     tracker = Tracker(uri, experiment="lost")
 
     def report(result: dict) -> None:
         if "epoch" in result:  # mid-trial: a second driver of the sweep starts and marks it
             ledger.supersede_stale(
-                tracker, ledger.key_runs(tracker, "key-a"), "sweep-a", by="another driver"
+                tracker, ledger.key_runs(tracker, key), "sweep-a", by="another driver"
             )
 
     threads = torch.get_num_threads()
     try:
-        result = run_trial_once("key-a", context, report=report)
+        result = run_trial_once(key, context, report=report)
     finally:
         torch.set_num_threads(threads)
     assert result["kdbench_status"] == "FINISHED"
-    (run,) = ledger.key_runs(tracker, "key-a")
+    (run,) = ledger.key_runs(tracker, key)
     assert run.info.status == "FINISHED"
     assert ledger.ERROR_TAG not in run.data.tags
     assert ledger.SUPERSEDED_TAG not in run.data.tags

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.checkpoint import CheckpointError, read_state_dict
 from bench.config import ConfigError
 from bench.store import check_reachable
 from bench.textfile import TextFileError, read_text
@@ -145,42 +146,20 @@ def local_store_kind(uri: str) -> str | None:
 
 
 def checkpoint_problems(files: Iterable[tuple[str, str]]) -> list[str]:
-    """One message per unreadable checkpoint among ``files`` ((what it is, its path), e.g.
-    ``("teacher_checkpoint of resnet20", "/ckpt/r20.pt")``), each file read once."""
+    """One message per unusable checkpoint among ``files`` ((what it is, its path), e.g.
+    ``("teacher_checkpoint of resnet20", "/ckpt/r20.pt")``), each file read once with
+    :func:`bench.checkpoint.read_state_dict` (``weights_only``: nothing in it executes)."""
     problems = []
     for what, path in dict.fromkeys(files):
-        error = checkpoint_error(path)
-        if error:
+        try:
+            read_state_dict(path, what)
+        except CheckpointError as exc:
             problems.append(
-                f"{what}: {path} {error}. Point the suite at a state dict saved with "
-                "torch.save(model.state_dict(), path), or leave the checkpoint out to train it."
+                f"{what}: {path} is not a readable checkpoint: {exc.problem}. Point the suite "
+                "at a state dict saved with torch.save(model.state_dict(), path), or leave the "
+                "checkpoint out to train it."
             )
     return problems
-
-
-def checkpoint_error(path: str | Path) -> str | None:
-    """Why ``path`` is not a loadable state dict, None when it is one. Reads what
-    ``torch.load`` needs (memory-mapped, so the tensors' data stays on disk) with
-    ``weights_only=True``: nothing in the file executes."""
-    import pickle
-
-    import torch
-
-    try:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            state = torch.load(path, map_location="cpu", weights_only=True)  # an old format
-    except OSError as exc:
-        return f"cannot be read ({exc.strerror or exc})"
-    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError, KeyError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return f"is not a readable torch checkpoint ({type(exc).__name__}: {reason})"
-    if not isinstance(state, Mapping):
-        return f"holds a {type(state).__name__}, not a state dict"
-    return None
 
 
 # --------------------------------------------------------------------------------------------
