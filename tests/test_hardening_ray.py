@@ -284,6 +284,7 @@ def test_the_watchdog_ends_what_a_killed_driver_started_even_what_ignores_sigter
     assert 1.5 < took < 10  # SIGTERM was ignored; SIGKILL followed after the grace period
 
 
+@pytest.mark.slow  # ~25 s: Ray starts and is refused
 def test_a_sweep_that_would_listen_beyond_this_machine_does_not_start(tmp_path, monkeypatch):
     """The driver itself holds a socket open to every interface: the check after Ray starts
     names it, Ray is shut down, nothing is recorded and nothing is left running."""

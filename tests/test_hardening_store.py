@@ -334,6 +334,7 @@ def exploding_teacher(pretrained=False, **kwargs):
 """
 
 
+@pytest.mark.slow  # real Ray, ~25 s; the diverging teacher of test_hardening_files covers the path
 def test_a_failed_teachers_whole_reason_is_in_the_summary_and_in_mlflow(
     tmp_path, capsys, monkeypatch
 ):
