@@ -220,6 +220,7 @@ def test_preflight_rejects_a_local_store_an_unreachable_server_and_an_impossible
     assert answer["tracking"] is None and answer["shared"] == {str(tmp_path / "not-shared"): False}
 
 
+@pytest.mark.slow  # ~40 s; a killed node is also the default run's checkpoint-resume test
 def test_a_sweep_survives_a_worker_node_killed_mid_trial(cluster, mlflow_server, tmp_path):
     folder = tmp_path / "node-failure"
     folder.mkdir()

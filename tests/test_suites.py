@@ -338,6 +338,7 @@ def write_tiny_cifar100(root: Path, per_class: int = 2, test_per_class: int = 1)
     return plugin
 
 
+@pytest.mark.slow  # ~50 s: 13 pairs of tiny CIFAR-100 files through a real sweep
 def test_the_crd_suite_runs_end_to_end_on_tiny_cifar100_files(tmp_path):
     """The committed suite, cut down without editing it: two of its pairs (one per table, the
     second with its own learning rate), three of its methods (fsp refuses the cross-family
