@@ -260,11 +260,17 @@ def test_page_renders_sorts_and_drills_down(browser, page, tmp_path):
     # to the middle first, as a reader would.
     browser.script("arguments[0].scrollIntoView({block: 'center'})", {ELEMENT: link})
     browser.click(link)
-    opened = browser.script(
-        "var id = arguments[0].getAttribute('href').slice(1);"
-        "return [id, document.getElementById(id).open];",
-        {ELEMENT: link},
-    )
+    # The page opens the cell from its hashchange handler, which runs after the click returns.
+    deadline = time.monotonic() + 5
+    while True:
+        opened = browser.script(
+            "var id = arguments[0].getAttribute('href').slice(1);"
+            "return [id, document.getElementById(id).open];",
+            {ELEMENT: link},
+        )
+        if opened[1] is True or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert opened[1] is True and opened[0] != browser.script(
         "return document.querySelector('details.cell').id"
     )
