@@ -12,12 +12,13 @@ with coarse timestamps can give a second write within that window the same mtime
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
+from bench.atomic import write_json
 from bench.paths import kdbench_home
 
 #: A file whose mtime is this recent is hashed again on every call instead of being cached.
@@ -82,10 +83,5 @@ def _read() -> dict[str, dict]:
 
 def _write(entries: dict[str, dict]) -> None:
     """Replace the cache file atomically: concurrent writers lose entries, never corrupt it."""
-    target = cache_file()
-    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(entries))
-        os.replace(tmp, target)
-    except OSError:
-        tmp.unlink(missing_ok=True)  # a read-only home only costs hashing again
+    with contextlib.suppress(OSError):  # a read-only home only costs hashing again
+        write_json(cache_file(), entries, indent=None)
