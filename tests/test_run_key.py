@@ -192,9 +192,9 @@ def test_a_default_and_the_same_value_given_are_one_key_and_a_changed_default_an
     differs(key, key_of(config), "the default of temperature (4.0 → 8.0)")
 
 
-def test_a_sweep_trial_and_train_with_its_threads_have_one_key():
-    suite = parse_suite(
-        f"""\
+def one_trial_suite(cpu: int) -> str:
+    """A suite of one tf_kd trial on digits, each trial given ``cpu`` threads."""
+    return f"""\
 name: one
 datasets: [digits]
 pairs: [{{teacher: {TEACHER}, student: {STUDENT}}}]
@@ -202,9 +202,12 @@ methods: [tf_kd]
 seeds: [0]
 recipe:
   student: {{epochs: 1, batch_size: 128, augment: false}}
-resources: {{cpu: 2}}
+resources: {{cpu: {cpu}}}
 """
-    )
+
+
+def test_a_sweep_trial_and_train_with_its_threads_have_one_key():
+    suite = parse_suite(one_trial_suite(cpu=2))
     (trial,) = plan_trials(suite)
     assert trial.config.compute == Compute("cpu", threads=2)
     given = TrialConfig(
@@ -400,18 +403,7 @@ def test_train_with_a_sweep_trials_threads_gives_its_key_and_its_accuracy(
     monkeypatch.setenv("RAY_worker_niceness", "0")  # Ray's default 15 starves a shared machine
     folder = tmp_path / "one"
     folder.mkdir()
-    (folder / "suite.yaml").write_text(
-        f"""\
-name: one
-datasets: [digits]
-pairs: [{{teacher: {TEACHER}, student: {STUDENT}}}]
-methods: [tf_kd]
-seeds: [0]
-recipe:
-  student: {{epochs: 1, batch_size: 128, augment: false}}
-resources: {{cpu: 1}}
-"""
-    )
+    (folder / "suite.yaml").write_text(one_trial_suite(cpu=1))
     swept = f"sqlite:///{tmp_path / 'sweep.db'}"
     parser = argparse.ArgumentParser()
     add_sweep_arguments(parser)
