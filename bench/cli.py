@@ -190,8 +190,16 @@ def build_trial_config(args: argparse.Namespace) -> Any:
         phase=args.phase,
         data_root=args.data_root,
         download=args.download,
-        compute=machine_compute(threads=getattr(args, "threads", None)),
+        compute=machine_compute(
+            threads=getattr(args, "threads", None),
+            precision=getattr(args, "precision", None),
+            channels_last=_channels_last(getattr(args, "memory_format", None)),
+        ),
     )
+
+
+def _channels_last(memory_format: str | None) -> bool | None:
+    return None if memory_format is None else memory_format == "channels_last"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -556,6 +564,20 @@ def _add_train(sub: Any) -> None:
         help="torch threads the trial computes with, part of its run key (default: torch's "
         "own count here, $OMP_NUM_THREADS or the physical cores; a sweep trial uses its "
         "resources' cpu)",
+    )
+    tr.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default=None,
+        help="compute the forward passes in this precision, part of the run key (default: "
+        "the harness's policy: bf16 on CUDA and on CPUs with native bf16, else fp32)",
+    )
+    tr.add_argument(
+        "--memory-format",
+        choices=("channels_last", "contiguous"),
+        default=None,
+        help="memory order of convolutional models and image batches, part of the run key "
+        "(default: channels_last)",
     )
     tr.add_argument(
         "--rerun",

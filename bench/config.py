@@ -22,7 +22,9 @@ from bench.ranges import Range, value_problem
 #: 2: teacher outputs computed once per split (batch-size numerics).
 #: 3: keys hold the compute (device, precision, threads), checkpoint files' content hashes, the
 #: method file's own code and every resolved param (defaults filled in).
-HARNESS_VERSION = 3
+#: 4: the compute holds the execution policy (precision and memory format), chosen per device
+#: and processor (``bench.trial.device.fast_compute``).
+HARNESS_VERSION = 4
 
 Optimizer = Literal["sgd", "adam", "adamw"]
 Schedule = Literal["cosine", "step", "constant"]
@@ -30,10 +32,15 @@ Phase = Literal["tune", "final"]
 DataPath = Literal["device", "loader"]
 AugmentStream = Literal["trial", "shared"]
 Device = Literal["cpu", "cuda"]
+Precision = Literal["fp32", "bf16"]
+MemoryFormat = Literal["contiguous", "channels_last"]
 
-#: The precision the harness computes in on each device (``bench.trial.device.autocast_for``
-#: applies it): bf16 autocast on CUDA, full fp32 on CPU, where bf16 is slower.
-PRECISION: dict[str, str] = {"cpu": "fp32", "cuda": "bf16"}
+#: The precision a :class:`Compute` gets on each device when none is named: bf16 autocast on
+#: CUDA, fp32 on CPU. The harness names one itself (``bench.trial.device.fast_compute``: bf16
+#: on CPUs with native bf16 arithmetic too).
+PRECISION: dict[str, Precision] = {"cpu": "fp32", "cuda": "bf16"}
+#: The memory format a :class:`Compute` gets on each device when none is named.
+MEMORY_FORMAT: dict[str, MemoryFormat] = {"cpu": "contiguous", "cuda": "channels_last"}
 
 #: Field metadata of options added after the first release: at their default they are left out
 #: of every hash (run keys, teacher cache keys), so adding them changed no existing key.
@@ -207,33 +214,41 @@ class Compute:
 
     Attributes:
         device: ``cpu`` or ``cuda``.
-        precision: What the harness computes in on that device (see :data:`PRECISION`):
-            ``fp32`` on CPU, ``bf16`` autocast on CUDA. Left empty, the device's.
+        precision: ``fp32``, or ``bf16``: the models' forward passes under bf16 autocast
+            (loss terms stay in fp32). Left empty, the device's default (:data:`PRECISION`).
         threads: torch's intra-op threads (``torch.set_num_threads``), which the trial sets
             before it trains: on CPU, reductions split across threads round differently.
+        memory_format: ``channels_last`` puts convolutional models and their image batches
+            in channels-last order (other kernels, other rounding); ``contiguous`` keeps
+            torch's default NCHW. Left empty, the device's default (:data:`MEMORY_FORMAT`).
     """
 
     device: Device = "cpu"
-    precision: str = ""
+    precision: Precision | Literal[""] = ""
     threads: int = 1
+    memory_format: MemoryFormat | Literal[""] = ""
 
     def __post_init__(self) -> None:
         if self.device not in PRECISION:
             raise ConfigError(f"compute.device {self.device!r} is not one of 'cpu', 'cuda'")
         if isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1:
             raise ConfigError(f"compute.threads must be a whole number ≥ 1, got {self.threads!r}")
-        expected = PRECISION[self.device]
         if not self.precision:
-            object.__setattr__(self, "precision", expected)
-        elif self.precision != expected:
+            object.__setattr__(self, "precision", PRECISION[self.device])
+        elif self.precision not in ("fp32", "bf16"):
+            raise ConfigError(f"compute.precision {self.precision!r} is not one of 'fp32', 'bf16'")
+        if not self.memory_format:
+            object.__setattr__(self, "memory_format", MEMORY_FORMAT[self.device])
+        elif self.memory_format not in ("contiguous", "channels_last"):
             raise ConfigError(
-                f"compute.precision {self.precision!r}: kdbench computes in {expected} on "
-                f"{self.device} (the only precision it applies there)"
+                f"compute.memory_format {self.memory_format!r} is not one of 'contiguous', "
+                "'channels_last'"
             )
 
     def describe(self) -> str:
-        """``cpu fp32 4 threads``."""
-        return f"{self.device} {self.precision} {self.threads} thread{'s' * (self.threads != 1)}"
+        """``cpu fp32 channels_last 4 threads``."""
+        plural = "s" * (self.threads != 1)
+        return f"{self.device} {self.precision} {self.memory_format} {self.threads} thread{plural}"
 
 
 @dataclass(frozen=True)

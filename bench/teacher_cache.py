@@ -7,8 +7,11 @@ one pass over the training split and looked up by sample position during trainin
 
 Entries are kept in memory within a process and on disk under
 ``<kdbench home>/teacher_outputs/<key>.pt``, keyed by the teacher's checkpoint, a fingerprint
-of the split's images and labels, the needs and the device type (whose precision decides the
-values), and on CPU the torch thread count (part of the trial's run key). A teacher
+of the split's images and labels, the needs, the device type and the execution policy (the
+precision and memory format the trial's run key holds), and on CPU the torch thread count
+(part of the trial's run key too). Outputs are stored as the teacher's forward pass returns
+them (bf16 under bf16 autocast), which is what the loss sees without the cache; methods upcast
+to fp32 where their loss needs it. A teacher
 evaluates in eval mode, one sample independently of the others, so a looked-up row equals
 what the same forward pass on a training batch computes; the tests check that a cached trial
 and an uncached one end bit-identical.
@@ -39,12 +42,12 @@ from torch import Tensor, nn
 from bench import atomic
 from bench.api import Outputs
 from bench.checkpoint import CheckpointError, read_checkpoint
-from bench.config import Recipe, stable_hash
+from bench.config import PRECISION, Recipe, stable_hash
 from bench.data import SHARED_AUGMENT_SEED, DatasetInfo, Split
 from bench.data.augment import BatchPipeline
 from bench.models import forward_outputs
 from bench.paths import kdbench_home
-from bench.trial.device import autocast_for
+from bench.trial.device import Execution
 
 __all__ = [
     "SharedStreamOutputs",
@@ -57,7 +60,7 @@ __all__ = [
 ]
 
 #: Bump when the stored format or the way outputs are computed changes.
-OUTPUTS_FORMAT = 1
+OUTPUTS_FORMAT = 2
 _MEMORY_ENTRIES = 4
 _memory: OrderedDict[str, TeacherOutputs] = OrderedDict()
 
@@ -92,7 +95,7 @@ class TeacherOutputs:
     def take(self, index: Tensor, needs: frozenset[str] | set[str]) -> Outputs:
         """The outputs of the samples at ``index``, with only what ``needs`` asks for (as an
         uncached forward pass would return them)."""
-        pick = lambda t: t.index_select(0, index)  # noqa: E731
+        pick = lambda t: _same_layout(t.index_select(0, index), t)  # noqa: E731
         return Outputs(
             logits=pick(self.logits),
             features=[pick(f) for f in self.features] if "features" in needs else [],
@@ -189,10 +192,12 @@ def outputs_key(
     needs: frozenset[str],
     device: torch.device,
     *,
+    execution: Execution | None = None,
     shared_epoch: int | None = None,
 ) -> str:
     """The cache key of a teacher's outputs on a split (augmented by the shared stream of
-    ``shared_epoch`` when given)."""
+    ``shared_epoch`` when given), computed under ``execution`` (default: the device's)."""
+    execution = execution or Execution()
     fields: dict[str, object] = {
         "teacher": teacher_key,
         "checkpoint": checkpoint.name if not teacher_key.startswith("file-") else None,
@@ -200,6 +205,8 @@ def outputs_key(
         "split": split_fingerprint(split),
         "needs": sorted(needs),
         "device": device.type,
+        "precision": execution.precision or PRECISION[device.type],
+        "channels_last": execution.channels_last,
         "format": OUTPUTS_FORMAT,
     }
     if device.type == "cpu":  # CPU kernels split work by thread count, which may round apart
@@ -229,6 +236,7 @@ def teacher_outputs(
     needs: frozenset[str],
     device: torch.device,
     *,
+    execution: Execution | None = None,
     batch_size: int = 256,
     shared_epoch: int | None = None,
 ) -> TeacherOutputs | None:
@@ -242,20 +250,30 @@ def teacher_outputs(
     if budget <= 0 or not hasattr(split, "images"):
         return None
     needs = frozenset(needs)
-    key = outputs_key(teacher_key, checkpoint, split, needs, device, shared_epoch=shared_epoch)
+    execution = execution or Execution()
+    key = outputs_key(
+        teacher_key,
+        checkpoint,
+        split,
+        needs,
+        device,
+        execution=execution,
+        shared_epoch=shared_epoch,
+    )
     if key in _memory:
         _memory.move_to_end(key)
         return _memory[key]
     path = kdbench_home() / "teacher_outputs" / f"{key}.pt"
     entry = _load(path, key, len(split), device) if path.is_file() else None
     if entry is None:
-        if _estimated_bytes(teacher, split, needs, device) > budget:
+        if _estimated_bytes(teacher, split, needs, device, execution) > budget:
             return None
         entry = compute_outputs(
             teacher,
             split,
             needs,
             device,
+            execution=execution,
             key=key,
             batch_size=batch_size,
             shared_epoch=shared_epoch,
@@ -268,17 +286,27 @@ def teacher_outputs(
 
 
 def _estimated_bytes(
-    teacher: nn.Module, split: Split, needs: frozenset[str], device: torch.device
+    teacher: nn.Module,
+    split: Split,
+    needs: frozenset[str],
+    device: torch.device,
+    execution: Execution,
 ) -> int:
     x, _, _ = next(split.batches(2, shuffle=False, generator=None, augment=False, device=device))
-    entry = _forward(teacher, x, needs, device)
+    entry = _forward(teacher, x, needs, device, execution)
     return entry.nbytes() * len(split) // max(1, len(x))
 
 
 def _forward(
-    teacher: nn.Module, x: Tensor, needs: frozenset[str], device: torch.device
+    teacher: nn.Module,
+    x: Tensor,
+    needs: frozenset[str],
+    device: torch.device,
+    execution: Execution,
 ) -> TeacherOutputs:
-    with torch.inference_mode(), autocast_for(device):
+    # The same memory format as a training batch: channels-last kernels may round apart.
+    x = execution.images(x)
+    with torch.inference_mode(), execution.autocast(device):
         out = forward_outputs(teacher, x, needs)
     return TeacherOutputs(
         key="",
@@ -296,6 +324,7 @@ def compute_outputs(
     needs: frozenset[str],
     device: torch.device,
     *,
+    execution: Execution | None = None,
     key: str = "",
     batch_size: int = 256,
     shared_epoch: int | None = None,
@@ -303,6 +332,7 @@ def compute_outputs(
     """One eval-mode pass of ``teacher`` over ``split`` in order, kept on ``device``: the
     images as they are, or as the shared augmentation stream of ``shared_epoch`` crops and
     flips them."""
+    execution = execution or Execution()
     was_training = teacher.training
     teacher.eval()
     parts = []
@@ -315,7 +345,7 @@ def compute_outputs(
             device=device,
             shared_epoch=shared_epoch,
         ):
-            parts.append(_forward(teacher, x, needs, device))
+            parts.append(_forward(teacher, x, needs, device, execution))
     finally:
         teacher.train(was_training)
     # Concatenated outside inference mode: the result is a normal tensor, which training code
@@ -333,6 +363,15 @@ def compute_outputs(
     )
 
 
+def _same_layout(rows: Tensor, stored: Tensor) -> Tensor:
+    """``rows`` in ``stored``'s memory format: a channels-last feature map stays channels-last
+    (the loss reduces it in that order, as it would the teacher's own output)."""
+    if stored.dim() == 4 and not stored.is_contiguous():
+        if stored.is_contiguous(memory_format=torch.channels_last):
+            return rows.contiguous(memory_format=torch.channels_last)
+    return rows
+
+
 @dataclass
 class SharedStreamOutputs:
     """A frozen teacher's outputs under the shared augmentation stream, one cache entry per
@@ -345,6 +384,7 @@ class SharedStreamOutputs:
         split: The training split (in memory).
         needs: What besides logits to keep.
         device: The training device.
+        execution: The trial's precision and memory format.
     """
 
     teacher: nn.Module
@@ -353,6 +393,7 @@ class SharedStreamOutputs:
     split: Split
     needs: frozenset[str]
     device: torch.device
+    execution: Execution | None = None
 
     def for_epoch(self, epoch: int, *, augmented: bool) -> TeacherOutputs | None:
         """The entry of ``epoch``, or None when it does not fit the budget, the split is not
@@ -366,6 +407,7 @@ class SharedStreamOutputs:
             self.split,
             self.needs,
             self.device,
+            execution=self.execution,
             shared_epoch=epoch,
         )
 

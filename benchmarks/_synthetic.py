@@ -14,7 +14,7 @@ from bench.data import DataBundle, DatasetInfo, TensorSplit
 from bench.models import create_model, model_info
 from bench.plugins import build_method
 from bench.trial.context import make_context, task_info
-from bench.trial.device import Execution, freeze
+from bench.trial.device import Execution, fast_compute, freeze
 
 CIFAR_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR_STD = (0.2673, 0.2564, 0.2762)
@@ -78,7 +78,7 @@ def kd_context(
     """A kdbench training context and method over ``data`` (random-init models)."""
     image = data.info.input_size
     classes = data.info.num_classes
-    execution = Execution.for_device(device, recipe)
+    execution = Execution.of(fast_compute(device, torch.get_num_threads()), recipe)
     torch.manual_seed(seed)
     student = execution.apply(create_model(student_name, classes).to(device))
     s_info = model_info(student, student_name, image)

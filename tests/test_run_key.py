@@ -29,6 +29,7 @@ from bench.suite.expand import plan_trials
 from bench.suite.load import parse_suite
 from bench.tracking import REPLICATE_OF_TAG, REPLICATE_TAG, RUN_KEY_TAG
 from bench.trial.compose import identify_trial
+from bench.trial.device import fast_compute
 
 STUDENT, TEACHER = "test_resnet_narrow", "test_resnet_wide"
 #: A trial on digits whose recipe the tests vary; its teacher is a checkpoint file.
@@ -82,8 +83,18 @@ def test_the_device_and_its_precision_are_part_of_the_key():
     differs(
         key_of(ce_config()), key_of(ce_config(compute=cuda)), "the device (cpu fp32 → cuda bf16)"
     )
-    with pytest.raises(ConfigError, match="kdbench computes in fp32 on cpu"):
-        Compute("cpu", precision="bf16")
+    bf16 = Compute("cpu", precision="bf16", threads=1)
+    differs(key_of(ce_config()), key_of(ce_config(compute=bf16)), "the precision (fp32 → bf16)")
+    with pytest.raises(ConfigError, match=r"compute\.precision 'fp16' is not one of"):
+        Compute("cpu", precision="fp16")  # type: ignore[arg-type]
+
+
+def test_the_memory_format_is_part_of_the_key():
+    channels_last = Compute("cpu", threads=1, memory_format="channels_last")
+    assert CPU1.memory_format == "contiguous"
+    differs(key_of(ce_config()), key_of(ce_config(compute=channels_last)), "the memory format")
+    with pytest.raises(ConfigError, match=r"compute\.memory_format 'nhwc' is not one of"):
+        Compute("cpu", memory_format="nhwc")  # type: ignore[arg-type]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
@@ -209,7 +220,7 @@ resources: {{cpu: {cpu}}}
 def test_a_sweep_trial_and_train_with_its_threads_have_one_key():
     suite = parse_suite(one_trial_suite(cpu=2))
     (trial,) = plan_trials(suite)
-    assert trial.config.compute == Compute("cpu", threads=2)
+    assert trial.config.compute == fast_compute("cpu", threads=2)
     given = TrialConfig(
         dataset="digits",
         student=STUDENT,
@@ -217,7 +228,7 @@ def test_a_sweep_trial_and_train_with_its_threads_have_one_key():
         params=(("temperature", "20"),),  # the default, given
         recipe=RECIPE,
         teacher=TeacherSpec(arch="resnet20"),  # train's default teacher: unused by tf_kd
-        compute=Compute("cpu", threads=2),
+        compute=fast_compute("cpu", threads=2),
     )
     same(trial.key, identify_trial(given)[1], "train instead of the sweep")
     differs(trial.key, identify_trial(given.with_changes(compute=CPU1))[1], "threads 2 → 1")
@@ -341,7 +352,7 @@ def test_a_run_records_its_resolved_params_compute_and_teacher_file(tmp_path, ca
     (run,) = finished(tmp_path)
     digest = hashlib.sha256(teacher.read_bytes()).hexdigest()
     tags, params = run.data.tags, run.data.params
-    assert tags["kdbench.compute"] == "cpu fp32 1 thread"
+    assert tags["kdbench.compute"] == fast_compute("cpu", 1).describe()
     assert tags["kdbench.teacher_key"] == "file-" + digest[:16]
     assert tags["kdbench.teacher_file"] == str(teacher)
     assert tags["kdbench.teacher_sha256"] == digest
@@ -360,7 +371,7 @@ def test_a_run_records_its_resolved_params_compute_and_teacher_file(tmp_path, ca
     back = read_results_csv(tmp_path / "results.csv")
     row = back.iloc[0]
     assert json.loads(row["params"]) == {"alpha": 0.9, "temperature": 4.0}
-    assert (row["compute"], row["teacher_sha256"]) == ("cpu fp32 1 thread", digest)
+    assert (row["compute"], row["teacher_sha256"]) == (fast_compute("cpu", 1).describe(), digest)
     assert row["teacher_key"] == "file-" + digest[:16]
 
     # Overwrite the teacher file with another teacher: the next train is another trial.

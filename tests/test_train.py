@@ -8,7 +8,7 @@ import math
 import pytest
 
 from bench.cli import main
-from bench.config import Recipe, TeacherSpec, TrialConfig, run_key
+from bench.config import Compute, Recipe, TeacherSpec, TrialConfig, run_key
 from bench.tracking import RUN_KEY_TAG, Tracker
 from bench.trial.compose import run_trial
 
@@ -258,12 +258,9 @@ def test_compiled_trial_matches_the_eager_one(monkeypatch):
     assert compiled.test_acc == pytest.approx(plain.test_acc, abs=0.01)
 
 
-def test_channels_last_trains_and_leaves_the_teacher_frozen(monkeypatch):
-    from bench.trial.device import Execution
-
-    fast = Execution(channels_last=True)
-    monkeypatch.setattr(Execution, "for_device", classmethod(lambda cls, device, recipe: fast))
-    result = run_trial(kd_config(recipe=Recipe(epochs=1, batch_size=64), seed=13))
+def test_channels_last_trains_and_leaves_the_teacher_frozen():
+    compute = Compute("cpu", threads=1, memory_format="channels_last")
+    result = run_trial(kd_config(recipe=Recipe(epochs=1, batch_size=64), seed=13, compute=compute))
     assert result.status == "FINISHED", result.error
     assert math.isfinite(result.final_loss) and result.test_acc > 0
     assert 0.0 <= result.agreement <= 1.0  # the teacher predicted the test split

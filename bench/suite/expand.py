@@ -123,8 +123,12 @@ def plan_trials(suite: Suite) -> tuple[PlannedTrial, ...]:
 
 def trial_compute(resources: Resources) -> Compute:
     """The compute of a trial asking for ``resources``: CUDA when it asks for any GPU (Ray
-    hides the cards from the others), CPU otherwise; as many torch threads as CPUs."""
-    return Compute(device="cuda" if resources.gpu > 0 else "cpu", threads=resources.threads)
+    hides the cards from the others), CPU otherwise; as many torch threads as CPUs; the
+    execution policy of :func:`bench.trial.device.fast_compute` (on CPU, as this machine's
+    processor decides: a cluster's CPU workers are expected to be of the driver's kind)."""
+    from bench.trial.device import fast_compute
+
+    return fast_compute("cuda" if resources.gpu > 0 else "cpu", resources.threads)
 
 
 def _trial_config(

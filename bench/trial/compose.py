@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from bench.api import Method, ModelInfo, TrialFailed
-from bench.config import Compute, ConfigError, Recipe, TeacherSpec, TrialConfig
+from bench.config import ConfigError, Recipe, TeacherSpec, TrialConfig
 from bench.data import DataBundle, load_dataset, with_loader
 from bench.filehash import file_sha256
 from bench.finetune import prepare_student
@@ -43,6 +43,7 @@ from bench.trial.context import (
 from bench.trial.device import (
     Execution,
     apply_compute,
+    fast_compute,
     freeze,
     machine_compute,
     machine_facts,
@@ -138,7 +139,7 @@ def identify_trial(
     """
     compute = config.compute or machine_compute(device)
     if device is not None and torch.device(device).type != compute.device:
-        compute = Compute(device=torch.device(device).type, threads=compute.threads)  # type: ignore[arg-type]
+        compute = fast_compute(device, compute.threads)
     return keyed_trial(config.with_changes(compute=compute))
 
 
@@ -248,7 +249,8 @@ def build_trial(
     the inputs are deterministic) and the training context. Raises :class:`TrialFailed` when
     the method refuses the pair."""
     config, data, device = prepared.config, prepared.data, prepared.device
-    execution = Execution.for_device(device, config.recipe)
+    assert config.compute is not None
+    execution = Execution.of(config.compute, config.recipe)
     seed_everything(config.seed)
     image = data.info.input_size
     student = create_model(config.student, data.info.num_classes, image_size=image[1])
@@ -339,10 +341,11 @@ def _teacher_outputs_for(
         frozenset(method.needs_of_teacher()),
         prepared.device,
     )
+    execution = Execution.of(prepared.config.compute or machine_compute(prepared.device), recipe)
     if inputs_are_deterministic(recipe, info):
-        return teacher_outputs(*source)
+        return teacher_outputs(*source, execution=execution)
     if shares_augmentation(recipe, info):
-        return SharedStreamOutputs(*source)
+        return SharedStreamOutputs(*source, execution=execution)
     return None
 
 
@@ -389,7 +392,7 @@ def execute(
         )
         result.final_loss = result.history[-1]["train/loss"]
         result.val_acc = result.history[-1]["val_acc"]
-        test_logits = predict(student, data.test, device)
+        test_logits = predict(student, data.test, device, execution=ctx.execution)
         test_labels = labels_of(data.test, device)
         result.test_acc = topk_accuracy(test_logits, test_labels, 1)
         result.test_top5 = topk_accuracy(test_logits, test_labels, 5)
@@ -399,7 +402,9 @@ def execute(
             and teacher_info is not None
             and teacher_info.num_classes == s_info.num_classes
         ):
-            teacher_pred = predict(teacher_model, data.test, device).argmax(1)
+            teacher_pred = predict(
+                teacher_model, data.test, device, execution=ctx.execution
+            ).argmax(1)
             result.agreement = (test_logits.argmax(1) == teacher_pred).float().mean().item()
         result.student = student
         result.status = "FINISHED"

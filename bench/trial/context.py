@@ -22,7 +22,7 @@ from bench.api import Batch, Method, ModelInfo, Outputs, TaskInfo, TrialFailed
 from bench.config import Recipe
 from bench.data import DataBundle
 from bench.models import create_model, forward_outputs, list_models, model_info
-from bench.trial.device import Execution, autocast_for
+from bench.trial.device import Execution
 
 
 class CachedOutputs(Protocol):
@@ -164,7 +164,7 @@ class TrialContext:
     ) -> Outputs:
         """One forward pass of any model, computing only ``needs`` besides logits."""
         grad_mode = contextlib.nullcontext() if grad else torch.no_grad()
-        with grad_mode, autocast_for(self.device):
+        with grad_mode, self.execution.autocast(self.device):
             return forward_outputs(model, x, needs)
 
     def forward_student(self, x: Tensor, needs: frozenset[str] = frozenset()) -> Outputs:
@@ -181,7 +181,7 @@ class TrialContext:
             return cached
         # no_grad rather than inference_mode: its outputs may be saved for the student's
         # backward pass as they are, where inference tensors would need a copy every step.
-        with torch.no_grad(), autocast_for(self.device):
+        with torch.no_grad(), self.execution.autocast(self.device):
             return forward_outputs(self.teacher, x, needs)
 
     def _cached_teacher_outputs(self, x: Tensor, needs: frozenset[str]) -> Outputs | None:
@@ -241,8 +241,7 @@ class TrialContext:
             )
         ):
             step = epoch * steps + i
-            if self.execution.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = self.execution.images(x)
             batch = Batch(
                 x=x,
                 y=y,
@@ -326,7 +325,7 @@ class TrialContext:
             device=self.device,
             data=self.data,
             seed=self.seed + 7919,
-            execution=Execution(),
+            execution=Execution(precision=self.execution.precision),
             services=dataclasses.replace(self.services, log=None),
         )
         method.setup(info, teacher_info, task)

@@ -1,5 +1,10 @@
 """Where and how a trial computes: the device, threads, seeding, precision and memory format.
 
+The execution policy (:func:`fast_compute`) is the harness's choice, recorded in every run
+key: channels-last convolutions on every device; bf16 autocast on CUDA and on CPUs with
+native bf16 arithmetic (AVX512-BF16 or AMX), fp32 elsewhere, where bf16 is emulated and
+several times slower than fp32. Loss terms stay in fp32 (methods upcast logits and features).
+
 kdbench sets no determinism flags: torch's defaults allow nondeterministic CUDA and cuDNN
 kernels (atomic additions in some backward passes), so the same trial on the same GPU agrees
 within seed noise, not bit for bit. On CPU the computation is
@@ -18,9 +23,9 @@ from functools import cache
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from bench.config import PRECISION, Compute, ConfigError, Recipe
+from bench.config import PRECISION, Compute, ConfigError, Precision, Recipe
 
 
 def pick_device() -> torch.device:
@@ -33,13 +38,72 @@ def pick_device() -> torch.device:
 TORCH_THREADS = torch.get_num_threads()
 
 
+#: The processor flags (``/proc/cpuinfo``) of native bf16 arithmetic. A hypervisor may hide
+#: them on a processor that has it; torch's kernels then emulate bf16 too, so the flags are
+#: the right test.
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@cache
+def cpu_flags() -> frozenset[str]:
+    """This processor's feature flags as Linux reports them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), where bf16 autocast is
+    faster than fp32; ``KDBENCH_CPU_BF16=0``/``1`` overrides the detection."""
+    override = os.environ.get("KDBENCH_CPU_BF16", "").strip()
+    if override in ("0", "1"):
+        return override == "1"
+    return bool(cpu_flags() & NATIVE_BF16_FLAGS)
+
+
+def fast_compute(device: torch.device | str, threads: int) -> Compute:
+    """The harness's execution policy for a trial on ``device`` with ``threads`` torch
+    threads: channels-last everywhere; bf16 on CUDA and on CPUs with native bf16, fp32 on
+    other CPUs. The policy is recorded in the run key (a trial computed under another policy
+    is another result)."""
+    kind = torch.device(device).type
+    precision: Precision = "bf16" if kind == "cuda" or cpu_has_native_bf16() else "fp32"
+    return Compute(
+        device=kind,  # type: ignore[arg-type]
+        precision=precision,
+        threads=threads,
+        memory_format="channels_last",
+    )
+
+
 def machine_compute(
-    device: torch.device | str | None = None, threads: int | None = None
+    device: torch.device | str | None = None,
+    threads: int | None = None,
+    *,
+    precision: Precision | None = None,
+    channels_last: bool | None = None,
 ) -> Compute:
     """The compute a trial gets here unless told otherwise: ``device`` (default
-    :func:`pick_device`) and ``threads`` (default :data:`TORCH_THREADS`)."""
+    :func:`pick_device`) and ``threads`` (default :data:`TORCH_THREADS`) under the execution
+    policy (:func:`fast_compute`), whose ``precision`` and memory format a caller may
+    override."""
     kind = torch.device(device).type if device is not None else pick_device().type
-    return Compute(device=kind, threads=threads or TORCH_THREADS)  # type: ignore[arg-type]
+    policy = fast_compute(kind, threads or TORCH_THREADS)
+    return Compute(
+        device=policy.device,
+        precision=precision or policy.precision,
+        threads=policy.threads,
+        memory_format=(
+            policy.memory_format
+            if channels_last is None
+            else ("channels_last" if channels_last else "contiguous")
+        ),
+    )
 
 
 def apply_compute(compute: Compute) -> torch.device:
@@ -87,40 +151,63 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
-    """The device's precision (:data:`bench.config.PRECISION`, part of every run key): bf16
-    autocast on CUDA; full precision on CPU (where bf16 is slower than fp32)."""
-    if PRECISION.get(device.type) == "bf16":
+def autocast_for(
+    device: torch.device, precision: Precision | None = None
+) -> contextlib.AbstractContextManager:
+    """Forward passes in ``precision`` (default: the device's, :data:`bench.config.PRECISION`):
+    bf16 autocast, or nothing for fp32."""
+    if (precision or PRECISION.get(device.type)) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
 class Execution:
-    """How a trial's models run on its device. None of it changes what a CPU trial computes.
+    """How a trial's models run on its device: the compute's precision and memory format,
+    and the recipe's compilation.
 
     Attributes:
-        channels_last: Models and training inputs in channels-last memory order (CUDA).
+        precision: ``fp32`` or ``bf16`` (autocast of the forward passes); None: the device's
+            default (:data:`bench.config.PRECISION`), as a teacher trains.
+        channels_last: Convolutional models and image batches in channels-last order.
         compile: Run the models' forward passes through ``torch.compile``.
     """
 
+    precision: Precision | None = None
     channels_last: bool = False
     compile: bool = False
 
     @classmethod
-    def for_device(cls, device: torch.device, recipe: Recipe) -> Execution:
-        """The fast settings for ``device``: channels-last on CUDA; compiled if the recipe
-        asks."""
-        return cls(channels_last=device.type == "cuda", compile=recipe.compile)
+    def of(cls, compute: Compute, recipe: Recipe) -> Execution:
+        """How a trial with ``compute`` and ``recipe`` runs."""
+        return cls(
+            precision=compute.precision,  # type: ignore[arg-type]
+            channels_last=compute.memory_format == "channels_last",
+            compile=recipe.compile,
+        )
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """The forward passes' precision on ``device``."""
+        return autocast_for(device, self.precision)
+
+    def images(self, x: Tensor) -> Tensor:
+        """An image batch in this execution's memory format."""
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def apply(self, model: nn.Module) -> nn.Module:
-        """Put ``model`` in this execution's memory format and compiled form; returns the same
-        module."""
-        if self.channels_last:
+        """Put ``model`` in this execution's memory format (when it has convolutions) and
+        compiled form; returns the same module."""
+        if self.channels_last and _is_convolutional(model):
             model.to(memory_format=torch.channels_last)
         if self.compile:
             compile_model(model)
         return model
+
+
+def _is_convolutional(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
 def compile_model(model: nn.Module) -> nn.Module:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.data import DatasetInfo, Split
-from bench.trial.device import autocast_for
+from bench.trial.device import Execution
 from bench.trial.metrics import count_flops, expected_calibration_error, macro_prf
 
 
@@ -23,19 +23,28 @@ class TestMetrics(Protocol):
 
 
 @torch.no_grad()
-def predict(model: nn.Module, split: Split, device: torch.device, batch_size: int = 256) -> Tensor:
-    """Logits of ``model`` on every sample of ``split`` in order (eval mode), on the CPU."""
+def predict(
+    model: nn.Module,
+    split: Split,
+    device: torch.device,
+    batch_size: int = 256,
+    *,
+    execution: Execution | None = None,
+) -> Tensor:
+    """Logits of ``model`` on every sample of ``split`` in order (eval mode), on the CPU,
+    computed under ``execution`` (default: the device's precision, NCHW)."""
+    execution = execution or Execution()
     was_training = model.training
     model.eval()
     chunks = []
     # A reduced-precision teacher takes inputs of its own dtype; a quantised model has no
     # floating-point parameters and takes float32.
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    with autocast_for(device):
+    with execution.autocast(device):
         for x, _, _ in split.batches(
             batch_size, shuffle=False, generator=None, augment=False, device=device
         ):
-            chunks.append(model(x.to(dtype)).float().cpu())
+            chunks.append(model(execution.images(x.to(dtype))).float().cpu())
     model.train(was_training)
     return torch.cat(chunks)
 

@@ -209,7 +209,8 @@ def train_loop(
         val_acc = float("nan")
         if evaluate_val and len(ctx.data.val):
             val_acc = topk_accuracy(
-                predict(ctx.student, ctx.data.val, ctx.device), labels_of(ctx.data.val, ctx.device)
+                predict(ctx.student, ctx.data.val, ctx.device, execution=ctx.execution),
+                labels_of(ctx.data.val, ctx.device),
             )
         record = EpochRecord(
             epoch=epoch,
