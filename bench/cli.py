@@ -7,9 +7,12 @@ Heavy libraries (torch, timm, ray, mlflow) are imported inside the commands, so 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
+import shutil
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +27,30 @@ DEFAULT_STUDENT = "resnet8"
 
 class CliError(Exception):
     """Bad input found by the CLI itself."""
+
+
+class Parser(argparse.ArgumentParser):
+    """kdbench's argument parser. One built with ``intermixed=True`` takes its options before,
+    between or after its positionals: argparse's own parsing gives an optional positional
+    nothing once an option follows the positional before it, so ``ls models --timm 'vit*'``
+    would leave ``'vit*'`` unrecognised."""
+
+    def __init__(self, *args: Any, intermixed: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.intermixed = intermixed
+        self._intermixing = False
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        # The intermixed parse calls this method again for each of its two passes.
+        if not self.intermixed or self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
 
 def _bad_input_types() -> tuple[type[BaseException], ...]:
@@ -124,7 +151,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
         _load_plugins(args.plugins)
         rows = [
-            (name, cls.knowledge, cls.mode, str(cls.version), _first_line(cls.__doc__))
+            (name, cls.knowledge, cls.mode, str(cls.version), _summary(cls.__doc__))
             for name, cls in METHODS.items(args.pattern)
         ]
         _print_table(("method", "knowledge", "mode", "version", "description"), rows)
@@ -133,14 +160,30 @@ def cmd_ls(args: argparse.Namespace) -> int:
     return 0
 
 
-def _first_line(doc: str | None) -> str:
-    return (doc or "").strip().splitlines()[0] if doc and doc.strip() else ""
+def _summary(doc: str | None) -> str:
+    """A docstring's summary, its first paragraph, on one line."""
+    return " ".join(inspect.cleandoc(doc or "").split("\n\n")[0].split())
+
+
+#: The narrowest the last column of a table is wrapped to, however narrow the terminal.
+MIN_LAST_COLUMN = 30
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Aligned columns; the last one (a description) is shown whole: wrapped under its own
+    column to the terminal's width ($COLUMNS when set), one line per row into a pipe."""
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    indent = sum(widths[:-1]) + 2 * (len(widths) - 1)
+    room = None
+    if "COLUMNS" in os.environ or sys.stdout.isatty():
+        room = max(MIN_LAST_COLUMN, shutil.get_terminal_size().columns - indent - 1)
     for row in (header, *rows):
-        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip())
+        *first, last = [str(x) for x in row]
+        lead = "  ".join(x.ljust(w) for x, w in zip(first, widths, strict=False))
+        lines = (textwrap.wrap(last, room) if room else [last]) or [""]
+        print(f"{lead}  {lines[0]}".rstrip())
+        for line in lines[1:]:
+            print(" " * indent + line)
 
 
 # --------------------------------------------------------------------------------------------
@@ -524,7 +567,7 @@ def _add_tracking(p: argparse.ArgumentParser) -> None:
 
 def _add_ls(sub: Any) -> None:
     """``kdbench ls``: models, datasets or methods."""
-    ls = sub.add_parser("ls", help="list models, datasets or methods")
+    ls = sub.add_parser("ls", help="list models, datasets or methods", intermixed=True)
     ls.add_argument("what", choices=["models", "datasets", "methods"])
     ls.add_argument("pattern", nargs="?", default=None, help="glob filter, e.g. 'resnet*'")
     ls.add_argument("--timm", action="store_true", help="with models: every timm model too")
@@ -679,7 +722,7 @@ def _add_check_method(sub: Any) -> None:
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="kdbench",
         description="Benchmark knowledge-distillation methods over timm teacher/student pairs.",
     )

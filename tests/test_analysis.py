@@ -140,6 +140,29 @@ def test_profile_of_a_run_key_covers_its_teacher_and_student(store, capsys):
     assert int(lines[2].split()[3].replace(",", "")) == runs["kd"].student_params
 
 
+def test_a_run_key_looked_up_in_the_wrong_experiment_names_the_experiment_that_holds_it(
+    store, capsys
+):
+    tracker, runs = store
+    key = runs["kd"].run_key
+    # no --experiment: the default, 'kdbench', does not exist in this store
+    assert main(["profile", key, "--tracking-uri", tracker.uri]) == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert f"'{key}' is not a model name, nor a run key here: no MLflow experiment 'kdbench'" in err
+    assert (
+        f"Run key '{key}' is recorded in experiment 'analysis': pass --experiment analysis." in err
+    )
+    # the experiment exists but holds other runs; a prefix of the key is found all the same
+    tracker.client.create_experiment("elsewhere")
+    code = main(
+        ["compress", key[:8], "--int8", "--tracking-uri", tracker.uri, "--experiment", "elsewhere"]
+    )
+    assert code == EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert f"no FINISHED run with run key '{key[:8]}' in experiment 'elsewhere'" in err
+    assert "is recorded in experiment 'analysis': pass --experiment analysis." in err
+
+
 # --------------------------------------------------------------------------------------------
 # compress
 # --------------------------------------------------------------------------------------------

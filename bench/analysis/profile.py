@@ -176,7 +176,9 @@ def profile_names(
     the run's dataset.
 
     Raises:
-        UnknownNameError: A name is neither a model nor a recorded run key.
+        UnknownNameError: A name is neither a model nor shaped like a run key (hex).
+        RunNotFoundError: A name shaped like a run key that is not a model names no
+            FINISHED run of ``experiment``; the message says which experiments hold it.
     """
     from bench.models import create_model, resolve  # timm: loaded only to profile
 
@@ -217,16 +219,17 @@ def _run_models(
     name: str, unknown: Exception, tracking_uri: str | None, experiment: str
 ) -> list[tuple[str, str, str | None, str | None, int | None]]:
     """(arch, role, dataset, data root, image size) of a run's teacher and student (at the
-    run's image size); re-raises ``unknown``
-    when ``name`` is not a run key either."""
+    run's image size); re-raises ``unknown`` when ``name`` does not look like a run key, and
+    says what is missing when it does but names no recorded run."""
     import re
 
     if not re.fullmatch(r"[0-9a-f]{6,}", name):
         raise unknown
     try:
         run = find_run(name, tracking_uri=tracking_uri, experiment=experiment)
-    except RunNotFoundError:
-        raise unknown from None
+    except RunNotFoundError as exc:
+        # Shaped like a run key: what is missing is the run (or its experiment), not a model.
+        raise RunNotFoundError(f"{name!r} is not a model name, nor a run key here: {exc}") from None
     config = run.config
     models: list[tuple[str, str, str | None, str | None, int | None]] = []
     size = config.recipe.image_size

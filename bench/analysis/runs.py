@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import shlex
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -100,7 +101,10 @@ def find_run(
         RunNotFoundError: No FINISHED run has that key; the message suggests close keys and
             lists the experiment's recent runs.
     """
-    client, experiment_id = mlflow_client(tracking_uri, experiment)
+    try:
+        client, experiment_id = mlflow_client(tracking_uri, experiment)
+    except RunNotFoundError as exc:
+        raise RunNotFoundError(f"{exc}{_elsewhere(key, tracking_uri, experiment)}") from None
     finished = _search(client, experiment_id, "attributes.status = 'FINISHED'")
     by_key: dict[str, Any] = {}
     for run in finished:
@@ -126,11 +130,36 @@ def find_run(
         message += " Recent runs (newest first):\n  " + "\n  ".join(recent)
     else:
         message += " It has no finished runs; train one with `kdbench train`."
+    message += _elsewhere(key, tracking_uri, experiment)
     message += (
         "\nAll runs: `mlflow ui --backend-store-uri <tracking uri>`, or pass "
         "--experiment/--tracking-uri for another store."
     )
     raise RunNotFoundError(message)
+
+
+def _elsewhere(key: str, tracking_uri: str | None, experiment: str) -> str:
+    """A sentence naming the other experiments of the store that hold a FINISHED run of
+    ``key`` (or of keys it is a prefix of), with the option that selects one; empty when
+    none does. A sweep records its runs in its suite's experiment, not ``kdbench``."""
+    from mlflow.tracking import MlflowClient
+
+    if len(key) < MIN_PREFIX or not key.isalnum():  # run keys are hex; nothing to quote
+        return ""
+    client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+    others = {e.experiment_id: e.name for e in client.search_experiments() if e.name != experiment}
+    if not others:
+        return ""
+    query = f"tags.`{RUN_KEY_TAG}` LIKE '{key}%' AND attributes.status = 'FINISHED'"
+    runs = client.search_runs(list(others), filter_string=query, max_results=100)
+    names = sorted({others[run.info.experiment_id] for run in runs})
+    if not names:
+        return ""
+    where = " and ".join(repr(n) for n in names)
+    return (
+        f" Run key {key!r} is recorded in experiment {where}: pass --experiment "
+        f"{shlex.quote(names[0])}."
+    )
 
 
 def _describe_run(run: Any) -> str:
