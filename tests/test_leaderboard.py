@@ -11,7 +11,9 @@ import argparse
 import itertools
 import json
 import math
+import re
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -163,6 +165,15 @@ def test_one_point_better_in_every_cell_is_first_marked_better_with_scipys_pvalu
     assert first.gain_vs_reference.low > 0.8 and first.gain_vs_reference.high < 1.2
     good_line = next(line for line in main_table(readme).splitlines() if "`good@1`" in line)
     assert good_line.startswith("| 1 |") and "▲ better" in good_line
+    # The verdict at the top names the winner, the test and its Holm p-value (scipy's).
+    gain = float((means["good"] - means["kd"]).mean())
+    p_ce = adjusted[("ce", "kd")]
+    assert (
+        f"**Verdict.** Better than `kd@1` across cells: `good@1` ({gain:+.2f} points, higher in "
+        f"12 of 12 cells, p_holm = {adjusted[('kd', 'good')]:.2g}), by the exact Wilcoxon "
+        "signed-rank test on cell means, Holm-corrected over 10 pairs of methods (α = 0.05). "
+        f"Worse than `kd@1`: `ce@1` (p_holm = {p_ce:.2g}).\n"
+    ) in readme
     # kd is worse than good and better than ce: the records are read from each side.
     kd = board.entry("kd@1")
     assert kd.vs_baseline.verdict.mark == "▲"
@@ -177,6 +188,11 @@ def test_all_methods_equal_marks_no_method_better(tmp_path):
     assert set(summary["verdict_vs_ce"]) <= {"≈", ""}
     assert not any(p.verdict.significant for p in board.pairwise)
     assert "▲" not in main_table(readme) and "▼" not in main_table(readme)
+    verdict = next(line for line in readme.splitlines() if line.startswith("**Verdict.**"))
+    assert verdict.startswith(
+        "**Verdict.** No method is better than `kd@1` across 12 cells by the exact Wilcoxon "
+        "signed-rank test on cell means, Holm-corrected over 10 pairs of methods (α = 0.05)"
+    )
     cell_verdicts = pd.read_csv(tmp_path / "cells.csv", keep_default_na=False)["verdict_vs_kd"]
     marked = cell_verdicts.isin(["▲", "▼"]).sum()
     assert marked <= 2, f"{marked} of {len(cell_verdicts)} within-cell comparisons marked"
@@ -212,6 +228,12 @@ def test_four_cells_read_insufficient_cells_even_for_a_clear_winner(tmp_path):
     assert "Insufficient cells: only 4 cells" in readme
     assert "▲" not in main_table(readme)
     assert main_table(readme).count("insufficient cells (N=4; Wilcoxon needs ≥ 6)") == 2
+    assert (
+        "**Verdict.** Nothing is established against `kd@1`: 4 cells, and the across-cell "
+        "Wilcoxon signed-rank test needs 6 to reach α = 0.05. Within single cells only (t-test "
+        "on the seeds, Holm-corrected within the cell), better than `kd@1`: `good@1` in 4 of 4 "
+        "cells.\n"
+    ) in readme
 
 
 def test_too_few_cells_for_holm_over_all_pairs_reads_insufficient(tmp_path):
@@ -224,6 +246,10 @@ def test_too_few_cells_for_holm_over_all_pairs_reads_insufficient(tmp_path):
     assert set(summary["verdict_vs_kd"]) <= {"insufficient", ""}
     assert "at least 0.47, so no across-cell verdict can be ▲ or ▼" in readme
     assert "≈" not in main_table(readme)
+    assert (
+        "**Verdict.** Nothing is established against `kd@1`: with 6 cells, 15 Holm-corrected "
+        "pairs of methods cannot reach α = 0.05; the across-cell test needs 10 cells."
+    ) in readme
     # 10 cells are enough: the same method is then marked better.
     board = build_leaderboard(synthetic(effects, n_cells=10))
     assert board.entry("good@1").vs_reference.verdict.mark == "▲"
@@ -485,6 +511,64 @@ def test_page_is_self_contained_and_links_runs_when_a_server_is_known(tmp_path):
     assert f'href="http://head:5000/#/experiments/7/runs/run{kd0:03d}"' in online
     assert "http://head:5000/#/compare-runs?runs=" in online
     assert 'src="figures/cd_diagram.svg"' in online
+
+
+def test_readme_and_page_define_every_column_of_the_methods_table(tmp_path):
+    _, _, readme = build(tmp_path, synthetic({"ce": -0.01, "kd": 0.0, "a": 0.004}, n_cells=3))
+    header = main_table(readme).splitlines()[0].strip("| ").split(" | ")
+    legend = readme.split("\n\n", readme.count("\n\n"))  # paragraphs
+    bullets = next(p for p in legend if p.startswith("- **rank**")).splitlines()
+    assert [b.split("**")[1] for b in bullets] == header
+    assert header[3] == "gain over `ce@1` [95% CI]"
+    page = (tmp_path / "index.html").read_text(encoding="utf-8")
+    table = page.split('<table id="main"', 1)[1].split("</thead>", 1)[0]
+    columns = re.findall(r'<button type="button">(.*?)</button>', table)
+    dl = page.split('<dl class="legend" id="legend">', 1)[1].split("</dl>", 1)[0]
+    terms = dict(re.findall(r"<dt>(.*?)</dt><dd>(.*?)</dd>", dl))
+    assert list(terms) == columns  # every column, in order, and nothing else
+    assert columns[-5:] == ["Top-5", "Macro-F1", "ECE", "Agreement", "Cost"]
+    assert "15 equal-width bins" in terms["ECE"]
+    assert "teacher&#x27;s" in terms["Agreement"]
+    assert "<code>method@version</code>" in terms["Method"] and "version" in terms["Method"]
+    # The verdict comes first on the page as in the README.
+    assert page.index('id="verdict"') < page.index('id="notes"')
+    assert "Nothing is established against <code>kd@1</code>: 3 cells" in page
+
+
+@pytest.mark.parametrize("length", [4, 120])
+def test_figures_hold_their_labels_at_any_method_name_length(length):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from bench.leaderboard.figures import (
+        draw_cd_diagram,
+        draw_gain_heatmap,
+        draw_gains,
+        matplotlib_rc,
+    )
+
+    name = ("distillation_with_a_long_name_" * 5)[:length]
+    effects = {"ce": -0.01, "kd": 0.0, name: 0.004, "b": -0.002}
+    board = build_leaderboard(synthetic(effects, n_cells=3, seeds=3), Settings(n_boot=200))
+    assert f"{name}@1" in {e.entry for e in board.entries}
+    widths = {}
+    for draw in (draw_cd_diagram, draw_gains, draw_gain_heatmap):
+        # matplotlib warns when its layout gives up ("axes sizes collapsed to zero").
+        with matplotlib_rc(), warnings.catch_warnings():
+            warnings.simplefilter("error")
+            fig = draw(board)
+            renderer = FigureCanvasAgg(fig).get_renderer()
+            fig.draw(renderer)
+            drawn = fig.get_tightbbox(renderer)  # every artist drawn, text included (inches)
+        width, height = fig.get_size_inches()
+        assert drawn.x0 >= 0 and drawn.y0 >= 0, draw.__name__
+        assert drawn.x1 <= width and drawn.y1 <= height, (draw.__name__, drawn, width)
+        for ax in (a for a in fig.axes if a.get_label() != "<colorbar>"):
+            box = ax.get_position()
+            assert box.width * width > 0.3 and box.height * height > 0.3, draw.__name__
+        widths[draw.__name__] = width
+    if length > 100:
+        # 120 characters at 9 pt are about 9 inches: the figures grew to hold them.
+        assert min(widths.values()) > 9, widths
 
 
 # --------------------------------------------------------------------------------------------

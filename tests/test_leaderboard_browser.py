@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import shutil
 import socket
@@ -23,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.leaderboard.aggregate import Settings
 from bench.leaderboard.cli import leaderboard_from_runs
+from bench.leaderboard.figures import FIGURES
 from bench.leaderboard.runs import runs_frame
 
 CHROMIUM = next(
@@ -103,6 +106,9 @@ class WebDriver:
     def screenshot(self) -> bytes:
         return base64.b64decode(self._session("GET", "/screenshot"))
 
+    def resize(self, width: int, height: int) -> None:
+        self._session("POST", "/window/rect", {"width": width, "height": height})
+
     def quit(self) -> None:
         self._session("DELETE", "")
 
@@ -162,6 +168,42 @@ def page(tmp_path_factory):
                 )  # fmt: skip
     folder = tmp_path_factory.mktemp("leaderboard")
     board = leaderboard_from_runs(runs_frame(records), folder, name="browser-check")
+    return folder, board
+
+
+@pytest.fixture(scope="module")
+def wide_page(tmp_path_factory):
+    """A tune leaderboard as wide as they come: 17 entries with long names (one method run
+    with several settings per method, a plugin with a long name), every side metric, and 3
+    cells, too few for the across-cell test."""
+    rng = np.random.default_rng(5)
+    settings = [("ce", {})]
+    settings += [
+        ("kd", {"temperature": t, "alpha": a}) for t in (1.0, 4.0, 8.0) for a in (0.5, 0.9)
+    ]
+    settings += [("dkd", {"beta": b, "temperature": t}) for b in (1.0, 8.0) for t in (1.0, 4.0)]
+    settings += [("relational_distillation_with_a_long_plugin_name", {"w": w}) for w in (1.0, 10.0)]
+    records = []
+    for c, teacher in enumerate(("resnet32x4", "wrn_40_2", "vgg13")):
+        level = 0.7 + 0.05 * rng.random()
+        for i, (method, params) in enumerate(settings):
+            for seed in range(3):
+                acc = level + 0.002 * (i % 5) + rng.normal(0, 0.003)
+                records.append(
+                    {
+                        "run_key": f"{c}-{i}-{seed}", "dataset": "cifar100", "teacher": teacher,
+                        "student": "resnet8x4", "method": method, "method_version": 1,
+                        "params": params, "seed": seed, "phase": "tune", "status": "FINISHED",
+                        "val_acc": acc, "test_acc": acc, "test_top5": acc + 0.2,
+                        "macro_f1": acc - 0.01, "ece": 0.05, "teacher_test_acc": 0.79,
+                        "agreement": 0.8 if method != "ce" else math.nan,
+                        "train_seconds": 100.0, "extra_params": 12345 if i > 10 else 0,
+                    }
+                )  # fmt: skip
+    folder = tmp_path_factory.mktemp("wide-leaderboard")
+    settings = Settings(phase="tune", metric="val_acc", n_boot=200)
+    board = leaderboard_from_runs(runs_frame(records), folder, name="wide", settings=settings)
+    assert len(board.entries) == 13 and len(board.cells) == 3
     return folder, board
 
 
@@ -274,3 +316,124 @@ def test_page_renders_sorts_and_drills_down(browser, page, tmp_path):
     assert opened[1] is True and opened[0] != browser.script(
         "return document.querySelector('details.cell').id"
     )
+
+
+#: Elements outside any scrolling container that reach past the page's right edge (CSS px
+#: beyond it, tag, id or class, start of the text); a scrolling container itself counts.
+_OVERFLOWING = """
+var width = document.documentElement.clientWidth, out = [];
+document.querySelectorAll("body *").forEach(function (el) {
+  var box = el.getBoundingClientRect();
+  if (!box.width || (el.parentElement && el.parentElement.closest(".scroll"))) { return; }
+  if (box.right > width + 0.5 || box.left < -0.5) {
+    out.push([Math.round(Math.max(box.right - width, -box.left)), el.tagName, el.id || el.className,
+              (el.textContent || "").trim().slice(0, 40)]);
+  }
+});
+return out;
+"""
+
+
+@pytest.mark.parametrize("width", [1400, 800])
+def test_the_page_fits_the_window_and_keeps_the_method_column_in_view(
+    browser, page, wide_page, width, tmp_path
+):
+    try:
+        browser.resize(width, HEIGHT)
+        for folder, board in (page, wide_page):
+            browser.get((folder / "index.html").as_uri())
+            assert browser.script("return window.innerWidth") == width
+            # Nothing overflows the page: no horizontal scrolling of the page itself, which
+            # shows its width (overflow is not hidden).
+            hidden = (
+                "return [document.documentElement, document.body]"
+                ".map(e => getComputedStyle(e).overflowX);"
+            )
+            assert browser.script(hidden) == ["visible", "visible"]
+            overflow = "var e = document.documentElement; return e.scrollWidth - e.clientWidth;"
+            assert browser.script(overflow) <= 0
+            assert browser.script(_OVERFLOWING) == []
+            # The verdict is the first thing under the title.
+            verdict = browser.text(browser.find("header #verdict"))
+            assert verdict.startswith(f"Nothing is established against {board.reference.label}: ")
+            # Every column of the methods table has its definition in the legend.
+            headers = browser.script(
+                "return Array.from(document.querySelectorAll('#main > thead th'))"
+                ".map(th => th.textContent.trim());"
+            )
+            terms = browser.script(
+                "return Array.from(document.querySelectorAll('#legend dt'))"
+                ".map(dt => dt.textContent.trim());"
+            )
+            assert terms == headers and headers[-1] == "Cost"
+
+            # Scrolled to its end, the methods table shows its last column and still shows
+            # every method's rank and name beside it.
+            geometry = browser.script(
+                """
+                var box = document.getElementById("main-scroll");
+                box.scrollLeft = box.scrollWidth;
+                var view = box.getBoundingClientRect(), out = {scrolls: box.scrollLeft > 0};
+                var cost = document.querySelector("#main > thead th:last-child");
+                out.cost = cost.getBoundingClientRect().right - view.right;
+                out.rows = Array.from(document.querySelectorAll("#main tr.entry")).map(
+                  function (row) {
+                    var rank = row.cells[0].getBoundingClientRect();
+                    var name = row.cells[1].getBoundingClientRect();
+                    var last = row.cells[row.cells.length - 1].getBoundingClientRect();
+                    return [rank.left - view.left, name.right - last.left,
+                            name.right - view.right];
+                  });
+                return out;
+                """
+            )
+            assert geometry["cost"] <= 0.5
+            for rank_left, name_overlap, name_right in geometry["rows"]:
+                assert -0.5 <= rank_left <= 2  # the rank column stays at the left edge
+                assert name_right < 0  # the method's name is inside the view
+                if geometry["scrolls"]:
+                    assert name_overlap <= 0.5  # and does not cover the last column
+            browser.script("document.getElementById('methods').scrollIntoView()")
+            _save(f"leaderboard-{board.name}-{width}.png", browser.screenshot(), tmp_path)
+
+            # Every figure loads (lazily: scrolled to) and is inside its section's width.
+            browser.script("document.getElementById('figures').scrollIntoView()")
+            deadline = time.monotonic() + 10
+            while not browser.script(
+                "return Array.from(document.images).every(i => i.complete && i.naturalWidth);"
+            ):
+                assert time.monotonic() < deadline, "the figures did not load"
+                time.sleep(0.05)
+            beyond = browser.script(
+                "var right = document.getElementById('figures').getBoundingClientRect().right;"
+                "return Array.from(document.images).map(i => i.getBoundingClientRect().right"
+                " - right);"
+            )
+            assert len(beyond) == len(FIGURES) and max(beyond) <= 0.5
+    finally:
+        browser.resize(WIDTH, HEIGHT)
+
+
+def test_figure_text_stays_inside_every_figure(browser, page, wide_page):
+    """Each SVG opened on its own: every text's box, as the browser lays it out, lies inside
+    the drawing (a label cut at the edge would reach past it)."""
+    for folder, board in (page, wide_page):
+        for name in FIGURES:
+            browser.get((folder / "figures" / name).as_uri())
+            texts = browser.script(
+                """
+                var svg = document.documentElement, box = svg.getBoundingClientRect();
+                return Array.from(svg.querySelectorAll("text")).map(function (t) {
+                  var r = t.getBoundingClientRect();
+                  return [t.textContent, r.left - box.left, r.top - box.top,
+                          box.right - r.right, box.bottom - r.bottom];
+                });
+                """
+            )
+            assert len(texts) > 10, (board.name, name)
+            cut = [t for t in texts if min(t[1:]) < 0]
+            assert cut == [], (board.name, name, cut)
+            shown = " ".join(t[0] for t in texts)
+            if name != "gain_heatmap.svg":  # the heatmap leaves out the reference's own row
+                for entry in board.entries:
+                    assert entry.entry in shown, (name, entry.entry)

@@ -1125,12 +1125,12 @@ def _honesty_notes(
             f"with fewer than {need}, so no method is declared better or worse than another "
             "across cells; the per-cell verdicts below still hold for their cells."
         )
-    elif _holm_floor(pairwise) >= settings.alpha:
-        enough = _cells_needed(tested, settings.alpha)
+    elif holm_floor(pairwise) >= settings.alpha:
+        enough = cells_needed(tested, settings.alpha)
         notes.append(
             f"Insufficient cells for {tested} pairwise comparisons: with {len(cells)} cells, "
             "even a method that wins in every cell gets a Holm-adjusted p-value of at least "
-            f"{_holm_floor(pairwise):.2g}, so no across-cell verdict can be ▲ or ▼ and the "
+            f"{holm_floor(pairwise):.2g}, so no across-cell verdict can be ▲ or ▼ and the "
             f"tables say “insufficient cells” instead; {enough} cells would be needed."
         )
     current = {s.entry for s in summaries}
@@ -1213,7 +1213,7 @@ def _retired_notes(retired: Sequence[EntrySummary], current: Mapping[str, int]) 
     ]
 
 
-def _holm_floor(pairwise: Sequence[stats.PairComparison]) -> float:
+def holm_floor(pairwise: Sequence[stats.PairComparison]) -> float:
     """The smallest Holm-adjusted p-value any pair of this table could have reached.
 
     Holm multiplies the smallest raw p-value by the number of tests m, and the smallest exact
@@ -1226,7 +1226,9 @@ def _holm_floor(pairwise: Sequence[stats.PairComparison]) -> float:
     return min(1.0, len(tested) * 2.0 ** (1 - max(p.n_nonzero for p in tested)))
 
 
-def _cells_needed(tests: int, alpha: float) -> int:
+def cells_needed(tests: int, alpha: float) -> int:
+    """Fewest non-tied cells with which the best of ``tests`` Holm-corrected Wilcoxon tests
+    could still reach ``alpha`` (all signs equal: raw p = 2 / 2**N, times ``tests``)."""
     n = 1
     while tests * 2.0 ** (1 - n) >= alpha:
         n += 1
@@ -1237,11 +1239,11 @@ def _unresolvable_as_insufficient(
     pairwise: Sequence[stats.PairComparison], alpha: float
 ) -> tuple[stats.PairComparison, ...]:
     """When no pair could ever reach significance, "≈" would read as "equal": say why instead."""
-    floor = _holm_floor(pairwise)
+    floor = holm_floor(pairwise)
     if not floor >= alpha:
         return tuple(pairwise)
     tested = sum(not math.isnan(p.pvalue) for p in pairwise)
-    needed = _cells_needed(tested, alpha)
+    needed = cells_needed(tested, alpha)
 
     def insufficient(p: stats.PairComparison) -> stats.Verdict:
         return stats.Verdict(

@@ -46,6 +46,7 @@ from bench.leaderboard.aggregate import (
 )
 from bench.leaderboard.compression import COMPRESSION_FILE, compression_from_mlflow
 from bench.leaderboard.compression import beside as compression_beside
+from bench.leaderboard.formatting import verdict_line
 from bench.leaderboard.models import MODELS_FILE, model_costs
 from bench.leaderboard.render import main_table_markdown, write_outputs
 from bench.leaderboard.runs import LeaderboardError, read_results_csv, runs_from_mlflow
@@ -396,6 +397,8 @@ def leaderboard_main(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - started
     if not args.quiet:
         print("\n".join(main_table_markdown(board)))
+        print()
+        print(verdict_line(board))
         print()
     compressed = ", compression.csv" if (folder / COMPRESSION_FILE).is_file() else ""
     print(

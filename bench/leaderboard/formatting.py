@@ -10,7 +10,14 @@ import re
 from collections.abc import Callable
 
 from bench.leaderboard import stats
-from bench.leaderboard.aggregate import Across, CellResult, EntrySummary, Leaderboard
+from bench.leaderboard.aggregate import (
+    Across,
+    CellResult,
+    EntrySummary,
+    Leaderboard,
+    cells_needed,
+    holm_floor,
+)
 
 DASH = "—"
 
@@ -266,3 +273,212 @@ def retired_header(board: Leaderboard, *, markdown: bool = False) -> list[str]:
         f"gain over {code(board.reference.label)} [{pct} CI]",
         "seeds",
     ]
+
+
+# --------------------------------------------------------------------------------------------
+# The verdict and the column legend (the page and the README say the same)
+# --------------------------------------------------------------------------------------------
+
+#: Per-run metrics the page's methods table shows when any run logged them:
+#: (label, metric, first sort direction, what it is).
+SIDE_COLUMNS = (
+    (
+        "Top-5",
+        "test_top5",
+        "descending",
+        "top-5 accuracy on the test split (%), the mean over the covered cells of the seed means.",
+    ),
+    (
+        "Macro-F1",
+        "macro_f1",
+        "descending",
+        "F1 score of each class on the test split, averaged over the classes with equal "
+        "weight (%); mean over the covered cells.",
+    ),
+    (
+        "ECE",
+        "ece",
+        "ascending",
+        "expected calibration error on the test split (%): the test images are put in 15 "
+        "equal-width bins of the student's top probability, and ECE is the average over the "
+        "bins, weighted by their share of images, of |accuracy − mean top probability|. "
+        "Lower is better calibrated; mean over the covered cells.",
+    ),
+    (
+        "Agreement",
+        "agreement",
+        "descending",
+        "share of test images on which the student's top-1 prediction equals the teacher's "
+        "(%); — for methods trained without a teacher. Mean over the covered cells.",
+    ),
+)
+
+
+def side_columns(board: Leaderboard) -> list[tuple[str, str, str, str]]:
+    """The :data:`SIDE_COLUMNS` some entry of ``board`` has a value for."""
+    return [
+        column
+        for column in SIDE_COLUMNS
+        if any(not math.isnan(e.side.get(column[1], math.nan)) for e in board.entries)
+    ]
+
+
+def column_definitions(board: Leaderboard, *, markdown: bool = False) -> dict[str, str]:
+    """What each column of the methods table holds, keyed ``rank``, ``method``, ``coverage``,
+    ``gain_baseline``, ``gain_reference``, ``across``, ``wtl``, ``p_improvement``,
+    ``avg_rank``, ``seeds``, ``cost``, and each side column's metric (``ece``, …). Names are
+    code spans (escaped for Markdown when ``markdown``; plain backticks for the page)."""
+    s = board.settings
+    code, _ = _quoting(markdown)
+    base, ref = code(board.baseline.label), code(board.reference.label)
+    metric = METRIC_NAMES[s.metric]
+    pct = f"{s.confidence:.0%}"
+    gain = (
+        "in points of {metric}: the mean over the cells both have of the difference in seed "
+        f"means, with a {pct} bootstrap interval (seeds resampled within cells"
+        + (", cells resampled too" if s.bootstrap_over_cells else "")
+        + ")."
+    ).replace("{metric}", metric)
+    need = stats.wilcoxon_min_cells(s.alpha)
+    texts = {
+        "rank": "position by average rank among the methods that cover every cell (1 = best; "
+        f"equal average ranks by the higher mean {metric}, then by name); — for partial coverage.",
+        "method": "`method@version`: the method's registered name and its `version`, which "
+        "the method's author bumps whenever its behaviour changes (runs of two versions are "
+        "never pooled); `[name=value]` after it names the parameters when one version ran "
+        "with several settings.",
+        "coverage": "cells with at least one finished run / all cells (a cell is one dataset "
+        "with one teacher → student pair).",
+        "gain_baseline": f"gain over {base}, the student trained alone, {gain}",
+        "gain_reference": f"gain over {ref}, the reference (vanilla KD), {gain}",
+        "across": f"Wilcoxon signed-rank test of the cell means against {ref} over the cells "
+        f"both have, Holm-corrected over all pairs of methods: ▲ better, ▼ worse, ≈ no "
+        f"significant difference at α = {s.alpha:g}, with the corrected p-value; "
+        f"“insufficient cells” when too few cells could reach significance (at least {need}).",
+        "wtl": f"cells where the within-cell test against {ref} says ▲ better / ≈ no "
+        f"difference / ▼ worse ({s.cell_test_name}; Holm over the methods of the cell); cells "
+        f"with fewer than {stats.MIN_SEEDS} seeds on a side are counted apart as insufficient.",
+        "p_improvement": f"probability that a random run of the method beats a random run of "
+        f"{ref} on a random common cell (0.5: neither tends to win).",
+        "avg_rank": "the method's rank in each cell (1 = highest mean), averaged over the "
+        "cells; — for partial coverage.",
+        "seeds": "finished seeds per covered cell (fewest–most when they differ).",
+        "cost": f"training time relative to {base} (geometric mean over the common cells of "
+        "the mean seconds per run), and the parameters the method adds for training "
+        f"(connectors, heads, memory); {base} itself shows its seconds per run.",
+    }
+    for _, metric_key, _, text in SIDE_COLUMNS:
+        texts[metric_key] = text
+    return texts
+
+
+def verdict_line(board: Leaderboard, *, markdown: bool = False) -> str:
+    """One sentence: which methods beat the reference across cells, by which test and with
+    which p-value, or that nothing is established and why (the page's and the README's first
+    line)."""
+    s = board.settings
+    code, _ = _quoting(markdown)
+    ref = code(board.reference.label)
+    if board.reference_entry is None:
+        return (
+            f"Nothing is compared with {ref}: it has no finished run in phase “{s.phase}”, "
+            "so no method can be said to beat it."
+        )
+    across = [(e, e.vs_reference) for e in board.entries if e.vs_reference is not None]
+    if not across:
+        return f"Nothing to compare: {ref} is the only method."
+    better = sorted(
+        ((e, a) for e, a in across if a.verdict.mark == stats.BETTER), key=lambda x: x[1].p_holm
+    )
+    worse = sorted(
+        ((e, a) for e, a in across if a.verdict.mark == stats.WORSE), key=lambda x: x[1].p_holm
+    )
+    tests = sum(not math.isnan(p.pvalue) for p in board.pairwise)
+    how = _across_test(across, tests, s.alpha)
+    if better:
+        items = "; ".join(
+            f"{code(e.entry)} ({signed(e.gain_vs_reference.estimate)} points, higher in "
+            f"{a.wins} of {a.n_cells} cells, {_p_holm(a.p_holm)})"
+            for e, a in better
+        )
+        line = f"Better than {ref} across cells: {items}, by the {how}."
+    else:
+        line = _why_none(board, across, tests, how, code) + _single_cells(board, code)
+    if worse:
+        names = ", ".join(f"{code(e.entry)} ({_p_holm(a.p_holm)})" for e, a in worse)
+        line += f" Worse than {ref}: {names}."
+    return line
+
+
+def _p_holm(p: float) -> str:
+    """``p_holm = 0.004``, or ``p_holm < 0.0001``."""
+    text = pvalue(p)
+    return f"p_holm {text}" if text.startswith("<") else f"p_holm = {text}"
+
+
+def _across_test(across: list[tuple[EntrySummary, Across]], tests: int, alpha: float) -> str:
+    kinds = {a.test for _, a in across if a.test}
+    exact = "exact " if kinds == {"exact"} else ""
+    return (
+        f"{exact}Wilcoxon signed-rank test on cell means, Holm-corrected over "
+        f"{tests} pair{'s' if tests != 1 else ''} of methods (α = {alpha:g})"
+    )
+
+
+def _why_none(
+    board: Leaderboard,
+    across: list[tuple[EntrySummary, Across]],
+    tests: int,
+    how: str,
+    code: Callable[[object], str],
+) -> str:
+    """Why no method is better than the reference across cells."""
+    s = board.settings
+    ref = code(board.reference.label)
+    n = len(board.cells)
+    need = stats.wilcoxon_min_cells(s.alpha)
+    cells = f"{n} cell{'s' if n != 1 else ''}"
+    if n < need:
+        return (
+            f"Nothing is established against {ref}: {cells}, and the across-cell Wilcoxon "
+            f"signed-rank test needs {need} to reach α = {s.alpha:g}."
+        )
+    if holm_floor(board.pairwise) >= s.alpha:
+        return (
+            f"Nothing is established against {ref}: with {cells}, {tests} Holm-corrected "
+            f"pairs of methods cannot reach α = {s.alpha:g}; the across-cell test needs "
+            f"{cells_needed(tests, s.alpha)} cells."
+        )
+    if all(a.verdict.insufficient for _, a in across):
+        return (
+            f"Nothing is established against {ref}: no method has {need} cells with a mean "
+            f"different from {ref}'s, the fewest the across-cell Wilcoxon signed-rank test "
+            "needs."
+        )
+    ahead = [(e, a) for e, a in across if not a.verdict.insufficient and a.median_diff > 0]
+    if not ahead:
+        return f"No method is better than {ref} across {cells} by the {how}."
+    e, a = min(ahead, key=lambda x: x[1].p_holm)
+    return (
+        f"No method is better than {ref} across {cells} by the {how}; the closest, "
+        f"{code(e.entry)}, has {_p_holm(a.p_holm)}."
+    )
+
+
+def _single_cells(board: Leaderboard, code: Callable[[object], str]) -> str:
+    """The within-cell wins over the reference, as weaker evidence."""
+    n = len(board.cells)
+    # Most cells won first; equal counts keep the table's order.
+    winners = sorted(
+        (e for e in board.entries if e.wtl_reference.wins), key=lambda e: -e.wtl_reference.wins
+    )
+    if not winners:
+        return ""
+    shown = ", ".join(f"{code(e.entry)} in {e.wtl_reference.wins} of {n}" for e in winners[:4])
+    more = f" and {len(winners) - 4} more" if len(winners) > 4 else ""
+    test = "t-test" if board.settings.cell_test == "t" else "exact Mann-Whitney U test"
+    return (
+        f" Within single cells only ({test} on the seeds, Holm-corrected within the cell), "
+        f"better than {code(board.reference.label)}: {shown}{more} "
+        f"cell{'s' if n != 1 else ''}."
+    )

@@ -5,6 +5,11 @@ relatively from ``figures/``. The page works without the script (all tables are 
 drill-downs are ``<details>`` or hidden rows); the script adds sorting on every table header
 and the per-method drill-down toggles. Numbers link to their MLflow runs when the tracking
 server's URL is known.
+
+The page fits any window from about 800 px wide: the verdict sentence comes first, every table
+scrolls sideways inside its own frame (the methods table keeps its rank and method columns in
+view, and its header in view within a frame of 85 % of the window's height), a legend defines
+each column of the methods table, and the figures scale down to the page's width.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ def render_html(
     mlflow_url: str | None = None,
     models: ModelsTable | None = None,
     compression: CompressionSummary | None = None,
+    figure_sizes: dict[str, tuple[float, float]] | None = None,
 ) -> str:
     """The whole page.
 
@@ -49,6 +55,8 @@ def render_html(
             cell mean links to its runs and every seed value to its run.
         models: The teachers' and students' costs (a Models section), or None.
         compression: The compressed students' section, when the suite has one.
+        figure_sizes: File name → (width, height) in CSS pixels of each figure written
+            (:func:`bench.leaderboard.figures.svg_size`); a wide one gets a row of its own.
 
     Returns:
         The HTML text.
@@ -67,12 +75,13 @@ def render_html(
         "<header>",
         f"<h1>kdbench leaderboard: {escape(board.name)}</h1>",
         f'<p class="meta">{escape(_meta_line(board))}</p>',
+        f'<p id="verdict">{_inline_code(fmt.verdict_line(board))}</p>',
         "</header>",
         "<main>",
         _notes(board),
         _main_table(board, links),
         _retired(board),
-        _figures(),
+        _figures(figure_sizes or {}),
         _models(models) if models is not None else "",
         _compression(compression),
         _cells(board, links, models),
@@ -201,20 +210,22 @@ def _inline_code(text: str) -> str:
 def _main_table(board: Leaderboard, links: _Links) -> str:
     s = board.settings
     base, ref = board.baseline.label, board.reference.label
-    columns = [
-        ("Rank", "num", "ascending"),
-        ("Method", "text", "ascending"),
-        ("Coverage", "num", "descending"),
-        (f"Gain vs {base}", "num", "descending"),
-        (f"Gain vs {ref}", "num", "descending"),
-        (f"vs {ref} across cells", "num", "descending"),
-        (f"W/T/L vs {ref}", "num", "descending"),
-        (f"P(> {ref})", "num", "descending"),
-        ("Avg rank", "num", "ascending"),
-        ("Seeds", "num", "descending"),
-        *((label, "num", first) for label, _, first in _side_columns(board)),
-        ("Cost", "num", "ascending"),
+    side = fmt.side_columns(board)
+    keyed = [
+        ("rank", "Rank", "num", "ascending"),
+        ("method", "Method", "text", "ascending"),
+        ("coverage", "Coverage", "num", "descending"),
+        ("gain_baseline", f"Gain vs {base}", "num", "descending"),
+        ("gain_reference", f"Gain vs {ref}", "num", "descending"),
+        ("across", f"vs {ref} across cells", "num", "descending"),
+        ("wtl", f"W/T/L vs {ref}", "num", "descending"),
+        ("p_improvement", f"P(> {ref})", "num", "descending"),
+        ("avg_rank", "Avg rank", "num", "ascending"),
+        ("seeds", "Seeds", "num", "descending"),
+        *((metric, label, "num", first) for label, metric, first, _ in side),
+        ("cost", "Cost", "num", "ascending"),
     ]
+    columns = [(label, kind, first) for _, label, kind, first in keyed]
     rows = []
     n_cells = len(board.cells)
     for e in board.entries:
@@ -230,11 +241,12 @@ def _main_table(board: Leaderboard, links: _Links) -> str:
                 "method",
             ),
             _td(escape(fmt.coverage(e, n_cells)), e.coverage / max(n_cells, 1)),
-            _td(escape(fmt.interval(e.gain_vs_baseline)), e.gain_vs_baseline.estimate, "num"),
-            _td(escape(fmt.interval(e.gain_vs_reference)), e.gain_vs_reference.estimate, "num"),
+            _td(_gain_html(e.gain_vs_baseline), e.gain_vs_baseline.estimate, "gain"),
+            _td(_gain_html(e.gain_vs_reference), e.gain_vs_reference.estimate, "gain"),
             _td(
                 _verdict_html(fmt.across_verdict(across)),
                 _verdict_sort(across.verdict, across.p_holm) if across else None,
+                "across",
             ),
             _td(
                 escape(fmt.wtl(e.wtl_reference, compared=wtl_compared)),
@@ -243,7 +255,7 @@ def _main_table(board: Leaderboard, links: _Links) -> str:
             _td(escape(fmt.probability(e.p_improvement)), e.p_improvement.estimate, "num"),
             _td(escape(fmt.number(e.avg_rank)), e.avg_rank, "num"),
             _td(escape(fmt.seeds(e)), e.seeds_min),
-            *(_percent_td(e.side[m]) for _, m, _ in _side_columns(board)),
+            *(_percent_td(e.side[m]) for _, m, _, _ in side),
             _td(
                 escape(fmt.cost(e, board.baseline_entry)),
                 e.time_ratio if not math.isnan(e.time_ratio) else e.train_seconds,
@@ -259,21 +271,45 @@ def _main_table(board: Leaderboard, links: _Links) -> str:
             + _method_drill(board, e, links)
             + "</td></tr>"
         )
-    side = [label for label, _, _ in _side_columns(board)]
+    labels = [label for label, _, _, _ in side]
     caption = (
         f"One row per method@version. Gains in points with {s.confidence:.0%} bootstrap "
         "intervals"
-        + (f"; {', '.join(side)} in percent, averaged over covered cells" if side else "")
-        + ". Click a header to sort, a method to see its cells."
+        + (f"; {', '.join(labels)} in percent, averaged over covered cells" if labels else "")
+        + ". Click a header to sort, a method to see its cells; every column is defined "
+        "below the table."
     )
     return (
         '<section id="methods"><h2>Methods</h2>'
-        f'<table id="main" class="sortable"><caption>{escape(caption)}</caption>'
+        f'<p class="hint">{escape(caption)}</p>'
+        '<div class="scroll" id="main-scroll" tabindex="0" role="region" '
+        'aria-label="Methods table">'
+        '<table id="main" class="sortable">'
         + _header(columns)
         + "<tbody>"
         + "".join(rows)
-        + "</tbody></table></section>"
+        + "</tbody></table></div>"
+        + _legend(board, [(key, label) for key, label, _, _ in keyed])
+        + "</section>"
     )
+
+
+def _legend(board: Leaderboard, columns: list[tuple[str, str]]) -> str:
+    """What every column of the methods table holds."""
+    definitions = fmt.column_definitions(board)
+    items = "".join(
+        f"<dt>{escape(label)}</dt><dd>{_inline_code(definitions[key])}</dd>"
+        for key, label in columns
+    )
+    return f'<dl class="legend" id="legend">{items}</dl>'
+
+
+def _gain_html(ci: stats.BootstrapCI) -> str:
+    """A gain with its interval; a narrow table breaks the line before the interval only."""
+    estimate, _, interval = fmt.interval(ci).partition(" ")
+    if not interval:
+        return escape(estimate)
+    return f'{escape(estimate)} <span class="nowrap">{escape(interval)}</span>'
 
 
 def _retired(board: Leaderboard) -> str:
@@ -291,25 +327,9 @@ def _retired(board: Leaderboard) -> str:
         '<section id="retired"><h2>Retired versions</h2><p class="hint">Runs of a method '
         "version the suite no longer runs (the store still holds them). Not ranked and left "
         "out of every test; their gains are shown for the record.</p>"
-        f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></section>"
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+        "</table></div></section>"
     )
-
-
-#: Per-run metrics shown when any run logged them: (label, metric, first sort direction).
-_SIDE_METRICS = (
-    ("Top-5", "test_top5", "descending"),
-    ("Macro-F1", "macro_f1", "descending"),
-    ("ECE", "ece", "ascending"),
-    ("Agreement", "agreement", "descending"),
-)
-
-
-def _side_columns(board: Leaderboard) -> list[tuple[str, str, str]]:
-    return [
-        column
-        for column in _SIDE_METRICS
-        if any(not math.isnan(e.side[column[1]]) for e in board.entries)
-    ]
 
 
 def _percent_td(fraction: float) -> str:
@@ -339,15 +359,27 @@ def _method_drill(board: Leaderboard, e: EntrySummary, links: _Links) -> str:
         if problems:
             cells.append(escape("; ".join(r.problems)) if r is not None else "")
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return f'<table class="drill-table">{head}<tbody>{"".join(rows)}</tbody></table>'
+    # The drill-down stays at the left edge of the scrolled methods table.
+    return (
+        f'<div class="drill-box"><table class="drill-table">{head}<tbody>{"".join(rows)}'
+        "</tbody></table></div>"
+    )
 
 
-def _figures() -> str:
+#: A figure wider than this (CSS pixels) gets a row of its own instead of sharing one.
+_WIDE_FIGURE = 760
+
+
+def _figures(sizes: dict[str, tuple[float, float]]) -> str:
     items = []
     for name, title in FIGURES.items():
+        size = sizes.get(name)
+        dims = f' width="{size[0]:.0f}" height="{size[1]:.0f}"' if size else ""
+        wide = ' class="wide"' if size and size[0] > _WIDE_FIGURE else ""
         items.append(
-            f'<figure><a href="figures/{name}"><img src="figures/{name}" alt="{escape(title)}" '
-            f'loading="lazy"></a><figcaption>{escape(title)}</figcaption></figure>'
+            f'<figure{wide}><a href="figures/{name}"><img src="figures/{name}"{dims} '
+            f'alt="{escape(title)}" loading="lazy"></a><figcaption>{escape(title)}'
+            "</figcaption></figure>"
         )
     return '<section id="figures"><h2>Figures</h2>' + "".join(items) + "</section>"
 
@@ -380,12 +412,12 @@ def _models(models: ModelsTable) -> str:
     problems = "".join(f"<li>{escape(p)}</li>" for p in problem_lines(models))
     return (
         '<section id="models"><h2>Models</h2>'
-        '<table id="models-table" class="sortable"><caption>One row per teacher and student '
-        "architecture, input shape and classes.</caption>"
+        '<p class="hint">One row per teacher and student architecture, input shape and '
+        'classes.</p><div class="scroll"><table id="models-table" class="sortable">'
         + _header(columns)
         + "<tbody>"
         + "".join(rows)
-        + "</tbody></table>"
+        + "</tbody></table></div>"
         + f'<p class="hint">{_inline_code(measurement_text(models))}</p>'
         + (f"<p>Not measured:</p><ul>{problems}</ul>" if problems else "")
         + "</section>"
@@ -436,7 +468,7 @@ def _compression(summary: CompressionSummary | None) -> str:
         pivot = compression_by_variant(summary, dataset, student)
         if len(pivot[0]) > 2:
             blocks.append(
-                '<table class="compression-by-variant"><caption>'
+                '<div class="scroll"><table class="compression-by-variant"><caption>'
                 + escape(f"{caption + ': ' if caption else ''}Test accuracy (%) by variant, ")
                 + escape("change from fp32 in points")
                 + "</caption><thead><tr>"
@@ -446,15 +478,15 @@ def _compression(summary: CompressionSummary | None) -> str:
                     "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in line) + "</tr>"
                     for line in pivot[1:]
                 )
-                + "</tbody></table>"
+                + "</tbody></table></div>"
             )
         blocks.append(
-            '<table class="sortable compression">'
+            '<div class="scroll"><table class="sortable compression">'
             + (f"<caption>{escape(caption)}</caption>" if caption else "")
             + header
             + "<tbody>"
             + "".join(rows)
-            + "</tbody></table>"
+            + "</tbody></table></div>"
         )
     return (
         '<section id="compression"><h2>Compression</h2>'
@@ -471,7 +503,7 @@ def _cells(board: Leaderboard, links: _Links, models: ModelsTable | None = None)
         (f"{s.confidence:.0%} t-interval", "num", "descending"),
         (f"vs {board.reference.label}", "num", "descending"),
         (f"vs {board.baseline.label}", "num", "descending"),
-        *((label, "num", first) for label, _, first in _side_columns(board)),
+        *((label, "num", first) for label, _, first, _ in fmt.side_columns(board)),
         ("Seeds (runs)", "text", "ascending"),
     ]
     problems = any(r.problems for r in board.results.values())
@@ -506,7 +538,7 @@ def _cells(board: Leaderboard, links: _Links, models: ModelsTable | None = None)
                     _verdict_html(fmt.cell_verdict(r.vs_baseline_verdict, r.vs_baseline)),
                     r.vs_baseline.diff if r.vs_baseline else None,
                 )
-                + "".join(_percent_td(r.side[m]) for _, m, _ in _side_columns(board))
+                + "".join(_percent_td(r.side[m]) for _, m, _, _ in fmt.side_columns(board))
                 + _td(seeds, "", "seeds")
                 + (_td(escape("; ".join(r.problems))) if problems else "")
                 + "</tr>"
@@ -521,9 +553,8 @@ def _cells(board: Leaderboard, links: _Links, models: ModelsTable | None = None)
         summary += f" · {len(rows)} methods"
         blocks.append(
             f'<details class="cell" id="{_id("cell", cell.slug)}"><summary>{escape(summary)}'
-            f'</summary><table class="sortable cell-table">{_header(columns)}<tbody>'
-            + "".join(rows)
-            + "</tbody></table></details>"
+            f'</summary><div class="scroll"><table class="sortable cell-table">'
+            f"{_header(columns)}<tbody>" + "".join(rows) + "</tbody></table></div></details>"
         )
     return (
         '<section id="cells"><h2>Cells</h2><p class="hint">Open a cell for every method’s '
@@ -563,9 +594,8 @@ def _pairwise(board: Leaderboard) -> str:
         '<section id="pairwise"><h2>Pairwise comparisons</h2><details><summary>'
         f"Wilcoxon signed-rank tests on cell means, Holm-corrected over all {len(rows)} pairs "
         f"({significant} significant)</summary>"
-        f'<table class="sortable" id="pairwise-table">{_header(columns)}<tbody>'
-        + "".join(rows)
-        + "</tbody></table></details></section>"
+        f'<div class="scroll"><table class="sortable" id="pairwise-table">{_header(columns)}'
+        "<tbody>" + "".join(rows) + "</tbody></table></div></details></section>"
     )
 
 
@@ -597,34 +627,55 @@ def _settings(board: Leaderboard) -> str:
 
 _CSS = """
 :root{--fg:#1f2328;--muted:#59636e;--line:#d1d9e0;--head:#f6f8fa;--accent:#0969da;
---better:#1a7f37;--worse:#cf222e}
+--better:#1a7f37;--worse:#cf222e;--rank:4.6em}
 *{box-sizing:border-box}
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;
-color:var(--fg);margin:0;background:#fff}
+color:var(--fg);margin:0;background:#fff;overflow-wrap:break-word}
 header,main{max-width:1400px;margin:0 auto;padding:0 20px}
 header{padding-top:18px}
 h1{font-size:22px;margin:0 0 4px}
 h2{font-size:17px;margin:26px 0 8px;border-bottom:1px solid var(--line);padding-bottom:4px}
 .meta,.hint,caption{color:var(--muted)}
+#verdict{margin:10px 0 0;padding:8px 12px;border-left:4px solid var(--accent);
+background:var(--head);font-size:15px}
 caption{text-align:left;padding:4px 0;font-size:12.5px}
+#methods>.hint{font-size:12.5px;margin:4px 0}
 #notes ul{margin:0;padding-left:20px}
 #notes li{margin:3px 0}
-table{border-collapse:collapse;width:100%;font-variant-numeric:tabular-nums}
-th,td{border:1px solid var(--line);padding:4px 8px;text-align:left;vertical-align:top}
+.scroll{overflow-x:auto;max-width:100%}
+#main-scroll{max-height:85vh;overflow:auto}
+table{border-collapse:separate;border-spacing:0;width:100%;font-variant-numeric:tabular-nums;
+border-top:1px solid var(--line);border-left:1px solid var(--line)}
+th,td{border-right:1px solid var(--line);border-bottom:1px solid var(--line);padding:4px 8px;
+text-align:left;vertical-align:top;background:#fff}
 thead th{background:var(--head)}
-table.sortable>thead th{position:sticky;top:0;z-index:1}
-th button{all:unset;cursor:pointer;font-weight:600;display:block;white-space:nowrap}
+table.sortable>thead th{position:sticky;top:0;z-index:2}
+th button{all:unset;cursor:pointer;font-weight:600;display:block}
 th button:focus-visible{outline:2px solid var(--accent)}
 th[aria-sort=ascending] button::after{content:" ▴"}
 th[aria-sort=descending] button::after{content:" ▾"}
-td.num{white-space:nowrap}
-tr.entry:hover{background:#f6f8fa}
-button.drill{all:unset;cursor:pointer;color:var(--accent);font-weight:600;white-space:nowrap}
+td.num,.nowrap{white-space:nowrap}
+#main td.across{min-width:9.5em}
+#main>thead th:first-child,#main tr.entry>td:first-child{position:sticky;left:0;
+width:var(--rank);min-width:var(--rank);max-width:var(--rank)}
+#main>thead th:nth-child(2),#main tr.entry>td:nth-child(2){position:sticky;left:var(--rank);
+min-width:12em;max-width:18em;box-shadow:inset -2px 0 var(--line)}
+#main tr.entry>td:nth-child(-n+2){z-index:1}
+#main>thead th:nth-child(-n+2){z-index:3}
+tr.entry:hover>td{background:#f6f8fa}
+button.drill{all:unset;cursor:pointer;color:var(--accent);font-weight:600;
+overflow-wrap:anywhere}
 button.drill::before{content:"▸ ";display:inline-block}
 button.drill[aria-expanded=true]::before{content:"▾ "}
 tr.drill-row>td{background:#fbfcfd;padding:8px 12px 12px 28px}
+.drill-box{position:sticky;left:28px;width:max-content;overflow-x:auto;
+max-width:min(1300px,calc(100vw - 110px))}
 .drill-table{width:auto;font-size:13px}
 table.compression-by-variant{width:auto;margin:6px 0 14px}
+dl.legend{display:grid;grid-template-columns:fit-content(16em) 1fr;gap:3px 14px;
+margin:10px 0 0;font-size:12.5px}
+dl.legend dt{font-weight:600}
+dl.legend dd{margin:0;color:var(--muted)}
 .better{color:var(--better);font-weight:600}
 .worse{color:var(--worse);font-weight:600}
 .same{color:var(--muted)}
@@ -636,7 +687,8 @@ td.seeds{font-size:12px}
 a{color:var(--accent)}
 #figures{display:flex;flex-wrap:wrap;gap:16px}
 #figures h2{flex-basis:100%}
-figure{margin:0;flex:1 1 560px}
+figure{margin:0;flex:1 1 560px;min-width:0}
+figure.wide{flex-basis:100%}
 figure img{max-width:100%;height:auto;border:1px solid var(--line);border-radius:6px}
 figcaption{color:var(--muted);font-size:12.5px}
 code{background:#eff1f3;padding:0 4px;border-radius:4px}

@@ -3,7 +3,8 @@
 =================  ============================================================================
 file               what it holds
 =================  ============================================================================
-README.md          main table, notes, per-cell tables, significant pairs, how to read it
+README.md          verdict, main table and its column legend, notes, per-cell tables,
+                   significant pairs, how to read it
 results.csv        every run (the source; see :mod:`bench.leaderboard.runs` for the columns)
 summary.csv        the main table, one row per method@version, all numbers unrounded
 cells.csv          one row per cell and method: seeds, statistics, verdicts, run keys
@@ -42,7 +43,7 @@ from bench.leaderboard.compression import (
     summarize,
     write_compression_csv,
 )
-from bench.leaderboard.figures import FIGURES, write_figures
+from bench.leaderboard.figures import FIGURES, svg_size, write_figures
 from bench.leaderboard.html import render_html
 from bench.leaderboard.models import (
     MODELS_FILE,
@@ -143,7 +144,7 @@ def write_outputs(
     pairwise_frame(board).to_csv(
         folder / "pairwise.csv", index=False, float_format=_FLOAT_FORMAT, lineterminator="\n"
     )
-    write_figures(board, folder / "figures")
+    figures = write_figures(board, folder / "figures")
     (folder / "README.md").write_text(
         render_markdown(
             board,
@@ -155,7 +156,13 @@ def write_outputs(
         encoding="utf-8",
     )
     (folder / "index.html").write_text(
-        render_html(board, mlflow_url=mlflow_url, models=models, compression=compressed),
+        render_html(
+            board,
+            mlflow_url=mlflow_url,
+            models=models,
+            compression=compressed,
+            figure_sizes={name: svg_size(path) for name, path in figures.items()},
+        ),
         encoding="utf-8",
     )
     return [folder / name for name in OUTPUT_FILES] + extra
@@ -361,10 +368,13 @@ def render_markdown(
         f"methods · {fmt.metric_name(board)} in percent. The same tables, sortable and with "
         "a drill-down per cell: [index.html](index.html).",
         "",
+        f"**Verdict.** {fmt.verdict_line(board, markdown=True)}",
+        "",
     ]
     if board.notes:
         lines += [*(f"- {fmt.md(n, code_spans=True)}" for n in board.notes), ""]
     lines += ["## Methods", "", *main_table_markdown(board), ""]
+    lines += [*legend_markdown(board), ""]
     lines += _retired_markdown(board)
     if board.cd_groups:
         groups = "; ".join(
@@ -405,26 +415,40 @@ def render_markdown(
     return "\n".join(lines)
 
 
+#: The README's methods table: (column key of :func:`fmt.column_definitions`, header).
+_MARKDOWN_COLUMNS = (
+    ("rank", "rank"),
+    ("method", "method"),
+    ("coverage", "coverage"),
+    ("gain_baseline", "gain over {base} [{pct} CI]"),
+    ("gain_reference", "gain over {ref} [{pct} CI]"),
+    ("across", "vs {ref} across cells"),
+    ("wtl", "W/T/L vs {ref}"),
+    ("p_improvement", "P(> {ref})"),
+    ("avg_rank", "avg rank"),
+    ("seeds", "seeds"),
+    ("cost", "cost"),
+)
+
+
+def _markdown_header(board: Leaderboard) -> list[str]:
+    base, ref = fmt.md_code(board.baseline.label), fmt.md_code(board.reference.label)
+    pct = f"{board.settings.confidence:.0%}"
+    return [h.format(base=base, ref=ref, pct=pct) for _, h in _MARKDOWN_COLUMNS]
+
+
+def legend_markdown(board: Leaderboard) -> list[str]:
+    """What every column of the README's methods table holds, one bullet per column."""
+    definitions = fmt.column_definitions(board, markdown=True)
+    return [
+        f"- **{header}**: {definitions[key]}"
+        for (key, _), header in zip(_MARKDOWN_COLUMNS, _markdown_header(board), strict=True)
+    ]
+
+
 def main_table_markdown(board: Leaderboard) -> list[str]:
     """The main table as Markdown lines (also what the project README shows)."""
-    s = board.settings
-    base, ref = fmt.md_code(board.baseline.label), fmt.md_code(board.reference.label)
-    header = [
-        "rank",
-        "method",
-        "coverage",
-        f"gain over {base} [95% CI]",
-        f"gain over {ref} [95% CI]",
-        f"vs {ref} across cells",
-        f"W/T/L vs {ref}",
-        f"P(> {ref})",
-        "avg rank",
-        "seeds",
-        "cost",
-    ]
-    if s.confidence != 0.95:
-        header[3] = header[3].replace("95%", f"{s.confidence:.0%}")
-        header[4] = header[4].replace("95%", f"{s.confidence:.0%}")
+    header = _markdown_header(board)
     rows = []
     for e in board.entries:
         compared = board.reference_entry is not None and e.entry != board.reference_entry
