@@ -366,9 +366,9 @@ def compute_outputs(
 def _same_layout(rows: Tensor, stored: Tensor) -> Tensor:
     """``rows`` in ``stored``'s memory format: a channels-last feature map stays channels-last
     (the loss reduces it in that order, as it would the teacher's own output)."""
-    if stored.dim() == 4 and not stored.is_contiguous():
-        if stored.is_contiguous(memory_format=torch.channels_last):
-            return rows.contiguous(memory_format=torch.channels_last)
+    channels_last = stored.dim() == 4 and not stored.is_contiguous()
+    if channels_last and stored.is_contiguous(memory_format=torch.channels_last):
+        return rows.contiguous(memory_format=torch.channels_last)
     return rows
 
 
