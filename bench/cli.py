@@ -231,6 +231,7 @@ def build_trial_config(args: argparse.Namespace) -> Any:
         recipe=recipe,
         teacher=teacher,
         phase=args.phase,
+        train_size=args.train_size,
         data_root=args.data_root,
         download=args.download,
         compute=machine_compute(
@@ -596,8 +597,25 @@ def _add_train(sub: Any) -> None:
     _add_recipe_options(tr)
     _add_teacher_options(tr)
     tr.add_argument("--phase", default="final", choices=["tune", "final"])
-    tr.add_argument("--data-root", default=None, help="folder holding on-disk datasets")
-    tr.add_argument("--download", action="store_true", help="download a missing dataset")
+    tr.add_argument(
+        "--data-root",
+        default=None,
+        help="folder holding on-disk datasets, searched before $KDBENCH_DATA's folders and "
+        "/usr/share/datasets (where system packages install them)",
+    )
+    tr.add_argument(
+        "--download",
+        action="store_true",
+        help="download a dataset found in none of those folders (into --data-root)",
+    )
+    tr.add_argument(
+        "--train-size",
+        type=whole(1),
+        default=None,
+        metavar="N",
+        help="train the student on a stratified subset of N samples of the training split "
+        "(the same N samples for every seed; teachers train on the whole split)",
+    )
     tr.add_argument("--plugins", nargs="*", default=[], help="method files to load")
     tr.add_argument(
         "--threads",

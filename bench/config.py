@@ -76,6 +76,8 @@ RECIPE_RANGES: dict[str, Range] = {
 SEED_RANGE = Range(ge=0, lt=2**32)
 #: The share of the training split held out for validation.
 VAL_FRACTION_RANGE = Range(gt=0, lt=1)
+#: The number of training samples a student may be limited to.
+TRAIN_SIZE_RANGE = Range(ge=1)
 
 
 def check_range(where: str, value: Any, valid: Range) -> None:
@@ -265,6 +267,11 @@ class TrialConfig:
         teacher: The teacher, or ``None`` for methods that use none.
         phase: ``tune`` (selection on the validation split) or ``final``.
         val_fraction: Share of the training split held out for validation.
+        train_size: Train the student on a stratified subset of this many samples of the
+            training split (after the validation hold-out), drawn with the split's seed, so
+            every trial of a size sees the same samples; None: the whole split. Teachers train
+            on the whole split (their cache keys do not hold it). Part of the run key only
+            when set.
         data_root: Where on-disk datasets live (not part of the run key).
         download: Whether a missing dataset may be downloaded (not part of the run key).
         student_checkpoint: A pretrained state dict the student starts from (transfer
@@ -283,6 +290,7 @@ class TrialConfig:
     teacher: TeacherSpec | None = None
     phase: Phase = "final"
     val_fraction: float = 0.1
+    train_size: int | None = field(default=None, metadata=OMIT_DEFAULT_FROM_KEY)
     data_root: str | None = field(default=None, compare=False)
     download: bool = field(default=False, compare=False)
     student_checkpoint: str | None = field(default=None, metadata=OMIT_DEFAULT_FROM_KEY)
@@ -292,6 +300,8 @@ class TrialConfig:
         object.__setattr__(self, "params", tuple(sorted(_freeze(dict(self.params)).items())))
         check_range("seed", self.seed, SEED_RANGE)
         check_range("val_fraction", self.val_fraction, VAL_FRACTION_RANGE)
+        if self.train_size is not None:
+            check_range("train_size", self.train_size, TRAIN_SIZE_RANGE)
         if self.phase not in ("tune", "final"):
             raise ConfigError(f"phase {self.phase!r} is not 'tune' or 'final'")
 

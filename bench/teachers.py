@@ -165,7 +165,9 @@ def obtain_teacher(
             image_size=spec.recipe.image_size,
         )
     image = data.info.input_size
-    model = create_model(spec.arch, data.info.num_classes, image_size=image[1]).to(device)
+    model = create_model(
+        spec.arch, data.info.num_classes, image_size=image[1], in_chans=image[0]
+    ).to(device)
     if spec.checkpoint is not None:
         load_checkpoint(spec.checkpoint, model)
         model.to(device)
@@ -242,7 +244,9 @@ def _train_and_cache(
     keep = set(keep) | {spec.recipe.epochs} | {int(e) for e in meta.get("test_acc", {})}
     seed_everything(spec.seed)
     image = data.info.input_size
-    model = create_model(spec.arch, data.info.num_classes, image_size=image[1]).to(device)
+    model = create_model(
+        spec.arch, data.info.num_classes, image_size=image[1], in_chans=image[0]
+    ).to(device)
     info = model_info(model, spec.arch, image)
     task = task_info(dataset, data, spec.recipe)
     ctx = make_context(
@@ -283,6 +287,8 @@ def _train_and_cache(
         "spec": to_jsonable(spec),
         "test_acc": accs,
         "val_acc": history[-1]["val_acc"],
+        # Teachers train on the whole training split, whatever a student's train_size.
+        "num_train": len(data.train),
         "train_seconds": time.perf_counter() - started,
         # Not part of the cache key; recorded so that a teacher trained elsewhere is visible.
         "trained_on": {

@@ -6,7 +6,6 @@ not train is a clear failure with its whole reason."""
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -313,39 +312,23 @@ def test_cache_files_are_written_whole_or_not_at_all(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
-    path.write_bytes(header + array.astype(np.uint8).tobytes())
-
-
-def _mnist(root: Path, train_labels: np.ndarray) -> Path:
-    raw = root / "MNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    _write_idx(raw / "train-images-idx3-ubyte", rng.integers(0, 256, (40, 28, 28)))
-    _write_idx(raw / "train-labels-idx1-ubyte", train_labels)
-    _write_idx(raw / "t10k-images-idx3-ubyte", rng.integers(0, 256, (12, 28, 28)))
-    _write_idx(raw / "t10k-labels-idx1-ubyte", np.arange(12) % 10)
-    return raw
-
-
 @pytest.mark.parametrize(
     ("labels", "named", "problem"),
     [
-        (np.arange(36) % 10, "train-images-idx3-ubyte", "holds 40 images but"),
-        (np.arange(40) % 10 + 3, "train-labels-idx1-ubyte", "outside 0..9"),
+        (np.arange(36) % 10, "train-labels-idx1-ubyte", "holds 36 labels, expected 60000 labels"),
+        (np.arange(60_000) % 10 + 3, "train-labels-idx1-ubyte", "outside 0..9"),
     ],
     ids=["counts", "labels"],
 )
 def test_inconsistent_idx_files_are_named_with_the_problem(
-    labels, named, problem, tmp_path, store, capsys
+    labels, named, problem, tmp_path, store, capsys, make_idx
 ):
-    raw = _mnist(tmp_path / "data", labels)
+    raw = make_idx(tmp_path / "data" / "MNIST" / "raw", labels={named: labels.astype(np.uint8)})
     code, _, err = train(
         capsys, store, "--dataset", "mnist", "--data-root", str(tmp_path / "data"), "--method", "ce"
     )
     assert code == 2, err
-    assert str(raw / named) in err and problem in err and "--download" in err
+    assert str(raw / named) in err and problem in err and "replace it with the official" in err
     assert recorded(store) == []
 
 

@@ -460,7 +460,10 @@ def compress_recorded(
         # Whether FX can trace a model depends on its architecture only: refuse an
         # untraceable student before loading (or training again) the trained one.
         untrained = create_model(
-            run.config.student, data.info.num_classes, image_size=data.info.input_size[1]
+            run.config.student,
+            data.info.num_classes,
+            image_size=data.info.input_size[1],
+            in_chans=data.info.input_size[0],
         )
         quantize_int8(untrained, calibration_batches(data, images=8), run.config.student)
     student = load_student(run)

@@ -197,7 +197,7 @@ def profile_names(
                 if (model_dataset, image_size) == (dataset, None)
                 else _shape_of(model_dataset, root, image_size)
             )
-            model = create_model(arch, classes, image_size=size[1])
+            model = create_model(arch, classes, image_size=size[1], in_chans=size[0])
             profiles.append(
                 profile_model(
                     model, arch, size, role=role, batch_sizes=batch_sizes, repeats=repeats

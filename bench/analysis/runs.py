@@ -249,19 +249,21 @@ def find_baseline_run(run: RecordedRun, method: str = "ce") -> RecordedRun:
     for candidate in _search(run.client, run.experiment_id, query):
         recorded = recorded_run(candidate, run.client)
         same = recorded.config
-        if (same.recipe, same.phase, same.val_fraction) == (
+        if (same.recipe, same.phase, same.val_fraction, same.train_size) == (
             config.recipe,
             config.phase,
             config.val_fraction,
+            config.train_size,
         ):
             return recorded
     recipe = config.recipe
+    subset = "" if config.train_size is None else f" --train-size {config.train_size}"
     raise RunNotFoundError(
         f"no FINISHED {method!r} run of {config.student} on {config.dataset} with seed "
         f"{config.seed} and the same recipe as run {run.run_key} in its experiment; train it "
         f"with `kdbench train --method {method} --dataset {config.dataset} --student "
         f"{config.student} --seed {config.seed} --epochs {recipe.epochs} --batch-size "
-        f"{recipe.batch_size} --lr {recipe.lr}` (same recipe) and try again."
+        f"{recipe.batch_size} --lr {recipe.lr}{subset}` (same recipe) and try again."
     )
 
 
@@ -271,13 +273,15 @@ def find_baseline_run(run: RecordedRun, method: str = "ce") -> RecordedRun:
 
 
 def load_test_data(config: TrialConfig) -> Any:
-    """The trial's dataset, loaded as the trial loaded it, on the CPU."""
+    """The trial's dataset, loaded as the trial loaded it (its training subset included),
+    on the CPU."""
     return load_dataset(
         config.dataset,
         root=config.data_root,
         val_fraction=config.val_fraction,
         device="cpu",
         image_size=config.recipe.image_size,
+        train_size=config.train_size,
     )
 
 
@@ -310,7 +314,10 @@ def load_student(run: RecordedRun) -> nn.Module:
         return _reproduce_and_store(run)
     data = load_test_data(run.config)
     student = create_model(
-        run.config.student, data.info.num_classes, image_size=data.info.input_size[1]
+        run.config.student,
+        data.info.num_classes,
+        image_size=data.info.input_size[1],
+        in_chans=data.info.input_size[0],
     )
     with tempfile.TemporaryDirectory() as tmp:
         path = run.client.download_artifacts(run.run_id, STUDENT_ARTIFACT, tmp)

@@ -17,15 +17,19 @@ uint8 tensors on the training device (:class:`TensorSplit`) and are augmented th
 batch at a time. ImageFolder trees stream through a ``DataLoader`` (:class:`FolderSplit`) and
 get the same batch augmentation once decoded. Both yield ``(x, y, index)`` batches.
 
-On-disk formats are read by torchvision's own dataset classes from ``root`` (the CLI's
-``--data-root``); nothing is downloaded unless ``download=True``. Missing or damaged files
-raise :class:`DataError`, which names the dataset, the files expected under ``root`` and how to
-get them. torchvision is imported only when a dataset on disk is loaded.
+On-disk datasets are looked for under ``root`` (the CLI's ``--data-root``), then the folders
+of ``KDBENCH_DATA``, then where system packages install them (:mod:`~bench.data.locate`);
+nothing is downloaded unless ``download=True``. Missing or damaged files raise
+:class:`DataError`, which says what was found where, what was expected and how to get the
+files. torchvision is imported only when a dataset on disk is loaded.
+
+``train_size`` cuts the training split to a stratified subset (:func:`with_train_size`),
+drawn with the split seed, so it does not move with the trial's seed either.
 
 The package's modules, from the bottom up: :mod:`~bench.data.base` (types, registry,
 :func:`load_dataset`), :mod:`~bench.data.augment`, :mod:`~bench.data.splits`,
-:mod:`~bench.data.loader` and :mod:`~bench.data.sources`; the built-in datasets live in
-:mod:`bench.datasets` and import only those modules.
+:mod:`~bench.data.loader`, :mod:`~bench.data.locate` and :mod:`~bench.data.sources`; the
+built-in datasets live in :mod:`bench.datasets` and import only those modules.
 """
 
 # Importing the built-in datasets registers them, so every lookup by name sees them; they import
@@ -34,6 +38,7 @@ import bench.datasets  # noqa: F401
 from bench.data.augment import SHARED_AUGMENT_SEED, AugmentDraws, shared_augment_draws
 from bench.data.base import (
     DATASETS,
+    SPLIT_SEED,
     DataBundle,
     DataError,
     DatasetInfo,
@@ -45,6 +50,7 @@ from bench.data.base import (
     load_dataset,
 )
 from bench.data.loader import LoaderSplit, with_loader
+from bench.data.locate import DATA_ENV, DataFiles, DataRoot, Layout, data_roots
 from bench.data.sources import TensorSource, register_dataset
 from bench.data.splits import (
     ClassSelection,
@@ -53,18 +59,25 @@ from bench.data.splits import (
     carve_test,
     carve_validation,
     stratified_holdout,
+    stratified_subset,
+    with_train_size,
 )
 
 __all__ = [
     "DATASETS",
+    "DATA_ENV",
     "SHARED_AUGMENT_SEED",
+    "SPLIT_SEED",
     "AugmentDraws",
     "ClassSelection",
     "DataBundle",
     "DataError",
+    "DataFiles",
+    "DataRoot",
     "DatasetInfo",
     "DatasetSource",
     "FolderSplit",
+    "Layout",
     "LoadOptions",
     "LoaderSplit",
     "RawImages",
@@ -73,10 +86,13 @@ __all__ = [
     "TensorSplit",
     "carve_test",
     "carve_validation",
+    "data_roots",
     "list_datasets",
     "load_dataset",
     "register_dataset",
     "shared_augment_draws",
     "stratified_holdout",
+    "stratified_subset",
     "with_loader",
+    "with_train_size",
 ]

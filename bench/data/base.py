@@ -122,6 +122,7 @@ class LoadOptions:
     device: torch.device
     image_size: int | None
     num_workers: int
+    train_size: int | None = None
 
 
 class DatasetSource(Protocol):
@@ -142,6 +143,10 @@ class DatasetSource(Protocol):
 
 DATASETS: Registry[DatasetSource] = Registry("dataset")
 
+#: The seed of the validation carving and of training subsets (``train_size``) that every
+#: trial uses: fixed, so the splits of a benchmark never move with the trial's seed.
+SPLIT_SEED = 0
+
 
 def list_datasets(pattern: str | None = None) -> list[str]:
     """Registered dataset names, sorted, optionally filtered by a glob such as ``cifar*``."""
@@ -154,19 +159,22 @@ def load_dataset(
     root: str | Path | None = None,
     download: bool = False,
     val_fraction: float = 0.1,
-    split_seed: int = 0,
+    split_seed: int = SPLIT_SEED,
     classes: Sequence[int] | None = None,
     device: torch.device | str = "cpu",
     image_size: int | None = None,
     num_workers: int = 0,
+    train_size: int | None = None,
 ) -> DataBundle:
     """Load a registered dataset with its train, val and test splits.
 
     Args:
         name: A registered name (see :func:`list_datasets`).
-        root: Folder holding the files of on-disk datasets (the CLI's ``--data-root``).
-            ``digits`` needs none.
-        download: Fetch missing files into ``root`` (torchvision's download). Never implied.
+        root: A folder holding the files of on-disk datasets (the CLI's ``--data-root``),
+            searched before ``KDBENCH_DATA``'s folders and the system's
+            (:mod:`bench.data.locate`). ``digits`` needs none.
+        download: Fetch files found in none of those folders into ``root`` (else the first
+            folder of ``KDBENCH_DATA``) with torchvision's download. Never implied.
         val_fraction: Fraction of each class of the training split held out as ``val``,
             in [0, 1).
         split_seed: Seed of the validation carving; keep it fixed across a benchmark.
@@ -175,6 +183,9 @@ def load_dataset(
         image_size: Resize images to ``image_size`` × ``image_size``. None keeps the
             dataset's own size (32 for ``imagefolder``). The crop padding scales with it.
         num_workers: DataLoader workers of folder datasets; ignored by in-memory ones.
+        train_size: Cut the training split (after the validation hold-out and any class
+            selection) to a stratified subset of this many samples, drawn with
+            ``split_seed`` (:func:`bench.data.splits.stratified_subset`). None keeps it whole.
 
     Raises:
         UnknownNameError: ``name`` is not registered; suggests close names.
@@ -190,6 +201,7 @@ def load_dataset(
         device=torch.device(device),
         image_size=_checked_image_size(image_size),
         num_workers=checked_workers(num_workers),
+        train_size=train_size,
     )
     return source.load(options)
 

@@ -1,8 +1,9 @@
 """In-memory datasets: registration, reading with a small cache, building splits.
 
 :func:`register_dataset` turns a reader of a dataset's files into a :class:`TensorSource`,
-which reads the images once (cached while the files are unchanged), resizes them if asked,
-carves the splits and places them on the training device.
+which finds the files (:mod:`bench.data.locate`), reads the images once (cached while the
+files are unchanged), resizes them if asked, carves the splits and places them on the
+training device.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.data.base import DATASETS, DataBundle, DataError, DatasetInfo, LoadOptions, RawImages
-from bench.data.splits import ClassSelection, TensorSplit, carve_test, carve_validation
+from bench.data.locate import DataFiles, DownloadFailed, download_failed, find_or_explain
+from bench.data.splits import (
+    ClassSelection,
+    TensorSplit,
+    carve_test,
+    carve_validation,
+    with_train_size,
+)
 
 _CACHE_ENTRIES = 4
 # (source, root, size, file stamps) → (images at that size, their height before resizing)
@@ -31,11 +39,16 @@ class TensorSource:
     Attributes:
         name: Registered name.
         read: ``read(root, download) -> RawImages``; raises :class:`DataError` on failure.
+            ``root`` is the data root holding the files (one of ``files``' layouts is
+            complete under it), or with ``download`` the folder to download them into
+            (raising :class:`~bench.data.locate.DownloadFailed` when that fails); None for a
+            dataset without files.
         mean: Per-channel mean of the pixel values in [0, 1] of the training split.
         std: Per-channel standard deviation.
         flip: Whether a horizontal flip keeps the label.
         crop_padding: Random-crop zero padding at the dataset's own image size.
-        expected: Files ``read`` needs, relative to root (for messages and cache keys).
+        files: Where its files may lie and how to get them; None for a dataset without
+            files (embedded, or made by the reader).
         test_fraction: For datasets without a test split: the stratified fraction carved
             off as the fixed test split; 0 for datasets with one.
         summary: One line for listings.
@@ -47,13 +60,20 @@ class TensorSource:
     std: tuple[float, ...]
     flip: bool
     crop_padding: int
-    expected: tuple[str, ...] = ()
+    files: DataFiles | None = None
     test_fraction: float = 0.0
     summary: str = ""
 
     def load(self, options: LoadOptions) -> DataBundle:
         """Read (or reuse) the images, carve the splits and place them on the device."""
-        raw, native_height = self._raw(options.root, options.download, options.image_size)
+        root, download = options.root, False
+        if self.files is not None:
+            root, download = find_or_explain(self.name, self.files, options.root, options.download)
+        try:
+            raw, native_height = self._raw(root, download, options.image_size)
+        except DownloadFailed as failed:
+            assert self.files is not None  # only readers of files download
+            raise download_failed(self.name, self.files, options.root, failed) from failed
         train_labels = raw.train_labels.numpy()
         if raw.test_images is None or raw.test_labels is None:
             if not 0 < self.test_fraction < 1:
@@ -97,28 +117,41 @@ class TensorSource:
             class_names=selection.class_names,
             num_train=len(train),
         )
-        return DataBundle(
+        bundle = DataBundle(
             info=info,
             train=train,
             val=split(raw.train_images, train_labels, val_pos),
             test=split(test_images, test_labels, test_pos),
         )
+        return with_train_size(bundle, options.train_size, options.split_seed)
 
     def _raw(
         self, root: Path | None, download: bool, image_size: int | None
     ) -> tuple[RawImages, int]:
         """Images at ``image_size`` and their own height; cached while the files are unchanged."""
-        key = (self.name, id(self.read), str(root), image_size, _files_stamp(root, self.expected))
+        key = (self.name, id(self.read), str(root), image_size, self._stamp(root))
         if key not in _raw_cache:
             raw = self.read(root, download)
             check_raw(self.name, root, raw)
             entry = (_resized(raw, image_size), raw.train_images.shape[2])
             if download:  # the stamp changes once files have been fetched
-                key = (*key[:-1], _files_stamp(root, self.expected))
+                key = (*key[:-1], self._stamp(root))
             _raw_cache[key] = entry
             while len(_raw_cache) > _CACHE_ENTRIES:
                 del _raw_cache[next(iter(_raw_cache))]
         return _raw_cache[key]
+
+    def _stamp(self, root: Path | None) -> tuple:
+        """Size and modification time of every file the dataset may read under ``root``."""
+        if root is None or self.files is None:
+            return ()
+        paths = [
+            layout.where(root) / (name + suffix)
+            for layout in self.files.layouts
+            for name in layout.names
+            for suffix in ("", ".gz")[: 1 + layout.gzip]
+        ]
+        return _files_stamp(paths)
 
 
 def check_raw(name: str, root: Path | None, raw: RawImages) -> None:
@@ -156,16 +189,14 @@ def check_raw(name: str, root: Path | None, raw: RawImages) -> None:
             )
 
 
-def _files_stamp(root: Path | None, files: Sequence[str]) -> tuple:
-    if root is None:
-        return ()
+def _files_stamp(paths: Sequence[Path]) -> tuple:
     stamp: list[tuple[str, int | None, int | None]] = []
-    for name in files:
+    for path in paths:
         try:
-            st = (root / name).stat()
-            stamp.append((name, st.st_size, st.st_mtime_ns))
+            st = path.stat()
+            stamp.append((str(path), st.st_size, st.st_mtime_ns))
         except OSError:
-            stamp.append((name, None, None))
+            stamp.append((str(path), None, None))
     return tuple(stamp)
 
 
@@ -201,7 +232,7 @@ def register_dataset(
     std: Sequence[float],
     flip: bool,
     crop_padding: int,
-    expected: Sequence[str] = (),
+    files: DataFiles | None = None,
     test_fraction: float = 0.0,
     summary: str = "",
 ) -> Callable[[Callable[[Path | None, bool], RawImages]], Callable[[Path | None, bool], RawImages]]:
@@ -216,7 +247,8 @@ def register_dataset(
         std: Per-channel standard deviation of the training pixels.
         flip: Whether horizontal flips keep the label.
         crop_padding: Random-crop zero padding at the dataset's own image size.
-        expected: Files the reader needs, relative to root.
+        files: Where the reader's files may lie and how to get them (searched before the
+            reader is called); None for a dataset without files.
         test_fraction: Fraction carved off as a fixed test split if the reader returns none.
         summary: One line for listings.
     """
@@ -233,7 +265,7 @@ def register_dataset(
             std=tuple(std),
             flip=flip,
             crop_padding=crop_padding,
-            expected=tuple(expected),
+            files=files,
             test_fraction=test_fraction,
             summary=summary,
         )

@@ -1,13 +1,15 @@
 """Fixed splits and their batches.
 
 Carving: :func:`stratified_holdout` and its two uses (:func:`carve_validation`,
-:func:`carve_test`), and :class:`ClassSelection` for label subsets. Splits: :class:`TensorSplit`
-(held on the training device, augmented a batch at a time there) and :class:`FolderSplit`
-(image files decoded by a ``DataLoader``, then augmented alike).
+:func:`carve_test`), :func:`stratified_subset` for a training subset of a given size
+(:func:`with_train_size`), and :class:`ClassSelection` for label subsets. Splits:
+:class:`TensorSplit` (held on the training device, augmented a batch at a time there) and
+:class:`FolderSplit` (image files decoded by a ``DataLoader``, then augmented alike).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -18,12 +20,13 @@ import torch
 from torch import Tensor
 
 from bench.data.augment import BatchPipeline, shared_augment_draws
-from bench.data.base import DataError
+from bench.data.base import DataBundle, DataError
 
 # Streams of the stratified carving; a carved test split uses a seed nobody can change, so
 # every benchmark on a dataset without its own test split evaluates on the same samples.
 _TEST_STREAM = 1
 _VAL_STREAM = 2
+_SUBSET_STREAM = 3
 _FIXED_TEST_SEED = 0
 
 
@@ -59,6 +62,58 @@ def carve_validation(
 def carve_test(labels: np.ndarray, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Positions ``(pool, test)`` for a dataset without a test split; always the same."""
     return stratified_holdout(labels, test_fraction, _FIXED_TEST_SEED, stream=_TEST_STREAM)
+
+
+def stratified_subset(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Sorted positions of ``size`` samples of ``labels``, stratified by class.
+
+    Each class's members are shuffled by a random stream keyed on (stream, seed, class label);
+    the k-th of a class of n gets the rank k/n, and the ``size`` samples of lowest rank are
+    kept (ties by class label). So every class keeps its share to within one sample, every
+    class is present once ``size`` reaches the number of classes, and a smaller subset is
+    part of every larger one.
+
+    Raises:
+        DataError: ``size`` is not in 1..len(labels).
+    """
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise DataError(f"train_size must be a whole number ≥ 1, got {size!r}")
+    if size > len(labels):
+        raise DataError(
+            f"train_size {size} is larger than the training split ({len(labels)} samples after "
+            f"the validation hold-out); give at most {len(labels)}, or leave it out to train on "
+            "the whole split"
+        )
+    ranks = np.empty(len(labels))
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        rng = np.random.default_rng([_SUBSET_STREAM, seed, int(label)])
+        ranks[rng.permutation(members)] = np.arange(len(members)) / len(members)
+    order = np.lexsort((labels, ranks))
+    return np.sort(order[:size])
+
+
+def with_train_size(bundle: DataBundle, size: int | None, split_seed: int) -> DataBundle:
+    """The same dataset with its training split cut to a stratified subset of ``size``
+    samples (:func:`stratified_subset`, drawn with the split seed); None keeps it whole.
+
+    Batch indices then run over the subset (0..size-1), and ``info.num_train`` is ``size``.
+
+    Raises:
+        DataError: ``size`` is below 1 or above the training split's size.
+    """
+    if size is None:
+        return bundle
+    train = bundle.train
+    if not isinstance(train, TensorSplit | FolderSplit):
+        raise DataError(
+            f"train_size cuts in-memory or folder splits, not {type(train).__name__}; cut "
+            "the split before switching it to the loader path"
+        )
+    labels = train.labels.cpu().numpy()
+    subset = train.subset(stratified_subset(labels, size, split_seed))
+    info = dataclasses.replace(bundle.info, num_train=len(subset))
+    return DataBundle(info=info, train=subset, val=bundle.val, test=bundle.test)
 
 
 @dataclass(frozen=True)
@@ -167,6 +222,20 @@ class TensorSplit:
     def __len__(self) -> int:
         return self.images.shape[0]
 
+    def subset(self, positions: np.ndarray) -> TensorSplit:
+        """The samples at ``positions`` of this split, as a split of their own."""
+        index = torch.from_numpy(np.asarray(positions, dtype=np.int64))
+        pipeline = self.pipeline
+        return TensorSplit(
+            self.images.index_select(0, index.to(self.images.device)),
+            self.labels.index_select(0, index.to(self.labels.device)),
+            mean=pipeline.mean,
+            std=pipeline.std,
+            crop_padding=pipeline.crop_padding,
+            flip=pipeline.flip,
+            source_index=self.source_index.index_select(0, index),
+        )
+
     def batches(
         self,
         batch_size: int,
@@ -261,6 +330,21 @@ class FolderSplit:
 
     def __len__(self) -> int:
         return len(self.positions)
+
+    def subset(self, positions: np.ndarray) -> FolderSplit:
+        """The samples at ``positions`` of this split, as a split of their own."""
+        chosen = np.asarray(positions, dtype=np.int64)
+        pipeline = self.pipeline
+        return FolderSplit(
+            self.dataset,
+            self.positions[chosen],
+            self.labels.index_select(0, torch.from_numpy(chosen)),
+            mean=pipeline.mean,
+            std=pipeline.std,
+            crop_padding=pipeline.crop_padding,
+            flip=pipeline.flip,
+            num_workers=self.num_workers,
+        )
 
     def batches(
         self,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from bench.data.base import DATASETS, DataBundle, DataError, DatasetInfo, LoadOptions
-from bench.data.splits import ClassSelection, FolderSplit, carve_validation
+from bench.data.splits import ClassSelection, FolderSplit, carve_validation, with_train_size
 from bench.datasets.torchvision_files import layout, require_root
 
 # ImageNet statistics: the usual choice for natural photographs of unknown statistics.
@@ -99,9 +99,10 @@ class FolderSource:
             num_train=len(train),
         )
         test = split(test_set, test_labels, np.arange(len(test_labels)))
-        return DataBundle(
+        bundle = DataBundle(
             info=info, train=train, val=split(train_set, train_labels, held), test=test
         )
+        return with_train_size(bundle, options.train_size, options.split_seed)
 
     def _folder(
         self, datasets: Any, path: Path, transform: Any, expected: Sequence[str], how: str

@@ -329,7 +329,9 @@ def _measure(
         for model, input_size, classes in keys:
             key = (model, input_size, classes)
             try:
-                built = create_model(model, classes, image_size=input_size[1])
+                built = create_model(
+                    model, classes, image_size=input_size[1], in_chans=input_size[0]
+                )
                 profile = profile_model(
                     built,
                     model,

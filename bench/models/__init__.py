@@ -67,24 +67,35 @@ def resolve(name: str) -> tuple[str, str]:
     raise error
 
 
-def create_model(name: str, num_classes: int, *, image_size: int | None = None) -> nn.Module:
+def create_model(
+    name: str, num_classes: int, *, image_size: int | None = None, in_chans: int = 3
+) -> nn.Module:
     """Build ``name`` through ``timm.create_model`` with random weights.
 
     Args:
         name: Catalogue name, timm name, or ``timm:NAME``.
         num_classes: Classifier width.
         image_size: Input height/width; passed as ``img_size`` to models that take it
-            (vision transformers), so they are built for the dataset's resolution.
+            (vision transformers, the zoo's MLPs), so they are built for the dataset's
+            resolution.
+        in_chans: Input channels (1 for the native MNIST-like datasets); every zoo and timm
+            model takes it.
     """
     timm_name, _ = resolve(name)
+    # Left out at 3, timm's default, so that models built before it existed are built alike.
+    extra: dict[str, Any] = {} if in_chans == 3 else {"in_chans": in_chans}
     if image_size is not None:
         try:
             return timm.create_model(
-                timm_name, pretrained=False, num_classes=num_classes, img_size=image_size
+                timm_name,
+                pretrained=False,
+                num_classes=num_classes,
+                img_size=image_size,
+                **extra,
             )
         except TypeError:
             pass  # the model has a fixed or input-agnostic resolution
-    return timm.create_model(timm_name, pretrained=False, num_classes=num_classes)
+    return timm.create_model(timm_name, pretrained=False, num_classes=num_classes, **extra)
 
 
 def _has_preact(model: nn.Module) -> bool:

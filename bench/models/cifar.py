@@ -205,13 +205,13 @@ def cifar_shufflev2(pretrained: bool = False, **kwargs: Any) -> nn.Module:
 
 @register_model
 def cifar_mlp_small(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """MLP with two hidden layers of 800 ReLU units on the flattened 3x32x32 input."""
+    """MLP with two hidden layers of 800 ReLU units on the flattened input (1x28x28: 784)."""
     return build_zoo_model(Mlp, "cifar_mlp_small", pretrained, hidden=(800, 800), **kwargs)
 
 
 @register_model
 def cifar_mlp_large(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-    """MLP with two hidden layers of 1200 ReLU units on the flattened 3x32x32 input."""
+    """MLP with two hidden layers of 1200 ReLU units on the flattened input (1x28x28: 784)."""
     return build_zoo_model(Mlp, "cifar_mlp_large", pretrained, hidden=(1200, 1200), **kwargs)
 
 

@@ -2,10 +2,12 @@
 
 The zoo's ``mlp_large`` (two hidden layers of 1200 ReLU units) and ``mlp_small`` (two of 800)
 have the sizes of the teacher and student nets of the MNIST experiment of Hinton et al. (2015,
-"Distilling the Knowledge in a Neural Network"), here on 3x32x32 inputs (3072 features).
+"Distilling the Knowledge in a Neural Network"). They are built for the dataset's input: 3072
+features on the 3x32x32 images of the CIFAR zoo, and the paper's 784 on the 1x28x28 of
+``mnist_native`` and ``fashion_mnist_native``.
 
 To fit the feature API of the convolutional models, each hidden layer is a stage whose output
-is returned as an N×C×1×1 map (so its reduction is the input size, 32); ``preact=True`` returns
+is returned as an N×C×1×1 map (so its reduction is the input size); ``preact=True`` returns
 the hidden layers before their ReLU.
 """
 

@@ -23,7 +23,10 @@ The schema (``leaderboards/digits/suite.yaml`` is a complete example)::
     description: free text
     experiment: digits           # MLflow experiment; default: the name
     phase: final                 # tune (selection on val) | final (fresh seeds, test)
-    datasets: [digits]           # names, or {name, data_root, download}
+    datasets: [digits]           # names, or {name, data_root, download, train_size}; files
+                                 # are looked for under data_root, $KDBENCH_DATA's folders and
+                                 # /usr/share/datasets; train_size: students train on a
+                                 # stratified subset of N training samples (teachers on all)
     val_fraction: 0.1
     pairs:                       # teacher → student
       - {teacher: resnet20, student: resnet8}

@@ -150,6 +150,7 @@ def _trial_config(
         teacher=teacher,
         phase=suite.phase,
         val_fraction=suite.val_fraction,
+        train_size=dataset.train_size,
         data_root=dataset.data_root,
         download=dataset.download,
         student_checkpoint=pair.student_checkpoint,

@@ -49,7 +49,7 @@ TOP_KEYS = (
     "leaderboard",
 )
 REQUIRED_KEYS = ("datasets", "pairs", "methods", "seeds")
-DATASET_KEYS = ("name", "data_root", "download")
+DATASET_KEYS = ("name", "data_root", "download", "train_size")
 PAIR_KEYS = (
     "teacher",
     "student",
@@ -137,11 +137,20 @@ class Resources:
 
 @dataclass(frozen=True)
 class DatasetEntry:
-    """A dataset of the suite and where its files are."""
+    """A dataset of the suite, where its files are, and how much of it students train on.
+
+    Attributes:
+        name: The registered dataset name.
+        data_root: A folder searched first for its files.
+        download: Whether files found nowhere may be downloaded.
+        train_size: Students train on a stratified subset of this many training samples
+            (teachers on the whole split); None: the whole split.
+    """
 
     name: str
     data_root: str | None = None
     download: bool = False
+    train_size: int | None = None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
-from bench.config import SEED_RANGE, VAL_FRACTION_RANGE
+from bench.config import SEED_RANGE, TRAIN_SIZE_RANGE, VAL_FRACTION_RANGE
 from bench.ranges import Range
 from bench.suite.checks import (
     Context,
@@ -185,8 +185,25 @@ def unloaded_methods(ctx: Context, value: Any) -> tuple[str, ...]:
 
 
 def datasets(ctx: Context, value: Any) -> tuple[tuple[DatasetEntry, ...] | None, list[Problem]]:
-    """The suite's datasets (names, or ``{name, data_root, download}``)."""
-    return entries(ctx, value, "datasets", "dataset", partial(dataset, ctx))
+    """The suite's datasets (names, or ``{name, data_root, download, train_size}``), each
+    name once: a leaderboard's cells are datasets, so two entries of one dataset (two train
+    sizes, say) would mix their runs in one cell."""
+    listed, found = entries(ctx, value, "datasets", "dataset", partial(dataset, ctx))
+    if listed is None:
+        return None, found
+    seen: dict[str, int] = {}
+    for i, item in enumerate(value if isinstance(value, list) else []):
+        name = item.get("name") if isinstance(item, dict) else item
+        if not isinstance(name, str):
+            continue
+        if name in seen:
+            message = (
+                f"dataset {name!r} is listed twice (also datasets[{seen[name]}]); list it "
+                "once, and run another setting of it as a suite of its own"
+            )
+            found.append(ctx.problem(("datasets", i), message))
+        seen.setdefault(name, i)
+    return listed, found
 
 
 def dataset(ctx: Context, item: Any, path: KeyPath) -> tuple[DatasetEntry | None, list[Problem]]:
@@ -205,14 +222,16 @@ def dataset(ctx: Context, item: Any, path: KeyPath) -> tuple[DatasetEntry | None
     if name not in DATASETS:
         return None, [*found, ctx.problem(path, unknown("dataset", name, DATASETS.names()))]
     root, download = entry.get("data_root"), entry.get("download", False)
-    # Both are checked, so that two wrong values are reported together.
+    size = entry.get("train_size")
+    # All are checked, so that several wrong values are reported together.
     bad = [
         *misfit(ctx, root, str | None, (*path, "data_root")),
         *misfit(ctx, download, bool, (*path, "download")),
+        *misfit(ctx, size, Annotated[int, TRAIN_SIZE_RANGE] | None, (*path, "train_size")),
     ]
     if not found.passed(bad):
         return None, found
-    return DatasetEntry(name, ctx.local_path(root) if root else None, download), found
+    return DatasetEntry(name, ctx.local_path(root) if root else None, download, size), found
 
 
 def seeds(ctx: Context, value: Any) -> tuple[tuple[int, ...] | None, list[Problem]]:

@@ -18,7 +18,7 @@ from torch import nn
 
 from bench.api import Method, ModelInfo, TrialFailed
 from bench.config import ConfigError, Recipe, TeacherSpec, TrialConfig
-from bench.data import DataBundle, load_dataset, with_loader
+from bench.data import SPLIT_SEED, DataBundle, load_dataset, with_loader, with_train_size
 from bench.filehash import file_sha256
 from bench.finetune import prepare_student
 from bench.memory import PeakMemory
@@ -159,7 +159,8 @@ def prepare_trial(config: TrialConfig, device: torch.device | str | None = None)
     if config.teacher is not None:
         resolve(config.teacher.arch)
         check_teacher_image_size(config)
-    data = load_dataset(
+    # The whole training split, which teachers train on; the student's may be a subset.
+    whole = load_dataset(
         config.dataset,
         root=config.data_root,
         download=config.download,
@@ -167,12 +168,18 @@ def prepare_trial(config: TrialConfig, device: torch.device | str | None = None)
         device=device,
         image_size=config.recipe.image_size,
     )
+    data = with_train_size(whole, config.train_size, SPLIT_SEED)
     if config.student_checkpoint is not None or config.recipe.trainable:
         # Checked on a throwaway student, so a checkpoint that cannot be read or does not
         # fit is bad input, found before anything is recorded.
-        image_size = data.info.input_size[1]
         prepare_student(
-            create_model(config.student, data.info.num_classes, image_size=image_size), config
+            create_model(
+                config.student,
+                data.info.num_classes,
+                image_size=data.info.input_size[1],
+                in_chans=data.info.input_size[0],
+            ),
+            config,
         )
     teacher = None
     if method_cls.uses_teacher:
@@ -182,7 +189,7 @@ def prepare_trial(config: TrialConfig, device: torch.device | str | None = None)
                 outcome="refused",
             )
         teacher = obtain_teacher(
-            config.dataset, config.teacher, data_root=config.data_root, device=device, data=data
+            config.dataset, config.teacher, data_root=config.data_root, device=device, data=whole
         )
     if config.recipe.data_path == "loader":
         data = with_loader(data, loader_workers())
@@ -253,7 +260,9 @@ def build_trial(
     execution = Execution.of(config.compute, config.recipe)
     seed_everything(config.seed)
     image = data.info.input_size
-    student = create_model(config.student, data.info.num_classes, image_size=image[1])
+    student = create_model(
+        config.student, data.info.num_classes, image_size=image[1], in_chans=image[0]
+    )
     prepare_student(student, config)  # pretrained start and frozen parts (transfer)
     student.to(device)
     s_info = model_info(student, config.student, image)

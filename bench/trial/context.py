@@ -202,7 +202,10 @@ class TrialContext:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed * 1000 + self._models_created)
             model = create_model(
-                name, num_classes or self.task.num_classes, image_size=self.task.input_size[1]
+                name,
+                num_classes or self.task.num_classes,
+                image_size=self.task.input_size[1],
+                in_chans=self.task.input_size[0],
             )
         model.to(self.device)
         return model, model_info(model, name, self.task.input_size)
