@@ -433,3 +433,17 @@ def test_train_with_a_sweep_trials_threads_gives_its_key_and_its_accuracy(
         f"train --threads 1 got test accuracy {trained['test_acc']}, the sweep trial with cpu 1 "
         f"got {run.data.metrics['test_acc']} under the same key"
     )
+
+
+def test_a_run_names_the_cached_teacher_it_used(tmp_path):
+    from bench.teachers import cache_dir, teacher_key
+
+    args = train(tmp_path, "--method", "kd", "--teacher", TEACHER, "--teacher-epochs", "1")
+    assert main(args) == 0
+    (run,) = finished(tmp_path)
+    spec = TeacherSpec(arch=TEACHER, recipe=Recipe(epochs=1, batch_size=128, augment=False))
+    key = teacher_key("digits", spec)
+    tags = run.data.tags
+    assert tags["kdbench.teacher_key"] == key, (tags["kdbench.teacher_key"], key)
+    assert Path(tags["kdbench.teacher_file"]).parent == cache_dir() / key
+    assert Path(tags["kdbench.teacher_file"]).is_file()
