@@ -2,7 +2,7 @@
 
 chromedriver speaks the W3C WebDriver protocol over HTTP on 127.0.0.1; the few commands the
 test needs are sent with urllib, so no Python browser library is required. The test skips
-when chromium or chromedriver is missing (``scripts/install_browser.sh`` installs both).
+when chromium or chromedriver is missing (``scripts/install_test_packages.sh`` installs both).
 Set ``KDBENCH_SCREENSHOT_DIR`` to keep the screenshots it takes.
 """
 
@@ -36,7 +36,7 @@ CHROMEDRIVER = shutil.which("chromedriver")
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
-    reason="needs chromium and chromedriver on PATH; scripts/install_browser.sh installs them",
+    reason="needs chromium and chromedriver on PATH; scripts/install_test_packages.sh installs them",
 )
 
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C key of an element reference
