@@ -20,6 +20,7 @@ from bench.sweep.cli import add_sweep_arguments, sweep_main
 from bench.sweep.progress import ProgressBoard
 from bench.sweep.worker import STATUS, QueueLines
 from bench.trial.compose import run_trial
+from bench.trial.device import machine_compute
 
 PAIR = ["--dataset", "digits", "--student", "test_resnet_narrow", "--teacher", "test_resnet_wide"]
 STUDENT = "kd:digits:test_resnet_narrow<-test_resnet_wide:seed0"
@@ -38,7 +39,8 @@ class Terminal(io.StringIO):
 
 def train(*args: str) -> int:
     # A teacher seed of its own: the teacher trains here, not in the cache of another test.
-    return main(["train", *PAIR, "--no-track", "--teacher-epochs", "1", *args])
+    # One thread: tiny models gain nothing from more, and contending threads are slow.
+    return main(["train", *PAIR, "--no-track", "--teacher-epochs", "1", "--threads", "1", *args])
 
 
 def test_train_prints_a_line_per_epoch_of_the_teacher_and_the_trial_off_a_terminal(capsys):
@@ -75,6 +77,7 @@ def test_a_terminal_gets_a_bar_per_epoch_with_its_time_left_and_the_epoch_lines(
         method="kd",
         recipe=recipe,
         teacher=TeacherSpec(arch="test_resnet_wide", recipe=recipe, seed=43),
+        compute=machine_compute(threads=1),  # tiny models: more threads only contend
     )
     result = run_trial(config, progress=Reporter(stream, refresh=0))
     assert result.status == "FINISHED", result.error
