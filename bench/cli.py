@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from bench.config import CHECKPOINT_EVERY_EPOCHS, CHECKPOINT_EVERY_MINUTES
+from bench.progress import Reporter
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -255,16 +256,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = build_trial_config(args)
     _check_params(config)
     tracker = None if args.no_track else _tracker(args)
-
-    def progress(record: Any) -> None:
-        if not args.quiet:
-            print(
-                f"epoch {record.epoch + 1}/{config.recipe.epochs} "
-                f"loss {record.terms.get('loss', float('nan')):.4f} "
-                f"val_acc {record.val_acc:.4f} ({record.seconds:.1f}s)",
-                file=sys.stderr,
-            )
-
     from bench.trial.resume import CheckpointPolicy
 
     policy = CheckpointPolicy(
@@ -274,7 +265,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     try:
         result = run_trial(
-            config, tracker=tracker, on_epoch=progress, policy=policy, rerun=args.rerun
+            config, tracker=tracker, policy=policy, rerun=args.rerun, progress=_reporter(args)
         )
     except TrialFailed as exc:  # before the trial's run exists (its teacher did not train)
         print(f"kdbench: {exc.outcome}: {exc.reason}", file=sys.stderr)
@@ -285,6 +276,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         _print_result(config, result)
     return 0 if result.status == "FINISHED" else EXIT_FAILED
+
+
+def _reporter(args: argparse.Namespace) -> Reporter | None:
+    """Where long work shows its progress: standard error (bars on a terminal, a line per
+    epoch elsewhere), or nowhere with ``--quiet``."""
+    return None if args.quiet else Reporter(sys.stderr)
 
 
 def _check_params(config: Any) -> None:
@@ -345,6 +342,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         teacher_epochs=args.teacher_epochs,
         seed=args.seed,
         tracking_uri=args.tracking_uri,
+        progress=_reporter(args),
     )
 
 
@@ -359,7 +357,9 @@ def cmd_check_method(args: argparse.Namespace) -> int:
     _load_plugins(args.plugins)
     # No --param: each method's own conformance_params apply.
     params = dict(parse_param(p) for p in args.param) if args.param else None
-    report = run_conformance(args.method, params=params, verbose=not args.quiet)
+    report = run_conformance(
+        args.method, params=params, verbose=not args.quiet, reporter=_reporter(args)
+    )
     print(report.format())
     return 0 if report.passed else EXIT_FAILED
 
@@ -698,7 +698,12 @@ def _add_train_output_options(tr: argparse.ArgumentParser) -> None:
         help="print one JSON object (run_key, status, accuracies…) as the last line",
     )
     tr.add_argument("--no-track", action="store_true", help="do not record the run in MLflow")
-    tr.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    tr.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress of the teacher's or the trial's training (bars on a terminal, a line "
+        "per epoch elsewhere, on stderr)",
+    )
     tr.add_argument(
         "--checkpoint-epochs",
         type=whole(0),
@@ -723,6 +728,9 @@ def _add_demo(sub: Any) -> None:
     demo.add_argument("--epochs", type=whole(1), default=15)
     demo.add_argument("--teacher-epochs", type=whole(1), default=15)
     demo.add_argument("--seed", type=whole(0), default=0)
+    demo.add_argument(
+        "--quiet", action="store_true", help="no progress of the trainings; the table only"
+    )
     _add_tracking(demo)
     demo.set_defaults(func=cmd_demo)
 
@@ -735,7 +743,9 @@ def _add_check_method(sub: Any) -> None:
     check.add_argument("method", help="registered method name, or path to a method file")
     check.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     check.add_argument("--plugins", nargs="*", default=[], help="method files to load")
-    check.add_argument("--quiet", action="store_true", help="only the final table")
+    check.add_argument(
+        "--quiet", action="store_true", help="only the final table (no results or trainings)"
+    )
     check.set_defaults(func=cmd_check_method)
 
 

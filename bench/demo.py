@@ -7,6 +7,7 @@ import sys
 import time
 
 from bench.config import Recipe, TeacherSpec, TrialConfig
+from bench.progress import Reporter
 from bench.teachers import obtain_teacher
 from bench.tracking import Tracker
 from bench.trial.compose import run_trial
@@ -16,9 +17,15 @@ STUDENT = "resnet8"
 
 
 def run_demo(
-    *, epochs: int = 15, teacher_epochs: int = 15, seed: int = 0, tracking_uri: str | None = None
+    *,
+    epochs: int = 15,
+    teacher_epochs: int = 15,
+    seed: int = 0,
+    tracking_uri: str | None = None,
+    progress: Reporter | None = None,
 ) -> int:
-    """Train the three models and print a table; returns the process exit status."""
+    """Train the three models and print a table; returns the process exit status.
+    ``progress`` shows each step and each training's epochs (nothing when None)."""
     started = time.perf_counter()
     teacher = TeacherSpec(arch=TEACHER, recipe=Recipe(epochs=teacher_epochs), seed=0)
     # Built first, so that a value out of range is refused before any training or recording.
@@ -34,18 +41,18 @@ def run_demo(
         for method in ("ce", "kd")
     }
     tracker = Tracker(tracking_uri, experiment="kdbench-demo")
-    print(
-        f"kdbench demo: digits, teacher {TEACHER}, student {STUDENT}, seed {seed}", file=sys.stderr
-    )
-    print(
-        f"[1/3] teacher {TEACHER}: {teacher_epochs} epochs (cached after the first run)",
-        file=sys.stderr,
-    )
-    trained = obtain_teacher("digits", teacher, progress=True)
+
+    def say(text: str) -> None:
+        if progress is not None:
+            print(text, file=progress.stream, flush=True)
+
+    say(f"kdbench demo: digits, teacher {TEACHER}, student {STUDENT}, seed {seed}")
+    say(f"[1/3] teacher {TEACHER}: {teacher_epochs} epochs (cached after the first run)")
+    trained = obtain_teacher("digits", teacher, progress=progress)
     rows = [(f"teacher {TEACHER}", trained.test_acc, "")]
     for step, method in ((2, "ce"), (3, "kd")):
-        print(f"[{step}/3] student {STUDENT} with {method}: {epochs} epochs", file=sys.stderr)
-        result = run_trial(configs[method], tracker=tracker)
+        say(f"[{step}/3] student {STUDENT} with {method}: {epochs} epochs")
+        result = run_trial(configs[method], tracker=tracker, progress=progress)
         if result.status != "FINISHED":
             print(f"kdbench demo: {method} failed: {result.error}", file=sys.stderr)
             return 1

@@ -32,6 +32,7 @@ from bench.data import DataBundle, load_dataset
 from bench.filehash import file_sha256
 from bench.models import create_model, model_info
 from bench.paths import kdbench_home
+from bench.progress import Reporter, training
 from bench.trial.context import make_context, task_info
 from bench.trial.device import freeze, pick_device, seed_everything
 from bench.trial.evaluate import labels_of, predict, topk_accuracy
@@ -65,6 +66,12 @@ def teacher_key(dataset: str, spec: TeacherSpec) -> str:
             "format": TEACHER_FORMAT,
         }
     )
+
+
+def teacher_label(dataset: str, spec: TeacherSpec) -> str:
+    """How a teacher's training names itself in progress lines."""
+    classes = f", classes {','.join(map(str, spec.classes))}" if spec.classes else ""
+    return f"teacher {spec.arch} on {dataset} (seed {spec.seed}{classes})"
 
 
 def cache_dir() -> Path:
@@ -134,7 +141,7 @@ def obtain_teacher(
     data_root: str | None = None,
     device: torch.device | None = None,
     data: DataBundle | None = None,
-    progress: bool = False,
+    progress: Reporter | None = None,
     keep: Iterable[int] = (),
 ) -> Teacher:
     """A trained, frozen teacher for ``dataset`` (trained and cached on first use).
@@ -146,7 +153,7 @@ def obtain_teacher(
         device: Where it runs (default: the best available).
         data: The dataset already loaded at the teacher's image size (reused unless the
             teacher trains on a class subset).
-        progress: Print the training's epochs to stderr.
+        progress: Where a training shows its progress (each epoch; nothing when None).
         keep: Further epochs of the same training to checkpoint: when a training is needed,
             it saves all of them (and the returned teacher is still ``spec``'s checkpoint),
             so the early-stopped teachers of one run cost one training. Any of them missing
@@ -237,7 +244,7 @@ def _train_and_cache(
     *,
     keep: set[int],
     meta: dict,
-    progress: bool,
+    progress: Reporter | None,
 ) -> dict:
     """Train the teacher from scratch (deterministically) and keep the asked-for epochs."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -265,18 +272,13 @@ def _train_and_cache(
 
     def on_epoch(record: EpochRecord) -> None:
         done = record.epoch + 1
-        if progress:
-            print(
-                f"  teacher {spec.arch} epoch {done}/{spec.recipe.epochs} "
-                f"loss {record.terms['loss']:.3f} val {record.val_acc:.3f}",
-                file=sys.stderr,
-            )
         if done in keep:
             accs[str(done)] = topk_accuracy(predict(model, data.test, device), labels)
             _atomic_save(model.state_dict(), folder / f"epoch_{done}.pt")
 
     try:
-        history = train_loop(ctx, method, on_epoch=on_epoch)
+        with training(progress, teacher_label(dataset, spec)) as shown:
+            history = train_loop(ctx, method, on_epoch=on_epoch, progress=shown)
     except TrialFailed as exc:
         raise TrialFailed(
             f"teacher {spec.arch} did not train: {exc.reason}",

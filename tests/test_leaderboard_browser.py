@@ -36,7 +36,7 @@ CHROMEDRIVER = shutil.which("chromedriver")
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None or CHROMEDRIVER is None,
-    reason="needs chromium and chromedriver on PATH; scripts/install_test_packages.sh installs them",
+    reason="needs chromium and chromedriver on PATH (scripts/install_test_packages.sh)",
 )
 
 ELEMENT = "element-6066-11e4-a52e-4f735466cecf"  # the W3C key of an element reference

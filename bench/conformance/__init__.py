@@ -40,6 +40,7 @@ from bench.conformance.checks import (
 )
 from bench.conformance.fixtures import DEFAULT_PAIRS, FALLBACK_PAIRS, Pair
 from bench.conformance.report import CHECKS, CheckResult, ConformanceReport
+from bench.progress import Reporter
 from bench.registry import BrokenEntryError
 
 __all__ = [
@@ -68,6 +69,7 @@ def run_conformance(
     pairs: Iterable[PairSpec] | None = None,
     params: Mapping[str, Any] | None = None,
     verbose: bool = False,
+    reporter: Reporter | None = None,
 ) -> ConformanceReport:
     """Run the conformance suite on a registered method, or on every method a file registers.
 
@@ -79,6 +81,8 @@ def run_conformance(
             method refuses all of them.
         params: Method hyperparameters as raw values (the method's defaults otherwise).
         verbose: Print each result to stderr as it is found.
+        reporter: Where the trainings of the run (the tiny teachers, each pair's student)
+            show their progress; nothing is shown when None.
 
     Returns:
         The report; ``report.passed`` is the verdict, ``report.format()`` the table.
@@ -101,7 +105,9 @@ def run_conformance(
         )
     report = ConformanceReport(methods=tuple(names))
     for name in names:
-        report.results += check_method(name, pairs=pairs, params=params, progress=progress)
+        report.results += check_method(
+            name, pairs=pairs, params=params, progress=progress, reporter=reporter
+        )
     report.seconds = time.perf_counter() - started
     return report
 
@@ -112,6 +118,7 @@ def check_method(
     pairs: Iterable[PairSpec] | None = None,
     params: Mapping[str, Any] | None = None,
     progress: Callable[[CheckResult], None] | None = None,
+    reporter: Reporter | None = None,
 ) -> list[CheckResult]:
     """Every check of one registered method over ``pairs`` (see :func:`run_conformance`).
 
@@ -140,7 +147,7 @@ def check_method(
 
     def run(chosen: Iterable[PairSpec]) -> None:
         for pair in chosen:
-            outcome = check_pair(cls, Pair.parse(pair), typed)
+            outcome = check_pair(cls, Pair.parse(pair), typed, reporter)
             outcomes.append(outcome)
             results.extend(outcome.results)
             _report(outcome.results, progress)

@@ -30,6 +30,7 @@ from bench.api import Batch, Method, ModelInfo, TrainContext, TrialFailed
 from bench.conformance import fixtures
 from bench.conformance.fixtures import Pair
 from bench.conformance.report import CHECKS, CheckResult, Status
+from bench.progress import Reporter, training
 from bench.trial.loop import train_loop
 
 #: The loss on the fixed batch must fall by at least this fraction of its starting value.
@@ -84,11 +85,13 @@ def check_pair(
     method_cls: type[Method],
     pair: Pair | str | tuple[str, str],
     params: Any = None,
+    progress: Reporter | None = None,
 ) -> PairOutcome:
     """Run every conformance check of ``method_cls`` (with ``params``: a ``Params``
     instance, a mapping of raw values, or None for the method's ``conformance_params`` over
-    the paper's defaults) on one pair."""
-    return _PairRun(method_cls, Pair.parse(pair), _params(method_cls, params)).run()
+    the paper's defaults) on one pair; its trainings shown on ``progress``."""
+    run = _PairRun(method_cls, Pair.parse(pair), _params(method_cls, params), progress)
+    return run.run()
 
 
 def _params(method_cls: type[Method], params: Any) -> Any:
@@ -316,9 +319,12 @@ def _overrides(cls: type[Method], hook: str) -> bool:
 
 
 class _PairRun:
-    def __init__(self, method_cls: type[Method], pair: Pair, params: Any) -> None:
+    def __init__(
+        self, method_cls: type[Method], pair: Pair, params: Any, progress: Reporter | None = None
+    ) -> None:
         self.cls = method_cls
         self.params = params
+        self.progress = progress
         self.pair = pair
         self.name = method_cls.name or method_cls.__name__
         self.outcome = PairOutcome(pair.id_for(self.name))
@@ -391,7 +397,9 @@ class _PairRun:
         with self.phase("supports", f"building {self.name}") as elapsed:
             student, s_info = fixtures.student(self.pair.student)
             teacher, t_info = (
-                fixtures.teacher(self.pair.teacher) if self.cls.uses_teacher else (None, None)
+                fixtures.teacher(self.pair.teacher, self.progress)
+                if self.cls.uses_teacher
+                else (None, None)
             )
             method = self.cls(self.params)
             answer = method.supports(s_info, t_info, task)
@@ -438,8 +446,9 @@ class _PairRun:
             trainable = [p for p in method.trainable_parameters() if p.requires_grad]
             watch = GradientWatch(student, method, trainable, init_trained)
             recorder = TermRecorder(method, watch.parameters())
-            with watch.watching(), recorder.recording():
-                train_loop(ctx, method, evaluate_val=False)
+            shown = training(self.progress, self.outcome.pair_id)
+            with watch.watching(), recorder.recording(), shown as bar:
+                train_loop(ctx, method, evaluate_val=False, progress=bar)
             names = list(dict.fromkeys(k for step in recorder.steps for k in step))
             self.record(
                 "loss_terms",

@@ -20,9 +20,11 @@ from bench.api import Batch, Method, ModelInfo, TaskInfo
 from bench.config import Recipe
 from bench.data import DataBundle, DatasetInfo, Split, TensorSplit, load_dataset
 from bench.models import create_model, list_models, model_info
+from bench.progress import Reporter, training
 from bench.trial.compose import trial_services
 from bench.trial.context import TrialContext, make_context
 from bench.trial.device import freeze, seed_everything
+from bench.trial.loop import train_loop
 
 DATASET = "digits"
 TRAIN_SAMPLES = 256
@@ -209,14 +211,19 @@ def describe(name: str) -> ModelInfo:
 _teacher_states: dict[str, dict[str, Tensor]] = {}
 
 
-def teacher(name: str) -> tuple[nn.Module, ModelInfo]:
+def teacher(name: str, progress: Reporter | None = None) -> tuple[nn.Module, ModelInfo]:
     """A frozen teacher: trained briefly with cross-entropy once per process (so its BatchNorm
-    statistics are real), then rebuilt from that state for every caller."""
+    statistics are real; the training shown on ``progress``), then rebuilt from that state for
+    every caller."""
     info = task()
     if name not in _teacher_states:
         model, _ = student(name)
-        with isolated_rng(SEED + 1):
-            context(model, None, recipe=teacher_recipe()).fit(model, Method(), name=name)
+        with isolated_rng(SEED + 1), training(progress, f"teacher {name}") as shown:
+            ctx = context(model, None, recipe=teacher_recipe())
+            # The teacher trains through ctx.fit, as sub-models do; its loop shows progress.
+            loop = functools.partial(train_loop, progress=shown)
+            ctx.services = dataclasses.replace(ctx.services, train=loop)
+            ctx.fit(model, Method(), name=name)
         _teacher_states[name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
     with isolated_rng(SEED):
         model = create_model(name, info.num_classes, image_size=info.input_size[1])

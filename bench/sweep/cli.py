@@ -74,6 +74,12 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
         help="Ray Tune storage, shared by every node (default: $KDBENCH_HOME/sweeps)",
     )
     parser.add_argument("--plugins", nargs="*", default=[], help="method files to load")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no line per epoch of each teacher and trial (the status line and each trial's "
+        "outcome stay)",
+    )
 
 
 def sweep_main(args: argparse.Namespace) -> int:
@@ -120,4 +126,5 @@ def sweep_options(args: argparse.Namespace) -> SweepOptions:
         cluster_config=getattr(args, "cluster_config", None),
         storage_path=getattr(args, "storage_path", None),
         plugins=tuple(str(Path(p).resolve()) for p in (args.plugins or ())),
+        quiet=bool(getattr(args, "quiet", False)),
     )

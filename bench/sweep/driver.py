@@ -92,6 +92,8 @@ class SweepOptions:
         storage_path: Ray Tune's storage (default ``<kdbench home>/sweeps``).
         plugins: Extra method files to load (on the driver and every worker).
         progress_interval: Seconds between status lines when stderr is not a terminal.
+        quiet: No epoch lines of teachers and trials (the status line and each trial's
+            outcome stay).
     """
 
     address: str | None = None
@@ -104,6 +106,7 @@ class SweepOptions:
     storage_path: str | None = None
     plugins: tuple[str, ...] = ()
     progress_interval: float = 15.0
+    quiet: bool = False
 
 
 def run_sweep(
@@ -360,7 +363,13 @@ class _SweepRun:
         tracker, parent = self._opened()
         plugins = tuple(dict.fromkeys((*suite.plugins, *options.plugins)))
         lost = train_teachers(
-            suite, self.todo, str(self.home), plugins, err, options.progress_interval
+            suite,
+            self.todo,
+            str(self.home),
+            plugins,
+            err,
+            options.progress_interval,
+            epochs=not options.quiet,
         )
         self.report.failed.update(lost)
         if lost:  # these trials get no run of their own: the sweep's run says why
@@ -389,7 +398,11 @@ class _SweepRun:
             checkpoint_minutes=suite.checkpoint.minutes,
         )
         self.board = ProgressBoard(
-            {t.key: t for t in runnable}, suite.metric, err, interval=options.progress_interval
+            {t.key: t for t in runnable},
+            suite.metric,
+            err,
+            interval=options.progress_interval,
+            epochs=not options.quiet,
         )
         if runnable:
             tune_students(

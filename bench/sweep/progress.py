@@ -3,8 +3,8 @@ best, elapsed time and an estimate of what is left.
 
 :class:`ProgressBoard` holds the state and renders it (no Ray needed); :func:`tune_callback`
 feeds it from Ray Tune's trial events. On a terminal the status line is redrawn in place;
-in a log it is printed every ``interval`` seconds. Each finished or failed trial also gets a
-line of its own.
+in a log it is printed every ``interval`` seconds. Each epoch a trial ends, and each finished
+or failed trial, also gets a line of its own.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TextIO
 
+from bench.progress import epoch_line, format_seconds
 from bench.suite.expand import PlannedTrial
 from bench.sweep.worker import SKIPPED, STATUS
 
@@ -22,18 +23,6 @@ if TYPE_CHECKING:
     from ray.tune import Callback
 
 PENDING, RUNNING, FINISHED, FAILED = "pending", "running", "finished", "failed"
-
-
-def format_seconds(seconds: float) -> str:
-    """``73`` → ``1m13s``; ``4000`` → ``1h06m``."""
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = max(0, round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 class ProgressBoard:
@@ -45,6 +34,7 @@ class ProgressBoard:
         stream: Where the view is written.
         interval: Seconds between status lines when ``stream`` is not a terminal.
         clock: Time source (tests pass a fake one).
+        epochs: Print a line for each epoch a trial ends.
     """
 
     def __init__(
@@ -55,12 +45,14 @@ class ProgressBoard:
         *,
         interval: float = 15.0,
         clock: Callable[[], float] = time.monotonic,
+        epochs: bool = True,
     ) -> None:
         self.planned = dict(planned)
         self.metric = metric
         self.stream = stream if stream is not None else sys.stderr
         self.interval = interval
         self.clock = clock
+        self.epochs = epochs
         self.state = dict.fromkeys(self.planned, PENDING)
         self.results: dict[str, dict[str, Any]] = {}
         self.errors: dict[str, str] = {}
@@ -68,6 +60,7 @@ class ProgressBoard:
         self.skipped = 0
         self.started = clock()
         self._since: dict[str, float] = {}
+        self._epoch_seconds: dict[str, list[float]] = {}
         self._durations: list[float] = []
         self._max_running = 1
         self._last_line = -math.inf
@@ -87,6 +80,8 @@ class ProgressBoard:
         """An intermediate (per-epoch) or final result; the final one carries the status."""
         status = result.get(STATUS)
         if status is None:
+            if "epoch" in result and key in self.planned:
+                self._epoch(key, result)
             return
         self.results[key] = dict(result)
         if status == SKIPPED:
@@ -176,6 +171,34 @@ class ProgressBoard:
             self._last_line = now
             print(self.line(), file=self.stream, flush=True)
 
+    def _epoch(self, key: str, result: Mapping[str, Any]) -> None:
+        """A trial's epoch ended: its line (see :func:`bench.progress.epoch_line`)."""
+        if not self.epochs:
+            return
+        trial = self.planned[key]
+        seconds = float(result.get("epoch_seconds", math.nan))
+        seen = self._epoch_seconds.setdefault(key, [])
+        if math.isfinite(seconds):
+            seen.append(seconds)
+        epoch, epochs = int(result["epoch"]), trial.config.recipe.epochs
+        text = epoch_line(
+            trial.describe(),
+            epoch,
+            epochs,
+            loss=float(result.get("loss", math.nan)),
+            val_acc=float(result.get("val_acc", math.nan)),
+            seconds=seconds,
+            eta=sum(seen) / len(seen) * (epochs - epoch) if seen else None,
+        )
+        self._print(f"  {text}")
+
+    def _print(self, text: str) -> None:
+        """A line of its own, above the status line on a terminal."""
+        if self._tty:
+            self.stream.write("\r\x1b[K")
+        print(text, file=self.stream, flush=True)
+        self.refresh()
+
     def _announce(self, key: str) -> None:
         trial = self.planned[key]
         result = self.results.get(key, {})
@@ -187,10 +210,7 @@ class ProgressBoard:
         else:
             reason = self.errors.get(key, "failed").strip().splitlines()[0][:200]
             text = f"  FAILED {trial.describe()}: {reason}"
-        if self._tty:
-            self.stream.write("\r\x1b[K")
-        print(text, file=self.stream, flush=True)
-        self.refresh()
+        self._print(text)
 
     def close(self) -> None:
         if self._tty:

@@ -17,12 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
+from bench.progress import format_seconds
 from bench.suite.expand import PlannedTrial, teacher_jobs, teacher_trainings
 from bench.suite.schema import Suite, SuiteError
 from bench.sweep import compress as compression
 from bench.sweep import ledger
 from bench.sweep.preflight import local_capacity
-from bench.sweep.progress import ProgressBoard, format_seconds
+from bench.sweep.progress import ProgressBoard
 
 if TYPE_CHECKING:
     from mlflow.entities import Run

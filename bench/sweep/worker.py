@@ -10,6 +10,7 @@ FINISHED.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from bench.config import CHECKPOINT_EVERY_EPOCHS, CHECKPOINT_EVERY_MINUTES, TrialConfig
+from bench.progress import Reporter
 from bench.suite.expand import TeacherJob
 from bench.suite.schema import Resources
 from bench.sweep import checkpoints, ledger
@@ -283,6 +285,7 @@ def _epoch_reporter(
             "epoch": record.epoch + 1,
             "val_acc": record.val_acc,
             "loss": record.terms.get("loss", float("nan")),
+            "epoch_seconds": record.seconds,
         }
         try:
             report(metrics)
@@ -411,23 +414,63 @@ def _recorded_result(run: Run) -> dict[str, Any]:
 
 
 def train_teacher(
-    job: TeacherJob, home: str, plugins: tuple[str, ...] = (), keep: tuple[int, ...] = ()
+    job: TeacherJob,
+    home: str,
+    plugins: tuple[str, ...] = (),
+    keep: tuple[int, ...] = (),
+    lines: Any = None,
 ) -> dict[str, Any]:
     """Train (or load from the shared cache) one teacher; returns its key and test accuracy.
     ``keep``: further epochs of the same training to checkpoint (the other early-stopped
-    teachers of that run), so one training serves them all. Runs as a Ray task; concurrent
-    requests for the same teacher wait on the cache's lock."""
+    teachers of that run), so one training serves them all. ``lines``: a Ray queue that
+    receives the training's epoch lines, for the driver to print (None: no progress). Runs as
+    a Ray task; concurrent requests for the same teacher wait on the cache's lock."""
     prepare_worker(home, job.resources.threads, plugins)
     from bench.teachers import obtain_teacher
 
     started = time.perf_counter()
-    teacher = obtain_teacher(job.dataset.name, job.spec, data_root=job.dataset.data_root, keep=keep)
+    progress = Reporter(QueueLines(lines), bars=False) if lines is not None else None
+    teacher = obtain_teacher(
+        job.dataset.name,
+        job.spec,
+        data_root=job.dataset.data_root,
+        keep=keep,
+        progress=progress,
+    )
     return {
         "key": teacher.key,
         "test_acc": teacher.test_acc,
         "seconds": time.perf_counter() - started,
         "node": node_id(),
     }
+
+
+class QueueLines(io.TextIOBase):
+    """A text stream whose lines go onto a queue (a Ray queue the driver reads). Once the
+    queue cannot be reached (the driver is gone), lines are dropped: showing progress never
+    fails the work."""
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+        self._partial = ""
+        self._reachable = True
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            self._put(line)
+        return len(text)
+
+    def _put(self, line: str) -> None:
+        if not self._reachable:
+            return
+        try:
+            self.queue.put_nowait(line)
+        except Exception:  # the queue's actor is gone; the training goes on unseen
+            self._reachable = False
 
 
 def teacher_cached(job: TeacherJob, home: str) -> bool:

@@ -25,6 +25,7 @@ from bench.memory import PeakMemory
 from bench.models import create_model, model_info, resolve
 from bench.paths import kdbench_home
 from bench.plugins import build_method, get_method, keyed_trial
+from bench.progress import Reporter, training
 from bench.teacher_cache import (
     SharedStreamOutputs,
     inputs_are_deterministic,
@@ -143,13 +144,19 @@ def identify_trial(
     return keyed_trial(config.with_changes(compute=compute))
 
 
-def prepare_trial(config: TrialConfig, device: torch.device | str | None = None) -> Prepared:
+def prepare_trial(
+    config: TrialConfig,
+    device: torch.device | str | None = None,
+    *,
+    progress: Reporter | None = None,
+) -> Prepared:
     """Validate every name and parameter, set the trial's compute (device, torch threads), load
     the data, obtain the teacher. Raises before anything is recorded when an input is wrong.
 
     Args:
         config: The trial; its compute (this machine's when None) decides the device.
         device: Run on this device instead (the key follows).
+        progress: Where the teacher's training, if it needs one, shows its progress.
     """
     config, key = identify_trial(config, device)
     assert config.compute is not None
@@ -189,7 +196,12 @@ def prepare_trial(config: TrialConfig, device: torch.device | str | None = None)
                 outcome="refused",
             )
         teacher = obtain_teacher(
-            config.dataset, config.teacher, data_root=config.data_root, device=device, data=whole
+            config.dataset,
+            config.teacher,
+            data_root=config.data_root,
+            device=device,
+            data=whole,
+            progress=progress,
         )
     if config.recipe.data_path == "loader":
         data = with_loader(data, loader_workers())
@@ -250,11 +262,15 @@ class Built:
 
 
 def build_trial(
-    prepared: Prepared, *, log: Callable[[dict[str, float]], None] | None = None
+    prepared: Prepared,
+    *,
+    log: Callable[[dict[str, float]], None] | None = None,
+    progress: Reporter | None = None,
 ) -> Built:
     """Seed, build the student and the method, set up the teacher (and its outputs cache when
     the inputs are deterministic) and the training context. Raises :class:`TrialFailed` when
-    the method refuses the pair."""
+    the method refuses the pair. ``progress``: where further teachers the method asks for
+    show their training."""
     config, data, device = prepared.config, prepared.data, prepared.device
     assert config.compute is not None
     execution = Execution.of(config.compute, config.recipe)
@@ -298,6 +314,7 @@ def build_trial(
             device,
             data_root=config.data_root,
             log=log,
+            progress=progress,
         ),
         teacher_outputs=_teacher_outputs_for(prepared, method, teacher_model),
     )
@@ -312,10 +329,11 @@ def trial_services(
     *,
     data_root: str | None = None,
     log: Callable[[dict[str, float]], None] | None = None,
+    progress: Reporter | None = None,
 ) -> ContextServices:
     """What a trial's context is lent: further teachers trained on ``dataset`` with the
-    trial's teacher recipe and seed (``recipe`` and seed 0 when it has no teacher), the
-    training loop for sub-models, and ``log``."""
+    trial's teacher recipe and seed (``recipe`` and seed 0 when it has no teacher; their
+    training shown on ``progress``), the training loop for sub-models, and ``log``."""
 
     def obtain(
         arch: str, classes: tuple[int, ...] | None, epochs: int | None
@@ -327,7 +345,7 @@ def trial_services(
             stop_epoch=epochs,
             classes=classes,
         )
-        found = obtain_teacher(dataset, spec, data_root=data_root, device=device)
+        found = obtain_teacher(dataset, spec, data_root=data_root, device=device, progress=progress)
         return found.model, found.info
 
     return ContextServices(obtain_teacher=obtain, train=train_loop, log=log)
@@ -366,6 +384,7 @@ def execute(
     resume: TrainState | None = None,
     checkpoint: Checkpointer | None = None,
     on_setup: Callable[[dict[str, str]], None] | None = None,
+    progress: Reporter | None = None,
 ) -> TrialResult:
     """Train and evaluate a prepared trial. Failures are returned, not raised.
 
@@ -379,6 +398,7 @@ def execute(
         checkpoint: Saves the trial's state between epochs, as its policy says.
         on_setup: Given what the method reports of its setup (:func:`setup_facts`), once
             it is set up.
+        progress: Where the training shows its progress (each epoch; nothing when None).
     """
     data, device = prepared.data, prepared.device
     result = TrialResult(run_key=prepared.key, status="RUNNING", outcome="ok")
@@ -387,7 +407,7 @@ def execute(
     started = time.perf_counter()
     memory = PeakMemory(device).start()
     try:
-        built = build_trial(prepared, log=log)
+        built = build_trial(prepared, log=log, progress=progress)
         ctx, method, student = built.ctx, built.method, built.student
         teacher_model, teacher_info, s_info = built.teacher, built.teacher_info, built.student_info
         result.student_params = s_info.num_params
@@ -396,9 +416,10 @@ def execute(
             on_setup(result.setup)
         _before_training(ctx, method, resumed=resume is not None)
         result.extra_params = method.extra_parameters()
-        result.history = train_loop(
-            ctx, method, on_epoch=on_epoch, resume=resume, checkpoint=checkpoint
-        )
+        with training(progress, prepared.config.describe()) as shown:
+            result.history = train_loop(
+                ctx, method, on_epoch=on_epoch, resume=resume, checkpoint=checkpoint, progress=shown
+            )
         result.final_loss = result.history[-1]["train/loss"]
         result.val_acc = result.history[-1]["val_acc"]
         test_logits = predict(student, data.test, device, execution=ctx.execution)
@@ -475,6 +496,7 @@ def run_trial(
     device: torch.device | None = None,
     policy: CheckpointPolicy | None = None,
     rerun: bool = False,
+    progress: Reporter | None = None,
 ) -> TrialResult:
     """Prepare (validating inputs: raises on bad input, recording nothing), then train and
     record the trial as one MLflow run through ``tracker`` when given.
@@ -487,14 +509,17 @@ def run_trial(
     With a tracker the trial checkpoints itself under :func:`checkpoint_file` as ``policy``
     says; a run of the same key interrupted earlier (its MLflow run still RUNNING and its
     state on disk) is continued in the same MLflow run from its last checkpoint.
+
+    ``progress`` shows the teacher's training (when it needs one) and the trial's.
     """
     if tracker is None:
-        return execute(prepare_trial(config, device), on_epoch=on_epoch)
+        prepared = prepare_trial(config, device, progress=progress)
+        return execute(prepared, on_epoch=on_epoch, progress=progress)
     _, key = identify_trial(config, device)
     finished = tracker.finished_run(key)
     if finished is not None and not rerun:
         return recorded_result(key, finished)
-    prepared = prepare_trial(config, device)
+    prepared = prepare_trial(config, device, progress=progress)
     path = checkpoint_file(prepared.key)
     state = load_state(path)
     if state is not None and not tracker.is_running(state.run_id):
@@ -526,6 +551,7 @@ def run_trial(
             resume=state,
             checkpoint=saver,
             on_setup=run.record_setup,
+            progress=progress,
         )
         result.mlflow_run_id = run.run_id
         run.finish(result)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from bench.api import Batch, Method, TrialFailed
+from bench.progress import TrainingProgress
 from bench.trial.context import TrialContext, lr_factor, make_optimizer
 from bench.trial.evaluate import labels_of, predict, topk_accuracy
 from bench.trial.resume import (
@@ -159,6 +160,7 @@ def train_loop(
     max_steps: int | None = None,
     resume: TrainState | None = None,
     checkpoint: Checkpointer | None = None,
+    progress: TrainingProgress | None = None,
 ) -> list[dict[str, float]]:
     """Train ``ctx.student`` with ``method`` for ``ctx.recipe.epochs``; returns per-epoch
     metrics (of every epoch, resumed ones included).
@@ -171,6 +173,7 @@ def train_loop(
         max_steps: Stop after that many optimizer steps (a pilot run), ending the epoch there.
         resume: A state saved after some epochs: training continues after them.
         checkpoint: Saves the state between epochs when its policy says so.
+        progress: Shown each epoch's steps and end.
 
     Raises:
         TrialFailed: a non-finite loss.
@@ -191,6 +194,8 @@ def train_loop(
         method.train()
         steps = StepLog(ctx.device)
         lr = recipe.lr
+        if progress is not None:
+            progress.start_epoch(epoch, recipe.epochs, max(1, ctx.task.steps_per_epoch))
         for batch in ctx.train_batches(epoch=epoch):
             lr = recipe.lr * lr_factor(recipe, batch.step / total_steps)
             for group in optimizer.param_groups:
@@ -204,6 +209,8 @@ def train_loop(
             total.backward()
             optimizer.step()
             method.after_step(ctx, batch)
+            if progress is not None:
+                progress.step()
             if max_steps is not None and len(steps.rows) >= max_steps:
                 break
         val_acc = float("nan")
@@ -220,6 +227,14 @@ def train_loop(
             seconds=time.perf_counter() - started,
         )
         history.append(record.metrics())
+        if progress is not None:
+            progress.end_epoch(
+                epoch,
+                recipe.epochs,
+                loss=record.terms.get("loss", float("nan")),
+                val_acc=val_acc,
+                seconds=record.seconds,
+            )
         if on_epoch is not None:
             on_epoch(record)
         if checkpoint is not None and checkpoint.policy.due(epoch + 1, recipe.epochs):
