@@ -152,7 +152,7 @@ def prune_global(model: nn.Module, sparsity: float) -> nn.Module:
 
     if not 0.0 <= sparsity < 1.0:
         raise AnalysisError(f"sparsity must be in [0, 1), got {sparsity}; e.g. --sparsity 0.5")
-    pruned = copy.deepcopy(model)
+    pruned = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     targets = prunable(pruned)
     if not targets:
         raise AnalysisError(f"{type(model).__name__} has no convolution or linear weights to prune")
@@ -334,7 +334,9 @@ def compress_model(
             raise AnalysisError(
                 f"--sparsity {sparsity}: each sparsity must be in [0, 1), e.g. 0.5 0.8"
             )
-    model = model.cpu().eval()
+    # A student trained channels-last is measured (and pruned, quantised) in torch's default
+    # layout: torch's pruning flattens weights with view(), which needs contiguous tensors.
+    model = model.cpu().eval().to(memory_format=torch.contiguous_format)
     quantized = quantize_int8(model, calibration_batches(data), name) if int8 else None
     measure: dict[str, Any] = dict(repeats=repeats, batch_sizes=batch_sizes)
     variants = [measure_variant(FP32_VARIANT, model, data, **measure)]
