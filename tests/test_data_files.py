@@ -350,7 +350,12 @@ def test_the_student_trains_on_the_subset_and_the_teacher_on_the_whole_split(mon
         *("--method", "kd", "--image-size", "8", "--teacher-epochs", "1"),
     )
     assert out["status"] == "FINISHED"
-    (meta,) = [json.loads(p.read_text()) for p in cache_dir().glob("*/meta.json")]
+    metas = [json.loads(p.read_text()) for p in cache_dir().glob("*/meta.json")]
+    (meta,) = [
+        m
+        for m in metas
+        if m["spec"]["arch"] == "test_vgg" and m["spec"]["recipe"]["image_size"] == 8
+    ]
     assert meta["num_train"] == len(load_dataset("digits").train) > 100
 
 
